@@ -1,0 +1,262 @@
+// keystone_ingest._core: the only pybind11 file. It releases the GIL around
+// the core, turns an Error into keystone_ingest.core.InvalidBatch, and hands
+// Arrow data out as PyCapsules (the Arrow PyCapsule protocol).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "keystone/arrow.h"
+#include "keystone/pipeline.h"
+
+namespace py = pybind11;
+using namespace keystone;
+
+namespace {
+
+// Capsule destructors release only what the consumer has not taken: a
+// consumer that imports the structure moves it out and sets release to null.
+void free_schema_capsule(PyObject* capsule) {
+  auto* s = static_cast<ArrowSchema*>(PyCapsule_GetPointer(capsule, "arrow_schema"));
+  if (s == nullptr) return;
+  if (s->release != nullptr) s->release(s);
+  delete s;
+}
+
+void free_array_capsule(PyObject* capsule) {
+  auto* a = static_cast<ArrowArray*>(PyCapsule_GetPointer(capsule, "arrow_array"));
+  if (a == nullptr) return;
+  if (a->release != nullptr) a->release(a);
+  delete a;
+}
+
+py::object schema_capsule(TableId id) {
+  auto* s = new ArrowSchema;
+  export_schema(id, s);
+  return py::reinterpret_steal<py::object>(PyCapsule_New(s, "arrow_schema", free_schema_capsule));
+}
+
+// One table of a result, or (table == nullptr) just a table's schema.
+class ArrowBatch {
+ public:
+  ArrowBatch(TableId id, std::shared_ptr<const Table> table) : id_(id), table_(std::move(table)) {}
+
+  std::string name() const { return table_def(id_).name; }
+  int64_t num_rows() const { return table_ ? table_->num_rows : 0; }
+  py::object c_schema() const { return schema_capsule(id_); }
+
+  py::tuple c_array(py::object /*requested_schema*/) const {
+    if (!table_) throw py::type_error("schema(" + name() + ") carries a schema only, no rows");
+    auto* a = new ArrowArray;
+    export_table(table_, a);
+    py::object array = py::reinterpret_steal<py::object>(PyCapsule_New(a, "arrow_array", free_array_capsule));
+    return py::make_tuple(schema_capsule(id_), array);
+  }
+
+ private:
+  TableId id_;
+  std::shared_ptr<const Table> table_;
+};
+
+class PyBatchResult {
+ public:
+  explicit PyBatchResult(BatchOutput out) : out_(std::move(out)) {}
+
+  const BatchOutput& output() const { return out_; }
+
+  ArrowBatch table(TableId id) const { return ArrowBatch(id, out_.tables.tables[static_cast<size_t>(id)]); }
+
+  ArrowBatch table_named(const std::string& name) const {
+    const TableId id = table_by_name(name.c_str());
+    if (id == TableId::kCount_) throw py::key_error("no table named " + name);
+    return table(id);
+  }
+
+  py::list errors(std::optional<size_t> limit) const {
+    py::object record_error = py::module_::import("keystone_ingest.core").attr("RecordError");
+    const size_t n = std::min(out_.rejections.size(), limit.value_or(out_.rejections.size()));
+    // The rejects table already holds each event_id as UTF-8; read it from there.
+    const Table& rejects = *out_.tables.tables[static_cast<size_t>(TableId::kRejects)];
+    const auto* offsets = reinterpret_cast<const int32_t*>(rejects.columns[1].values.data());
+    const auto* chars = reinterpret_cast<const char*>(rejects.columns[1].data.data());
+    py::list list;
+    for (size_t i = 0; i < n; ++i) {
+      const Rejection& r = out_.rejections[i];
+      list.append(record_error(r.index, py::str(chars + offsets[i], offsets[i + 1] - offsets[i]),
+                               reason_name(r.reason), r.message));
+    }
+    return list;
+  }
+
+  std::string repr() const {
+    return "<BatchResult batch_id=" + py::repr(py::str(out_.batch_id)).cast<std::string>() +
+           " accepted=" + std::to_string(out_.accepted) + " duplicates=" + std::to_string(out_.duplicates) +
+           " rejected=" + std::to_string(out_.rejected) + ">";
+  }
+
+ private:
+  BatchOutput out_;
+};
+
+[[noreturn]] void raise_invalid_batch(const Error& e) {
+  py::object cls = py::module_::import("keystone_ingest.core").attr("InvalidBatch");
+  py::object offset = e.offset >= 0 ? py::object(py::int_(e.offset)) : py::object(py::none());
+  py::object exc = cls(code_name(e.code), offset, e.message);
+  PyErr_SetObject(cls.ptr(), exc.ptr());
+  throw py::error_already_set();
+}
+
+int64_t wall_clock_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+uint32_t positive_u32(int64_t v, const char* name, int64_t max = UINT32_MAX) {
+  if (v < 1 || v > max) {
+    throw py::value_error(std::string(name) + " must be between 1 and " + std::to_string(max) + ", got " +
+                          std::to_string(v));
+  }
+  return static_cast<uint32_t>(v);
+}
+
+class PyCore {
+ public:
+  PyCore(int64_t dedup_max_keys, double dedup_max_age_s, int64_t max_orders_per_batch, int64_t max_items_per_order,
+         int64_t max_payments_per_order, int64_t max_batch_id_bytes, int64_t max_event_id_bytes,
+         int64_t max_id_bytes, int64_t max_text_bytes, int32_t min_year, int32_t max_year) {
+    if (dedup_max_keys < 0 || dedup_max_keys > (int64_t{1} << 30)) {
+      throw py::value_error("dedup_max_keys must be between 0 and 2**30, got " + std::to_string(dedup_max_keys));
+    }
+    if (!(dedup_max_age_s > 0) || !std::isfinite(dedup_max_age_s)) {
+      throw py::value_error("dedup_max_age_s must be a positive number of seconds");
+    }
+    if (min_year < 1 || max_year > 9999 || min_year > max_year) {
+      throw py::value_error("need 1 <= min_year <= max_year <= 9999");
+    }
+    options_.limits.max_orders = positive_u32(max_orders_per_batch, "max_orders_per_batch", 1 << 24);
+    options_.limits.max_items_per_order = positive_u32(max_items_per_order, "max_items_per_order", 1 << 20);
+    options_.limits.max_payments_per_order = positive_u32(max_payments_per_order, "max_payments_per_order", 1 << 20);
+    options_.validation.max_batch_id_bytes = positive_u32(max_batch_id_bytes, "max_batch_id_bytes");
+    options_.validation.max_event_id_bytes = positive_u32(max_event_id_bytes, "max_event_id_bytes");
+    options_.validation.max_id_bytes = positive_u32(max_id_bytes, "max_id_bytes");
+    options_.validation.max_text_bytes = positive_u32(max_text_bytes, "max_text_bytes");
+    options_.validation.min_year = min_year;
+    options_.validation.max_year = max_year;
+    DedupOptions dedup;
+    dedup.max_keys = static_cast<uint32_t>(dedup_max_keys);
+    dedup.max_age_ms = static_cast<int64_t>(std::llround(dedup_max_age_s * 1000.0));
+    window_ = std::make_unique<DedupWindow>(dedup);
+  }
+
+  PyBatchResult process(const py::buffer& data, std::optional<int64_t> now_ms) {
+    // The caller must not modify a writable buffer during the call.
+    py::buffer_info info = data.request();
+    if (info.ndim != 1 || info.itemsize != 1 || info.strides[0] != 1) {
+      throw py::type_error("process() takes contiguous bytes (bytes, bytearray or a 1-D byte memoryview)");
+    }
+    const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+    const size_t size = static_cast<size_t>(info.size);
+    const int64_t now = now_ms.value_or(wall_clock_ms());
+    std::optional<Result<BatchOutput>> result;
+    {
+      py::gil_scoped_release release;
+      result.emplace(process_batch(bytes, size, options_, window_.get(), now));
+    }
+    if (!result->ok()) raise_invalid_batch(result->error());
+    return PyBatchResult(std::move(result->value()));
+  }
+
+  size_t forget(const PyBatchResult& r) {
+    const auto& keys = r.output().inserted_keys;
+    py::gil_scoped_release release;
+    return window_->forget(keys.data(), keys.size());
+  }
+
+  size_t dedup_size() const { return window_->size(); }
+  size_t dedup_memory_bytes() const { return window_->memory_bytes(); }
+  double dedup_bytes_per_key() const {
+    return window_->max_keys() == 0 ? 0.0
+                                    : static_cast<double>(window_->memory_bytes()) / window_->max_keys();
+  }
+
+ private:
+  ProcessOptions options_;
+  std::unique_ptr<DedupWindow> window_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "Keystone Ingest native core: decode, validate, dedup and Arrow-encode OrderBatch bytes.";
+  m.attr("__version__") = KEYSTONE_VERSION;
+
+  py::class_<ArrowBatch>(m, "ArrowBatch")
+      .def_property_readonly("name", &ArrowBatch::name)
+      .def_property_readonly("num_rows", &ArrowBatch::num_rows)
+      .def("__len__", &ArrowBatch::num_rows)
+      .def("__arrow_c_schema__", &ArrowBatch::c_schema)
+      .def("__arrow_c_array__", &ArrowBatch::c_array, py::arg("requested_schema") = py::none())
+      .def("__repr__", [](const ArrowBatch& b) {
+        return "<ArrowBatch " + b.name() + " rows=" + std::to_string(b.num_rows()) + ">";
+      });
+
+  py::class_<PyBatchResult>(m, "BatchResult")
+      .def_property_readonly("batch_id", [](const PyBatchResult& r) { return r.output().batch_id; })
+      .def_property_readonly("source", [](const PyBatchResult& r) { return r.output().source; })
+      .def_property_readonly("accepted", [](const PyBatchResult& r) { return r.output().accepted; })
+      .def_property_readonly("duplicates", [](const PyBatchResult& r) { return r.output().duplicates; })
+      .def_property_readonly("rejected", [](const PyBatchResult& r) { return r.output().rejected; })
+      .def_property_readonly("orders", [](const PyBatchResult& r) { return r.table(TableId::kOrders); })
+      .def_property_readonly("order_items", [](const PyBatchResult& r) { return r.table(TableId::kOrderItems); })
+      .def_property_readonly("order_payments",
+                             [](const PyBatchResult& r) { return r.table(TableId::kOrderPayments); })
+      .def_property_readonly("customers", [](const PyBatchResult& r) { return r.table(TableId::kCustomers); })
+      .def_property_readonly("order_spans", [](const PyBatchResult& r) { return r.table(TableId::kOrderSpans); })
+      .def_property_readonly("rejects", [](const PyBatchResult& r) { return r.table(TableId::kRejects); })
+      .def("table", &PyBatchResult::table_named, py::arg("name"))
+      .def("errors", &PyBatchResult::errors, py::arg("limit") = py::none())
+      .def("__repr__", &PyBatchResult::repr);
+
+  py::class_<PyCore>(m, "Core")
+      .def(py::init<int64_t, double, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int32_t,
+                    int32_t>(),
+           py::kw_only(), py::arg("dedup_max_keys") = 1000000, py::arg("dedup_max_age_s") = 3600.0,
+           py::arg("max_orders_per_batch") = 100000, py::arg("max_items_per_order") = 1000,
+           py::arg("max_payments_per_order") = 1000, py::arg("max_batch_id_bytes") = 128,
+           py::arg("max_event_id_bytes") = 128, py::arg("max_id_bytes") = 64, py::arg("max_text_bytes") = 256,
+           py::arg("min_year") = 2000, py::arg("max_year") = 2100)
+      .def("process", &PyCore::process, py::arg("data"), py::kw_only(), py::arg("now_ms") = py::none())
+      .def("forget", &PyCore::forget, py::arg("result"))
+      .def_property_readonly("dedup_size", &PyCore::dedup_size)
+      .def_property_readonly("dedup_memory_bytes", &PyCore::dedup_memory_bytes)
+      .def_property_readonly("dedup_bytes_per_key", &PyCore::dedup_bytes_per_key);
+
+  m.def(
+      "schema",
+      [](const std::string& name) {
+        const TableId id = table_by_name(name.c_str());
+        if (id == TableId::kCount_) throw py::key_error("no table named " + name);
+        return ArrowBatch(id, nullptr);
+      },
+      py::arg("table"));
+  m.def("reasons", [] {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (size_t i = 0; i < static_cast<size_t>(Reason::kCount_); ++i) {
+      out.emplace_back(reason_name(static_cast<Reason>(i)), reason_description(static_cast<Reason>(i)));
+    }
+    return out;
+  });
+  m.def("batch_errors", [] {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (size_t i = 1; i < static_cast<size_t>(Code::kCount_); ++i) {
+      out.emplace_back(code_name(static_cast<Code>(i)), code_description(static_cast<Code>(i)));
+    }
+    return out;
+  });
+}

@@ -1,0 +1,114 @@
+// Stage 4, encode: the accepted orders of a BatchView -> the four Bronze
+// tables (and two side tables for the server) as Arrow columns, exported
+// through the Arrow C Data Interface.
+//
+// Ownership, written down once: a Table is immutable once built and shared
+// by std::shared_ptr. Every exported ArrowArray (the struct and each child)
+// holds its own reference, so the consumer may release the parent and the
+// children in any order, and the data lives until the last release. A
+// released structure has release == nullptr, as the specification requires.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "keystone/arrow_abi.h"
+#include "keystone/decode.h"
+#include "keystone/validate.h"
+
+namespace keystone {
+
+enum class TableId : uint8_t {
+  kOrders,
+  kOrderItems,
+  kOrderPayments,
+  kCustomers,
+  kOrderSpans,  // offset/length of each accepted Order in the input, row for row with orders
+  kRejects,     // one row per rejected order, for the dead-letter path
+  kCount_,
+};
+
+enum class ColumnType : uint8_t { kUtf8, kInt32, kInt64, kTimestampUs, kDecimal12_2 };
+
+struct FieldDef {
+  const char* name;
+  ColumnType type;
+};
+
+struct TableDef {
+  const char* name;
+  const FieldDef* fields;
+  int num_fields;
+};
+
+const TableDef& table_def(TableId table);
+// The table named `name`, or kCount_ when there is none.
+TableId table_by_name(const char* name);
+
+// A growable, 16-byte aligned (malloc) byte buffer; Arrow takes it as is.
+class Buffer {
+ public:
+  Buffer() = default;
+  ~Buffer() { std::free(data_); }
+  Buffer(Buffer&& o) noexcept : data_(o.data_), size_(o.size_), cap_(o.cap_) { o.data_ = nullptr; o.size_ = o.cap_ = 0; }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  // Frees the memory: the buffer is empty again.
+  void reset() {
+    std::free(data_);
+    data_ = nullptr;
+    size_ = cap_ = 0;
+  }
+  uint8_t* data() { return data_; }
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  void reserve(size_t n) { if (n > cap_) grow(n); }
+  // Extends the size by n bytes and returns where they start.
+  uint8_t* extend(size_t n) {
+    if (size_ + n > cap_) grow(size_ + n);
+    uint8_t* p = data_ + size_;
+    size_ += n;
+    return p;
+  }
+
+ private:
+  void grow(size_t need);
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  size_t cap_ = 0;
+};
+
+// One column: validity bitmap (empty when nothing is null), then the
+// values (fixed width) or offsets + data (utf8).
+struct Column {
+  Buffer validity;
+  Buffer values;  // fixed-width values, or int32 offsets for utf8
+  Buffer data;    // utf8 bytes
+  int64_t null_count = 0;
+};
+
+struct Table {
+  TableId id = TableId::kCount_;
+  int64_t num_rows = 0;
+  std::vector<Column> columns;
+};
+
+struct EncodedBatch {
+  std::shared_ptr<const Table> tables[static_cast<size_t>(TableId::kCount_)];
+};
+
+// Builds every table from the orders whose verdict is kAccept (and, for
+// kRejects, the rejections).
+void encode_tables(const BatchView& batch, const std::vector<Verdict>& verdicts,
+                   const std::vector<Rejection>& rejections, EncodedBatch* out);
+
+// Fills *out with the schema of `table` (a struct of its fields).
+void export_schema(TableId table, ArrowSchema* out);
+// Fills *out with the table as a struct array sharing ownership of it.
+void export_table(const std::shared_ptr<const Table>& table, ArrowArray* out);
+
+}  // namespace keystone

@@ -1,0 +1,88 @@
+// Stage 3, dedup: a bounded window of 128-bit keys in arrival order. A key is
+// an order's event_id hashed, or, where event_id is empty, the hash of the
+// Order's bytes. The window forgets its oldest key when it is full and any
+// key older than max_age_ms, so memory is fixed by configuration, not load.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "keystone/decode.h"
+#include "keystone/validate.h"
+
+namespace keystone {
+
+struct Key128 {
+  uint64_t lo = 0;
+  uint64_t hi = 0;
+  bool operator==(const Key128& o) const { return lo == o.lo && hi == o.hi; }
+};
+
+// Seeded 128-bit hash for dedup keys. Not cryptographic: a sender able to
+// forge collisions could only make its own orders look like duplicates.
+Key128 hash128(const uint8_t* data, size_t size, uint64_t seed);
+
+// The key of one order: its event_id, or its bytes when event_id is empty.
+// The two use different seeds so an event_id can never equal a bytes key.
+Key128 order_key(const BatchView& batch, const OrderView& order);
+
+struct DedupOptions {
+  uint32_t max_keys = 1000000;
+  int64_t max_age_ms = 3600 * 1000;
+};
+
+class DedupWindow {
+ public:
+  explicit DedupWindow(const DedupOptions& options);
+  ~DedupWindow();
+  DedupWindow(const DedupWindow&) = delete;
+  DedupWindow& operator=(const DedupWindow&) = delete;
+
+  // For each i with verdicts[i] == kAccept: a key already in the window (or
+  // earlier in this call) turns it into kDuplicate; a new key is inserted at
+  // now_ms and appended to *inserted. Expired keys leave first.
+  void apply(const Key128* keys, Verdict* verdicts, size_t n, int64_t now_ms, std::vector<Key128>* inserted);
+
+  // Removes these keys where still present; returns how many were removed.
+  size_t forget(const Key128* keys, size_t n);
+
+  size_t size() const;
+  // Bytes reserved for the window at full capacity (ring and index).
+  size_t memory_bytes() const;
+  uint32_t max_keys() const { return options_.max_keys; }
+
+ private:
+  struct Entry {
+    Key128 key;
+    int64_t inserted_ms;  // kForgotten once forget() has removed the key
+  };
+  // Index slot: ring position + 1 (0 marks an empty slot) and the low 32 bits
+  // of key.lo, which both filter comparisons and give the home bucket.
+  struct Slot {
+    uint32_t pos1;
+    uint32_t tag;
+  };
+  static constexpr int64_t kForgotten = INT64_MIN;
+
+  bool contains_locked(const Key128& key) const;
+  void insert_locked(const Key128& key, int64_t now_ms);
+  void evict_oldest_locked();
+  void erase_slot_locked(uint64_t slot);
+  uint64_t find_slot_locked(const Key128& key, uint32_t pos) const;
+
+  const DedupOptions options_;
+  mutable std::mutex mu_;
+  // The ring holds entries from head_ (oldest) to tail_ (next to write), as
+  // absolute sequence numbers; position = sequence % max_keys.
+  std::unique_ptr<Entry[], void (*)(void*)> ring_;
+  std::unique_ptr<Slot[], void (*)(void*)> slots_;
+  uint64_t slot_mask_ = 0;
+  uint64_t head_ = 0;
+  uint64_t tail_ = 0;
+  size_t live_ = 0;
+};
+
+}  // namespace keystone

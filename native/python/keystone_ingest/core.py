@@ -1,0 +1,82 @@
+"""The native core's public face: one call per batch, raw bytes in, Arrow out.
+
+    core = Core(dedup_max_keys=1_000_000, dedup_max_age_s=3600)
+    result = core.process(raw_order_batch_bytes)
+    orders = pyarrow.record_batch(result.orders)      # zero-copy
+
+`Core.process` runs the stages in order (decode, validate, dedup, Arrow encode)
+with the GIL released and creates no Python object per order. A batch that is
+not an acceptable `OrderBatch` raises `InvalidBatch`; orders that fail
+validation are rejected one by one and listed in `result.rejects`.
+
+Ownership: the Arrow data of a result is owned by the result and shared with
+every array exported from it (each export holds a reference), so a
+`pyarrow.RecordBatch` stays valid after the result is gone. Nothing in a result
+points into the input buffer: `order_spans` are offsets, not views.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from keystone_ingest import _core
+
+TABLES = ("orders", "order_items", "order_payments", "customers")
+"""The four Bronze tables, named after the Olist dataset's files."""
+
+
+class InvalidBatch(ValueError):
+    """The bytes are not an acceptable `OrderBatch`; the whole batch is rejected.
+
+    Permanent: resending the same bytes gives the same error.
+
+    Attributes:
+        code: stable machine-readable reason, e.g. ``"truncated"``, ``"batch_id_empty"``.
+        offset: byte offset in the input where decoding failed, or ``None`` for
+            batch-level rules (batch_id) that are not about one position.
+        message: readable description naming what was wrong and where.
+    """
+
+    retriable = False
+
+    def __init__(self, code: str, offset: int | None, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.offset = offset
+        self.message = message
+
+
+class RecordError(NamedTuple):
+    """One rejected order: its position in the batch, its event_id, and why."""
+
+    index: int
+    event_id: str
+    reason: str
+    message: str
+
+
+Core = _core.Core
+BatchResult = _core.BatchResult
+ArrowBatch = _core.ArrowBatch
+REASONS: dict[str, str] = dict(_core.reasons())
+"""Every per-order rejection code, with a one-line description."""
+BATCH_ERRORS: dict[str, str] = dict(_core.batch_errors())
+"""Every whole-batch error code (`InvalidBatch.code`), with a one-line description."""
+
+
+def schema(table: str) -> ArrowBatch:
+    """An object exporting the Arrow schema of `table` (`__arrow_c_schema__`)."""
+    return _core.schema(table)
+
+
+__all__ = [
+    "ArrowBatch",
+    "BATCH_ERRORS",
+    "BatchResult",
+    "Core",
+    "InvalidBatch",
+    "REASONS",
+    "RecordError",
+    "TABLES",
+    "schema",
+]

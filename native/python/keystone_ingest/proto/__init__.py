@@ -1,0 +1,1 @@
+"""Python classes generated from proto/ at build time (see CMakeLists.txt)."""

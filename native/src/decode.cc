@@ -1,0 +1,368 @@
+#include "keystone/decode.h"
+
+#include <string>
+
+namespace keystone {
+namespace {
+
+using wire::Reader;
+
+// The message types of the schema, for naming the path of an error.
+enum class Msg : uint8_t { kBatch, kOrder, kItem, kPayment, kCustomer, kTimestamp };
+
+// One level of the path being decoded: which message, which field of it is
+// being read (0 between fields), and the element index for repeated fields.
+struct Level {
+  Msg msg = Msg::kBatch;
+  uint32_t field = 0;
+  uint32_t index = 0;
+};
+
+// The deepest path in the schema: OrderBatch.orders[i].items[j].shipping_limit_date.seconds
+constexpr int kMaxDepth = 4;
+
+const char* field_name(Msg msg, uint32_t field) {
+  static const char* const kBatch[] = {nullptr, "batch_id", "source", "orders"};
+  static const char* const kOrder[] = {nullptr,
+                                       "event_id",
+                                       "order_id",
+                                       "customer_id",
+                                       "order_status",
+                                       "order_purchase_timestamp",
+                                       "order_approved_at",
+                                       "order_delivered_carrier_date",
+                                       "order_delivered_customer_date",
+                                       "order_estimated_delivery_date",
+                                       "items",
+                                       "payments",
+                                       "customer"};
+  static const char* const kItem[] = {nullptr,      "order_item_id", "product_id",         "seller_id",
+                                      "shipping_limit_date", "price_cents", "freight_value_cents"};
+  static const char* const kPayment[] = {nullptr, "payment_sequential", "payment_type", "payment_installments",
+                                         "payment_value_cents"};
+  static const char* const kCustomer[] = {nullptr, "customer_unique_id", "customer_zip_code_prefix",
+                                          "customer_city", "customer_state"};
+  static const char* const kTimestamp[] = {nullptr, "seconds", "nanos"};
+#define KS_NAME(table) return field < sizeof(table) / sizeof(table[0]) ? table[field] : nullptr
+  switch (msg) {
+    case Msg::kBatch: KS_NAME(kBatch);
+    case Msg::kOrder: KS_NAME(kOrder);
+    case Msg::kItem: KS_NAME(kItem);
+    case Msg::kPayment: KS_NAME(kPayment);
+    case Msg::kCustomer: KS_NAME(kCustomer);
+    case Msg::kTimestamp: KS_NAME(kTimestamp);
+  }
+#undef KS_NAME
+  return nullptr;
+}
+
+bool is_repeated(Msg msg, uint32_t field) {
+  return (msg == Msg::kBatch && field == 3) || (msg == Msg::kOrder && (field == 10 || field == 11));
+}
+
+class Decoder {
+ public:
+  Decoder(const DecodeLimits& limits, BatchView* out, Error* error)
+      : limits_(limits), out_(out), error_(error) {}
+
+  Code batch(Reader r);
+
+ private:
+  Code order(Reader r, OrderView* o);
+  Code item(Reader r, ItemView* it);
+  Code payment(Reader r, PaymentView* p);
+  Code customer(Reader r, CustomerView* c);
+  Code timestamp(Reader r, Timestamp* ts);
+  Code string(Reader& r, uint32_t wire_type, Span* out);
+  Code message(Reader& r, uint32_t wire_type, Span* out);
+  Code varint(Reader& r, uint32_t wire_type, uint64_t* out);
+
+  Level& enter(Msg msg) {
+    Level& lv = path_[++depth_];
+    lv.msg = msg;
+    lv.field = 0;
+    return lv;
+  }
+
+  KS_COLD Code fail(const Reader& r, Code code) { return fail_at(code, r.fail_offset(), r.fail_what()); }
+  KS_COLD Code fail_at(Code code, uint32_t offset, const char* what);
+  std::string path() const;
+
+  const DecodeLimits& limits_;
+  BatchView* out_;
+  Error* error_;
+  Level path_[kMaxDepth + 1];
+  int depth_ = 0;
+};
+
+// Propagates a reader failure, recording the path while it is still known.
+#define KS_READ(r, expr)                                  \
+  do {                                                    \
+    Code ks_code_ = (expr);                               \
+    if (KS_UNLIKELY(ks_code_ != Code::kOk)) {             \
+      return fail((r), ks_code_);                         \
+    }                                                     \
+  } while (0)
+
+std::string Decoder::path() const {
+  std::string p;
+  for (int d = 0; d <= depth_; ++d) {
+    const Level& lv = path_[d];
+    if (lv.field == 0) break;
+    const char* name = field_name(lv.msg, lv.field);
+    if (!p.empty()) p += '.';
+    p += name ? name : "field " + std::to_string(lv.field);
+    if (is_repeated(lv.msg, lv.field)) p += "[" + std::to_string(lv.index) + "]";
+  }
+  return p.empty() ? "OrderBatch" : p;
+}
+
+Code Decoder::fail_at(Code code, uint32_t offset, const char* what) {
+  error_->code = code;
+  error_->offset = offset;
+  error_->message = std::string(what) + " at byte " + std::to_string(offset) + " in " + path();
+  return code;
+}
+
+Code Decoder::string(Reader& r, uint32_t wire_type, Span* out) {
+  if (KS_UNLIKELY(wire_type != wire::kLen)) return fail(r, r.wrong_wire_type());
+  KS_READ(r, r.len(out));
+  if (KS_UNLIKELY(!wire::valid_utf8(r.base() + out->offset, out->length))) {
+    return fail_at(Code::kInvalidUtf8, out->offset, "invalid UTF-8 in a string starting");
+  }
+  return Code::kOk;
+}
+
+Code Decoder::message(Reader& r, uint32_t wire_type, Span* out) {
+  if (KS_UNLIKELY(wire_type != wire::kLen)) return fail(r, r.wrong_wire_type());
+  KS_READ(r, r.len(out));
+  return Code::kOk;
+}
+
+Code Decoder::varint(Reader& r, uint32_t wire_type, uint64_t* out) {
+  if (KS_UNLIKELY(wire_type != wire::kVarint)) return fail(r, r.wrong_wire_type());
+  KS_READ(r, r.varint(out));
+  return Code::kOk;
+}
+
+Code Decoder::batch(Reader r) {
+  Level& lv = path_[0];
+  lv.msg = Msg::kBatch;
+  while (!r.at_end()) {
+    lv.field = 0;
+    uint32_t f = 0, wt = 0;
+    KS_READ(r, r.tag(&f, &wt));
+    lv.field = f;
+    Span s;
+    switch (f) {
+      case 1: KS_TRY(string(r, wt, &out_->batch_id)); break;
+      case 2: KS_TRY(string(r, wt, &out_->source)); break;
+      case 3: {
+        lv.index = static_cast<uint32_t>(out_->orders.size());
+        if (KS_UNLIKELY(lv.index >= limits_.max_orders)) {
+          return fail_at(Code::kTooManyOrders, r.tag_offset(), "more orders than max_orders_per_batch, starting");
+        }
+        KS_TRY(message(r, wt, &s));
+        out_->orders.emplace_back();
+        OrderView& o = out_->orders.back();
+        o.bytes = s;
+        KS_TRY(order(r.sub(s), &o));
+        break;
+      }
+      default: KS_READ(r, r.skip(f, wt));
+    }
+  }
+  return Code::kOk;
+}
+
+Code Decoder::order(Reader r, OrderView* o) {
+  Level& lv = enter(Msg::kOrder);
+  std::vector<ItemView>& items = out_->items;
+  std::vector<PaymentView>& payments = out_->payments;
+  o->items_begin = o->items_end = static_cast<uint32_t>(items.size());
+  o->payments_begin = o->payments_end = static_cast<uint32_t>(payments.size());
+  while (!r.at_end()) {
+    lv.field = 0;
+    uint32_t f = 0, wt = 0;
+    KS_READ(r, r.tag(&f, &wt));
+    lv.field = f;
+    uint64_t v;
+    Span s;
+    switch (f) {
+      case 1: KS_TRY(string(r, wt, &o->event_id)); break;
+      case 2: KS_TRY(string(r, wt, &o->order_id)); break;
+      case 3: KS_TRY(string(r, wt, &o->customer_id)); break;
+      case 4:
+        KS_TRY(varint(r, wt, &v));
+        o->order_status = static_cast<int32_t>(static_cast<uint32_t>(v));
+        break;
+      case 5: case 6: case 7: case 8: case 9:
+        KS_TRY(message(r, wt, &s));
+        KS_TRY(timestamp(r.sub(s), &o->timestamps[f - 5]));
+        break;
+      case 10:
+        lv.index = static_cast<uint32_t>(items.size()) - o->items_begin;
+        if (KS_UNLIKELY(lv.index >= limits_.max_items_per_order)) {
+          return fail_at(Code::kTooManyItems, r.tag_offset(), "more items than max_items_per_order, starting");
+        }
+        KS_TRY(message(r, wt, &s));
+        items.emplace_back();
+        KS_TRY(item(r.sub(s), &items.back()));
+        break;
+      case 11:
+        lv.index = static_cast<uint32_t>(payments.size()) - o->payments_begin;
+        if (KS_UNLIKELY(lv.index >= limits_.max_payments_per_order)) {
+          return fail_at(Code::kTooManyPayments, r.tag_offset(),
+                         "more payments than max_payments_per_order, starting");
+        }
+        KS_TRY(message(r, wt, &s));
+        payments.emplace_back();
+        KS_TRY(payment(r.sub(s), &payments.back()));
+        break;
+      case 12:
+        KS_TRY(message(r, wt, &s));
+        KS_TRY(customer(r.sub(s), &o->customer));
+        break;
+      default: KS_READ(r, r.skip(f, wt));
+    }
+  }
+  o->items_end = static_cast<uint32_t>(items.size());
+  o->payments_end = static_cast<uint32_t>(payments.size());
+  --depth_;
+  return Code::kOk;
+}
+
+Code Decoder::item(Reader r, ItemView* it) {
+  Level& lv = enter(Msg::kItem);
+  while (!r.at_end()) {
+    lv.field = 0;
+    uint32_t f = 0, wt = 0;
+    KS_READ(r, r.tag(&f, &wt));
+    lv.field = f;
+    uint64_t v;
+    Span s;
+    switch (f) {
+      case 1:
+        KS_TRY(varint(r, wt, &v));
+        it->order_item_id = static_cast<uint32_t>(v);
+        break;
+      case 2: KS_TRY(string(r, wt, &it->product_id)); break;
+      case 3: KS_TRY(string(r, wt, &it->seller_id)); break;
+      case 4:
+        KS_TRY(message(r, wt, &s));
+        KS_TRY(timestamp(r.sub(s), &it->shipping_limit_date));
+        break;
+      case 5:
+        KS_TRY(varint(r, wt, &v));
+        it->price_cents = static_cast<int64_t>(v);
+        break;
+      case 6:
+        KS_TRY(varint(r, wt, &v));
+        it->freight_value_cents = static_cast<int64_t>(v);
+        break;
+      default: KS_READ(r, r.skip(f, wt));
+    }
+  }
+  --depth_;
+  return Code::kOk;
+}
+
+Code Decoder::payment(Reader r, PaymentView* p) {
+  Level& lv = enter(Msg::kPayment);
+  while (!r.at_end()) {
+    lv.field = 0;
+    uint32_t f = 0, wt = 0;
+    KS_READ(r, r.tag(&f, &wt));
+    lv.field = f;
+    uint64_t v;
+    switch (f) {
+      case 1:
+        KS_TRY(varint(r, wt, &v));
+        p->payment_sequential = static_cast<uint32_t>(v);
+        break;
+      case 2:
+        KS_TRY(varint(r, wt, &v));
+        p->payment_type = static_cast<int32_t>(static_cast<uint32_t>(v));
+        break;
+      case 3:
+        KS_TRY(varint(r, wt, &v));
+        p->payment_installments = static_cast<uint32_t>(v);
+        break;
+      case 4:
+        KS_TRY(varint(r, wt, &v));
+        p->payment_value_cents = static_cast<int64_t>(v);
+        break;
+      default: KS_READ(r, r.skip(f, wt));
+    }
+  }
+  --depth_;
+  return Code::kOk;
+}
+
+Code Decoder::customer(Reader r, CustomerView* c) {
+  Level& lv = enter(Msg::kCustomer);
+  c->present = true;
+  while (!r.at_end()) {
+    lv.field = 0;
+    uint32_t f = 0, wt = 0;
+    KS_READ(r, r.tag(&f, &wt));
+    lv.field = f;
+    switch (f) {
+      case 1: KS_TRY(string(r, wt, &c->customer_unique_id)); break;
+      case 2: KS_TRY(string(r, wt, &c->customer_zip_code_prefix)); break;
+      case 3: KS_TRY(string(r, wt, &c->customer_city)); break;
+      case 4: KS_TRY(string(r, wt, &c->customer_state)); break;
+      default: KS_READ(r, r.skip(f, wt));
+    }
+  }
+  --depth_;
+  return Code::kOk;
+}
+
+Code Decoder::timestamp(Reader r, Timestamp* ts) {
+  Level& lv = enter(Msg::kTimestamp);
+  ts->present = true;
+  while (!r.at_end()) {
+    lv.field = 0;
+    uint32_t f = 0, wt = 0;
+    KS_READ(r, r.tag(&f, &wt));
+    lv.field = f;
+    uint64_t v;
+    switch (f) {
+      case 1:
+        KS_TRY(varint(r, wt, &v));
+        ts->seconds = static_cast<int64_t>(v);
+        break;
+      case 2:
+        KS_TRY(varint(r, wt, &v));
+        ts->nanos = static_cast<int32_t>(static_cast<uint32_t>(v));
+        break;
+      default: KS_READ(r, r.skip(f, wt));
+    }
+  }
+  --depth_;
+  return Code::kOk;
+}
+
+}  // namespace
+
+void BatchView::clear() {
+  data = nullptr;
+  size = 0;
+  batch_id = Span();
+  source = Span();
+  orders.clear();
+  items.clear();
+  payments.clear();
+}
+
+Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, BatchView* out,
+                  Error* error) {
+  out->clear();
+  out->data = data;
+  out->size = size;
+  Decoder decoder(limits, out, error);
+  return decoder.batch(Reader(data, data, data + size));
+}
+
+}  // namespace keystone

@@ -1,0 +1,198 @@
+#include "keystone/dedup.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace keystone {
+namespace {
+
+constexpr uint64_t kP0 = 0xa0761d6478bd642full;
+constexpr uint64_t kP1 = 0xe7037ed1a0b428dbull;
+constexpr uint64_t kP2 = 0x8ebc6af09c88c6e3ull;
+constexpr uint64_t kP3 = 0x589965cc75374cc3ull;
+constexpr uint64_t kEventIdSeed = 0x6b657973746f6e65ull;     // "keystone"
+constexpr uint64_t kOrderBytesSeed = 0x6f72646572627974ull;  // "orderbyt"
+
+// 64x64 -> 128-bit multiply, folded: the mixing step of the hash.
+inline uint64_t mix(uint64_t a, uint64_t b) {
+  const __uint128_t r = static_cast<__uint128_t>(a) * b;
+  return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
+}
+
+inline uint64_t load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+// calloc'd memory is mapped lazily: a window pays in resident memory only
+// for the part it has used, and its full size is still fixed up front.
+template <typename T>
+T* zeroed(size_t n) {
+  void* p = std::calloc(n, sizeof(T));
+  if (p == nullptr) throw std::bad_alloc();
+  return static_cast<T*>(p);
+}
+
+uint64_t round_up_pow2(uint64_t v) {
+  uint64_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+}  // namespace
+
+// Two 64-bit lanes, each absorbing 16 bytes per step through a folded
+// 128-bit multiply, cross-mixed at the end; the length seeds both lanes so
+// zero padding of the tail cannot collide with a longer input.
+Key128 hash128(const uint8_t* p, size_t n, uint64_t seed) {
+  uint64_t h1 = seed ^ mix(n ^ kP0, kP1);
+  uint64_t h2 = ~seed ^ mix(n ^ kP2, kP3);
+  while (n >= 16) {
+    const uint64_t a = load64(p), b = load64(p + 8);
+    h1 = mix(a ^ kP1 ^ h1, b ^ kP2);
+    h2 = mix(b ^ kP3 ^ h2, a ^ kP0);
+    p += 16;
+    n -= 16;
+  }
+  if (n > 0) {
+    uint8_t tail[16] = {0};
+    std::memcpy(tail, p, n);
+    const uint64_t a = load64(tail), b = load64(tail + 8);
+    h1 = mix(a ^ kP1 ^ h1, b ^ kP2);
+    h2 = mix(b ^ kP3 ^ h2, a ^ kP0);
+  }
+  Key128 k;
+  k.lo = mix(h1 ^ kP3, h2 ^ kP0);
+  k.hi = mix(h2 ^ kP1, h1 ^ kP2);
+  return k;
+}
+
+Key128 order_key(const BatchView& batch, const OrderView& order) {
+  if (order.event_id.length > 0) {
+    return hash128(batch.data + order.event_id.offset, order.event_id.length, kEventIdSeed);
+  }
+  return hash128(batch.data + order.bytes.offset, order.bytes.length, kOrderBytesSeed);
+}
+
+DedupWindow::DedupWindow(const DedupOptions& options)
+    : options_(options), ring_(nullptr, std::free), slots_(nullptr, std::free) {
+  const uint32_t cap = options_.max_keys > 0 ? options_.max_keys : 1;
+  // At most half the slots are ever used, keeping linear probes short.
+  const uint64_t nslots = round_up_pow2(static_cast<uint64_t>(cap) * 2);
+  ring_.reset(zeroed<Entry>(cap));
+  slots_.reset(zeroed<Slot>(nslots));
+  slot_mask_ = nslots - 1;
+}
+
+DedupWindow::~DedupWindow() = default;
+
+size_t DedupWindow::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return live_;
+}
+
+size_t DedupWindow::memory_bytes() const {
+  const size_t cap = options_.max_keys > 0 ? options_.max_keys : 1;
+  return cap * sizeof(Entry) + (slot_mask_ + 1) * sizeof(Slot);
+}
+
+bool DedupWindow::contains_locked(const Key128& key) const {
+  const uint32_t tag = static_cast<uint32_t>(key.lo);
+  for (uint64_t i = tag & slot_mask_;; i = (i + 1) & slot_mask_) {
+    const Slot& s = slots_[i];
+    if (s.pos1 == 0) return false;
+    if (s.tag == tag && ring_[s.pos1 - 1].key == key) return true;
+  }
+}
+
+uint64_t DedupWindow::find_slot_locked(const Key128& key, uint32_t pos) const {
+  for (uint64_t i = static_cast<uint32_t>(key.lo) & slot_mask_;; i = (i + 1) & slot_mask_) {
+    if (slots_[i].pos1 == pos + 1) return i;
+  }
+}
+
+// Backward-shift deletion: later members of the probe run move up into the
+// hole when that keeps them reachable from their home slot, so lookups never
+// need tombstones.
+void DedupWindow::erase_slot_locked(uint64_t hole) {
+  for (uint64_t j = (hole + 1) & slot_mask_;; j = (j + 1) & slot_mask_) {
+    const Slot s = slots_[j];
+    if (s.pos1 == 0) break;
+    const uint64_t home = s.tag & slot_mask_;
+    if (((j - home) & slot_mask_) >= ((j - hole) & slot_mask_)) {
+      slots_[hole] = s;
+      hole = j;
+    }
+  }
+  slots_[hole] = Slot{0, 0};
+}
+
+void DedupWindow::evict_oldest_locked() {
+  const uint32_t pos = static_cast<uint32_t>(head_ % options_.max_keys);
+  Entry& e = ring_[pos];
+  if (e.inserted_ms != kForgotten) {
+    erase_slot_locked(find_slot_locked(e.key, pos));
+    --live_;
+  }
+  ++head_;
+}
+
+void DedupWindow::insert_locked(const Key128& key, int64_t now_ms) {
+  if (tail_ - head_ == options_.max_keys) evict_oldest_locked();
+  const uint32_t pos = static_cast<uint32_t>(tail_ % options_.max_keys);
+  ring_[pos] = Entry{key, now_ms};
+  ++tail_;
+  ++live_;
+  uint64_t i = static_cast<uint32_t>(key.lo) & slot_mask_;
+  while (slots_[i].pos1 != 0) i = (i + 1) & slot_mask_;
+  slots_[i] = Slot{pos + 1, static_cast<uint32_t>(key.lo)};
+}
+
+void DedupWindow::apply(const Key128* keys, Verdict* verdicts, size_t n, int64_t now_ms,
+                        std::vector<Key128>* inserted) {
+  if (options_.max_keys == 0) return;  // a window of no keys dedups nothing
+  std::lock_guard<std::mutex> lock(mu_);
+  // Age first: a key inserted at t is forgotten once now - t >= max_age_ms.
+  while (head_ != tail_) {
+    const Entry& oldest = ring_[head_ % options_.max_keys];
+    if (oldest.inserted_ms != kForgotten && now_ms - oldest.inserted_ms < options_.max_age_ms) break;
+    evict_oldest_locked();
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (verdicts[i] != Verdict::kAccept) continue;
+    if (contains_locked(keys[i])) {
+      verdicts[i] = Verdict::kDuplicate;
+    } else {
+      insert_locked(keys[i], now_ms);
+      inserted->push_back(keys[i]);
+    }
+  }
+}
+
+size_t DedupWindow::forget(const Key128* keys, size_t n) {
+  if (options_.max_keys == 0) return 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t removed = 0;
+  for (size_t k = 0; k < n; ++k) {
+    const uint32_t tag = static_cast<uint32_t>(keys[k].lo);
+    for (uint64_t i = tag & slot_mask_;; i = (i + 1) & slot_mask_) {
+      const Slot s = slots_[i];
+      if (s.pos1 == 0) break;
+      Entry& e = ring_[s.pos1 - 1];
+      if (s.tag == tag && e.key == keys[k]) {
+        // The ring entry stays as a marker until it reaches the head, so
+        // the ring keeps its arrival order without moving anything.
+        e.inserted_ms = kForgotten;
+        erase_slot_locked(i);
+        --live_;
+        ++removed;
+        break;
+      }
+    }
+  }
+  return removed;
+}
+
+}  // namespace keystone

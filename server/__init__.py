@@ -1,0 +1,1 @@
+"""The gRPC ingestion server: keystone_ingest.server."""
