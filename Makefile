@@ -50,6 +50,19 @@ test-native: $(VENV)/.deps
 	$(VENV)/bin/cmake --build build/native-asan -j $(JOBS)
 	cd build/native-asan && ../../$(VENV)/bin/ctest --output-on-failure
 
+# libFuzzer needs clang; Debian's clang-14 is installed when it is missing
+# (the machines here run as root). FUZZ_SECONDS bounds the run.
+fuzz: install
+	@command -v $(CLANGXX) >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-14 libclang-rt-14-dev >/dev/null; }
+	$(VENV)/bin/cmake -S native -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DCMAKE_CXX_COMPILER=$(CLANGXX) -DKEYSTONE_BUILD_FUZZ=ON >/dev/null
+	$(VENV)/bin/cmake --build build/fuzz -j $(JOBS) --target fuzz_process_batch
+	$(PY) native/fuzz/make_corpus.py build/fuzz/seed
+	mkdir -p build/fuzz/corpus build/fuzz/crashes
+	build/fuzz/fuzz_process_batch -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=2048 \
+	    -artifact_prefix=build/fuzz/crashes/ build/fuzz/corpus build/fuzz/seed
+
 demo:
 	@echo "make demo arrives with the server (issue 3): it will start the service with an"
 	@echo "embedded broker, stream 200,000 synthetic orders and show what landed."

@@ -77,10 +77,18 @@ constexpr TableDef kTables[] = {
 static_assert(sizeof(kTables) / sizeof(kTables[0]) == static_cast<size_t>(TableId::kCount_),
               "every TableId needs a TableDef");
 
+struct Name {
+  const char* text;
+  uint32_t length;
+};
+#define KS_NAME(s) Name{s, sizeof(s) - 1}
 // Olist's own spellings, indexed by the proto enum value.
-constexpr const char* kOrderStatus[] = {"",        "created",   "approved",    "invoiced", "processing",
-                                        "shipped", "delivered", "unavailable", "canceled"};
-constexpr const char* kPaymentType[] = {"", "credit_card", "boleto", "voucher", "debit_card", "not_defined"};
+constexpr Name kOrderStatus[] = {KS_NAME(""),          KS_NAME("created"),   KS_NAME("approved"),
+                                 KS_NAME("invoiced"),  KS_NAME("processing"), KS_NAME("shipped"),
+                                 KS_NAME("delivered"), KS_NAME("unavailable"), KS_NAME("canceled")};
+constexpr Name kPaymentType[] = {KS_NAME(""),        KS_NAME("credit_card"), KS_NAME("boleto"),
+                                 KS_NAME("voucher"), KS_NAME("debit_card"),  KS_NAME("not_defined")};
+#undef KS_NAME
 
 // ---------------------------------------------------------------- builders
 // Each writer appends one value per row to a Column. They trust the caller
@@ -97,7 +105,6 @@ class Utf8Writer {
     if (n > 0) std::memcpy(c_->data.extend(n), p, n);
     put_offset();
   }
-  void append(const char* s) { append(s, std::strlen(s)); }
 
  private:
   void put_offset() {
@@ -179,7 +186,7 @@ std::shared_ptr<Table> encode_orders(const BatchView& b, const std::vector<uint3
     event_id.append(b.str(o.event_id), o.event_id.length);
     order_id.append(b.str(o.order_id), o.order_id.length);
     customer_id.append(b.str(o.customer_id), o.customer_id.length);
-    status.append(kOrderStatus[o.order_status]);
+    status.append(kOrderStatus[o.order_status].text, kOrderStatus[o.order_status].length);
     for (int k = 0; k < kOrderTimestampCount; ++k) ts[k].append(o.timestamps[k]);
   }
   for (auto& w : ts) w.finish();
@@ -247,7 +254,7 @@ std::shared_ptr<Table> encode_payments(const BatchView& b, const std::vector<uin
       const PaymentView& p = b.payments[j];
       order_id.append(b.str(o.order_id), o.order_id.length);
       put<int32_t>(&c[1], static_cast<int32_t>(p.payment_sequential));
-      type.append(kPaymentType[p.payment_type]);
+      type.append(kPaymentType[p.payment_type].text, kPaymentType[p.payment_type].length);
       put<int32_t>(&c[3], static_cast<int32_t>(p.payment_installments));
       put_decimal(&c[4], p.payment_value_cents);
     }
@@ -312,7 +319,8 @@ std::shared_ptr<Table> encode_rejects(const BatchView& b, const std::vector<Reje
     const OrderView& o = b.orders[r.index];
     put<int32_t>(&c[0], static_cast<int32_t>(r.index));
     event_id.append(b.str(o.event_id), o.event_id.length);
-    reason.append(reason_name(r.reason));
+    const char* reason_text = reason_name(r.reason);
+    reason.append(reason_text, std::strlen(reason_text));
     message.append(r.message.data(), r.message.size());
     put<int64_t>(&c[4], o.bytes.offset);
     put<int32_t>(&c[5], static_cast<int32_t>(o.bytes.length));

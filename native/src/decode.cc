@@ -60,22 +60,41 @@ bool is_repeated(Msg msg, uint32_t field) {
   return (msg == Msg::kBatch && field == 3) || (msg == Msg::kOrder && (field == 10 || field == 11));
 }
 
+// Propagates a reader failure, recording the path while it is still known.
+#define KS_READ(expr)                                     \
+  do {                                                    \
+    Code ks_code_ = (expr);                               \
+    if (KS_UNLIKELY(ks_code_ != Code::kOk)) {             \
+      return fail(ks_code_);                              \
+    }                                                     \
+  } while (0)
+
 class Decoder {
  public:
-  Decoder(const DecodeLimits& limits, BatchView* out, Error* error)
-      : limits_(limits), out_(out), error_(error) {}
+  Decoder(const uint8_t* data, size_t size, const DecodeLimits& limits, BatchView* out, Error* error)
+      : r_(data, size), limits_(limits), out_(out), error_(error) {}
 
-  Code batch(Reader r);
+  Code batch();
 
  private:
-  Code order(Reader r, OrderView* o);
-  Code item(Reader r, ItemView* it);
-  Code payment(Reader r, PaymentView* p);
-  Code customer(Reader r, CustomerView* c);
-  Code timestamp(Reader r, Timestamp* ts);
-  Code string(Reader& r, uint32_t wire_type, Span* out);
-  Code message(Reader& r, uint32_t wire_type, Span* out);
-  Code varint(Reader& r, uint32_t wire_type, uint64_t* out);
+  Code order(OrderView* o);
+  Code item(ItemView* it);
+  Code payment(PaymentView* p);
+  Code customer(CustomerView* c);
+  Code timestamp(Timestamp* ts);
+  Code string(uint32_t wire_type, Span* out);
+  Code varint(uint32_t wire_type, uint64_t* out);
+  // Reads a nested message of the field just tagged with `decode`, which
+  // runs with the reader narrowed to that message.
+  template <typename Fn>
+  Code message(uint32_t wire_type, Span* span, Fn decode) {
+    if (KS_UNLIKELY(wire_type != wire::kLen)) return fail(r_.wrong_wire_type());
+    const uint8_t* saved_end;
+    KS_READ(r_.enter(span, &saved_end));
+    KS_TRY(decode());
+    r_.leave(saved_end);
+    return Code::kOk;
+  }
 
   Level& enter(Msg msg) {
     Level& lv = path_[++depth_];
@@ -84,10 +103,11 @@ class Decoder {
     return lv;
   }
 
-  KS_COLD Code fail(const Reader& r, Code code) { return fail_at(code, r.fail_offset(), r.fail_what()); }
+  KS_COLD Code fail(Code code) { return fail_at(code, r_.fail_offset(), r_.fail_what()); }
   KS_COLD Code fail_at(Code code, uint32_t offset, const char* what);
   std::string path() const;
 
+  Reader r_;
   const DecodeLimits& limits_;
   BatchView* out_;
   Error* error_;
@@ -95,14 +115,6 @@ class Decoder {
   int depth_ = 0;
 };
 
-// Propagates a reader failure, recording the path while it is still known.
-#define KS_READ(r, expr)                                  \
-  do {                                                    \
-    Code ks_code_ = (expr);                               \
-    if (KS_UNLIKELY(ks_code_ != Code::kOk)) {             \
-      return fail((r), ks_code_);                         \
-    }                                                     \
-  } while (0)
 
 std::string Decoder::path() const {
   std::string p;
@@ -124,106 +136,94 @@ Code Decoder::fail_at(Code code, uint32_t offset, const char* what) {
   return code;
 }
 
-Code Decoder::string(Reader& r, uint32_t wire_type, Span* out) {
-  if (KS_UNLIKELY(wire_type != wire::kLen)) return fail(r, r.wrong_wire_type());
-  KS_READ(r, r.len(out));
-  if (KS_UNLIKELY(!wire::valid_utf8(r.base() + out->offset, out->length))) {
+Code Decoder::string(uint32_t wire_type, Span* out) {
+  if (KS_UNLIKELY(wire_type != wire::kLen)) return fail(r_.wrong_wire_type());
+  KS_READ(r_.len(out));
+  if (KS_UNLIKELY(!wire::valid_utf8(r_.base() + out->offset, out->length))) {
     return fail_at(Code::kInvalidUtf8, out->offset, "invalid UTF-8 in a string starting");
   }
   return Code::kOk;
 }
 
-Code Decoder::message(Reader& r, uint32_t wire_type, Span* out) {
-  if (KS_UNLIKELY(wire_type != wire::kLen)) return fail(r, r.wrong_wire_type());
-  KS_READ(r, r.len(out));
+Code Decoder::varint(uint32_t wire_type, uint64_t* out) {
+  if (KS_UNLIKELY(wire_type != wire::kVarint)) return fail(r_.wrong_wire_type());
+  KS_READ(r_.varint(out));
   return Code::kOk;
 }
 
-Code Decoder::varint(Reader& r, uint32_t wire_type, uint64_t* out) {
-  if (KS_UNLIKELY(wire_type != wire::kVarint)) return fail(r, r.wrong_wire_type());
-  KS_READ(r, r.varint(out));
-  return Code::kOk;
-}
-
-Code Decoder::batch(Reader r) {
+Code Decoder::batch() {
   Level& lv = path_[0];
   lv.msg = Msg::kBatch;
-  while (!r.at_end()) {
+  while (!r_.at_end()) {
     lv.field = 0;
     uint32_t f = 0, wt = 0;
-    KS_READ(r, r.tag(&f, &wt));
+    KS_READ(r_.tag(&f, &wt));
     lv.field = f;
     Span s;
     switch (f) {
-      case 1: KS_TRY(string(r, wt, &out_->batch_id)); break;
-      case 2: KS_TRY(string(r, wt, &out_->source)); break;
+      case 1: KS_TRY(string(wt, &out_->batch_id)); break;
+      case 2: KS_TRY(string(wt, &out_->source)); break;
       case 3: {
         lv.index = static_cast<uint32_t>(out_->orders.size());
         if (KS_UNLIKELY(lv.index >= limits_.max_orders)) {
-          return fail_at(Code::kTooManyOrders, r.tag_offset(), "more orders than max_orders_per_batch, starting");
+          return fail_at(Code::kTooManyOrders, r_.tag_offset(), "more orders than max_orders_per_batch, starting");
         }
-        KS_TRY(message(r, wt, &s));
         out_->orders.emplace_back();
-        OrderView& o = out_->orders.back();
-        o.bytes = s;
-        KS_TRY(order(r.sub(s), &o));
+        OrderView* o = &out_->orders.back();
+        KS_TRY(message(wt, &o->bytes, [&] { return order(o); }));
         break;
       }
-      default: KS_READ(r, r.skip(f, wt));
+      default: KS_READ(r_.skip(f, wt));
     }
   }
   return Code::kOk;
 }
 
-Code Decoder::order(Reader r, OrderView* o) {
+Code Decoder::order(OrderView* o) {
   Level& lv = enter(Msg::kOrder);
   std::vector<ItemView>& items = out_->items;
   std::vector<PaymentView>& payments = out_->payments;
   o->items_begin = o->items_end = static_cast<uint32_t>(items.size());
   o->payments_begin = o->payments_end = static_cast<uint32_t>(payments.size());
-  while (!r.at_end()) {
+  while (!r_.at_end()) {
     lv.field = 0;
     uint32_t f = 0, wt = 0;
-    KS_READ(r, r.tag(&f, &wt));
+    KS_READ(r_.tag(&f, &wt));
     lv.field = f;
     uint64_t v;
     Span s;
     switch (f) {
-      case 1: KS_TRY(string(r, wt, &o->event_id)); break;
-      case 2: KS_TRY(string(r, wt, &o->order_id)); break;
-      case 3: KS_TRY(string(r, wt, &o->customer_id)); break;
+      case 1: KS_TRY(string(wt, &o->event_id)); break;
+      case 2: KS_TRY(string(wt, &o->order_id)); break;
+      case 3: KS_TRY(string(wt, &o->customer_id)); break;
       case 4:
-        KS_TRY(varint(r, wt, &v));
+        KS_TRY(varint(wt, &v));
         o->order_status = static_cast<int32_t>(static_cast<uint32_t>(v));
         break;
       case 5: case 6: case 7: case 8: case 9:
-        KS_TRY(message(r, wt, &s));
-        KS_TRY(timestamp(r.sub(s), &o->timestamps[f - 5]));
+        KS_TRY(message(wt, &s, [&] { return timestamp(&o->timestamps[f - 5]); }));
         break;
       case 10:
         lv.index = static_cast<uint32_t>(items.size()) - o->items_begin;
         if (KS_UNLIKELY(lv.index >= limits_.max_items_per_order)) {
-          return fail_at(Code::kTooManyItems, r.tag_offset(), "more items than max_items_per_order, starting");
+          return fail_at(Code::kTooManyItems, r_.tag_offset(), "more items than max_items_per_order, starting");
         }
-        KS_TRY(message(r, wt, &s));
         items.emplace_back();
-        KS_TRY(item(r.sub(s), &items.back()));
+        KS_TRY(message(wt, &s, [&] { return item(&items.back()); }));
         break;
       case 11:
         lv.index = static_cast<uint32_t>(payments.size()) - o->payments_begin;
         if (KS_UNLIKELY(lv.index >= limits_.max_payments_per_order)) {
-          return fail_at(Code::kTooManyPayments, r.tag_offset(),
+          return fail_at(Code::kTooManyPayments, r_.tag_offset(),
                          "more payments than max_payments_per_order, starting");
         }
-        KS_TRY(message(r, wt, &s));
         payments.emplace_back();
-        KS_TRY(payment(r.sub(s), &payments.back()));
+        KS_TRY(message(wt, &s, [&] { return payment(&payments.back()); }));
         break;
       case 12:
-        KS_TRY(message(r, wt, &s));
-        KS_TRY(customer(r.sub(s), &o->customer));
+        KS_TRY(message(wt, &s, [&] { return customer(&o->customer); }));
         break;
-      default: KS_READ(r, r.skip(f, wt));
+      default: KS_READ(r_.skip(f, wt));
     }
   }
   o->items_end = static_cast<uint32_t>(items.size());
@@ -232,112 +232,111 @@ Code Decoder::order(Reader r, OrderView* o) {
   return Code::kOk;
 }
 
-Code Decoder::item(Reader r, ItemView* it) {
+Code Decoder::item(ItemView* it) {
   Level& lv = enter(Msg::kItem);
-  while (!r.at_end()) {
+  while (!r_.at_end()) {
     lv.field = 0;
     uint32_t f = 0, wt = 0;
-    KS_READ(r, r.tag(&f, &wt));
+    KS_READ(r_.tag(&f, &wt));
     lv.field = f;
     uint64_t v;
     Span s;
     switch (f) {
       case 1:
-        KS_TRY(varint(r, wt, &v));
+        KS_TRY(varint(wt, &v));
         it->order_item_id = static_cast<uint32_t>(v);
         break;
-      case 2: KS_TRY(string(r, wt, &it->product_id)); break;
-      case 3: KS_TRY(string(r, wt, &it->seller_id)); break;
+      case 2: KS_TRY(string(wt, &it->product_id)); break;
+      case 3: KS_TRY(string(wt, &it->seller_id)); break;
       case 4:
-        KS_TRY(message(r, wt, &s));
-        KS_TRY(timestamp(r.sub(s), &it->shipping_limit_date));
+        KS_TRY(message(wt, &s, [&] { return timestamp(&it->shipping_limit_date); }));
         break;
       case 5:
-        KS_TRY(varint(r, wt, &v));
+        KS_TRY(varint(wt, &v));
         it->price_cents = static_cast<int64_t>(v);
         break;
       case 6:
-        KS_TRY(varint(r, wt, &v));
+        KS_TRY(varint(wt, &v));
         it->freight_value_cents = static_cast<int64_t>(v);
         break;
-      default: KS_READ(r, r.skip(f, wt));
+      default: KS_READ(r_.skip(f, wt));
     }
   }
   --depth_;
   return Code::kOk;
 }
 
-Code Decoder::payment(Reader r, PaymentView* p) {
+Code Decoder::payment(PaymentView* p) {
   Level& lv = enter(Msg::kPayment);
-  while (!r.at_end()) {
+  while (!r_.at_end()) {
     lv.field = 0;
     uint32_t f = 0, wt = 0;
-    KS_READ(r, r.tag(&f, &wt));
+    KS_READ(r_.tag(&f, &wt));
     lv.field = f;
     uint64_t v;
     switch (f) {
       case 1:
-        KS_TRY(varint(r, wt, &v));
+        KS_TRY(varint(wt, &v));
         p->payment_sequential = static_cast<uint32_t>(v);
         break;
       case 2:
-        KS_TRY(varint(r, wt, &v));
+        KS_TRY(varint(wt, &v));
         p->payment_type = static_cast<int32_t>(static_cast<uint32_t>(v));
         break;
       case 3:
-        KS_TRY(varint(r, wt, &v));
+        KS_TRY(varint(wt, &v));
         p->payment_installments = static_cast<uint32_t>(v);
         break;
       case 4:
-        KS_TRY(varint(r, wt, &v));
+        KS_TRY(varint(wt, &v));
         p->payment_value_cents = static_cast<int64_t>(v);
         break;
-      default: KS_READ(r, r.skip(f, wt));
+      default: KS_READ(r_.skip(f, wt));
     }
   }
   --depth_;
   return Code::kOk;
 }
 
-Code Decoder::customer(Reader r, CustomerView* c) {
+Code Decoder::customer(CustomerView* c) {
   Level& lv = enter(Msg::kCustomer);
   c->present = true;
-  while (!r.at_end()) {
+  while (!r_.at_end()) {
     lv.field = 0;
     uint32_t f = 0, wt = 0;
-    KS_READ(r, r.tag(&f, &wt));
+    KS_READ(r_.tag(&f, &wt));
     lv.field = f;
     switch (f) {
-      case 1: KS_TRY(string(r, wt, &c->customer_unique_id)); break;
-      case 2: KS_TRY(string(r, wt, &c->customer_zip_code_prefix)); break;
-      case 3: KS_TRY(string(r, wt, &c->customer_city)); break;
-      case 4: KS_TRY(string(r, wt, &c->customer_state)); break;
-      default: KS_READ(r, r.skip(f, wt));
+      case 1: KS_TRY(string(wt, &c->customer_unique_id)); break;
+      case 2: KS_TRY(string(wt, &c->customer_zip_code_prefix)); break;
+      case 3: KS_TRY(string(wt, &c->customer_city)); break;
+      case 4: KS_TRY(string(wt, &c->customer_state)); break;
+      default: KS_READ(r_.skip(f, wt));
     }
   }
   --depth_;
   return Code::kOk;
 }
 
-Code Decoder::timestamp(Reader r, Timestamp* ts) {
+Code Decoder::timestamp(Timestamp* ts) {
   Level& lv = enter(Msg::kTimestamp);
   ts->present = true;
-  while (!r.at_end()) {
+  while (!r_.at_end()) {
     lv.field = 0;
     uint32_t f = 0, wt = 0;
-    KS_READ(r, r.tag(&f, &wt));
+    KS_READ(r_.tag(&f, &wt));
     lv.field = f;
     uint64_t v;
     switch (f) {
       case 1:
-        KS_TRY(varint(r, wt, &v));
+        KS_TRY(varint(wt, &v));
         ts->seconds = static_cast<int64_t>(v);
         break;
       case 2:
-        KS_TRY(varint(r, wt, &v));
+        KS_TRY(varint(wt, &v));
         ts->nanos = static_cast<int32_t>(static_cast<uint32_t>(v));
         break;
-      default: KS_READ(r, r.skip(f, wt));
+      default: KS_READ(r_.skip(f, wt));
     }
   }
   --depth_;
@@ -361,8 +360,8 @@ Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, 
   out->clear();
   out->data = data;
   out->size = size;
-  Decoder decoder(limits, out, error);
-  return decoder.batch(Reader(data, data, data + size));
+  Decoder decoder(data, size, limits, out, error);
+  return decoder.batch();
 }
 
 }  // namespace keystone

@@ -68,11 +68,9 @@ Code Reader::skip_group(uint32_t field) {
   return Code::kOk;
 }
 
-// PERF NOTE: identifiers and most text are ASCII, so eight bytes are checked
-// per step until the first byte with its high bit set; from there each
-// sequence is checked against the well-formed ranges of Unicode's Table 3-7.
-bool valid_utf8(const uint8_t* s, size_t n) {
-  size_t i = 0;
+// The well-formed ranges of Unicode's Table 3-7, one sequence at a time.
+bool valid_utf8_from(const uint8_t* s, size_t n, size_t from) {
+  size_t i = from;
   while (i < n) {
     if (i + 8 <= n) {
       uint64_t word;

@@ -33,15 +33,39 @@ enum WireType : uint32_t {
 // Unknown groups may nest; deeper than this is refused rather than followed.
 constexpr int kMaxGroupDepth = 32;
 
+// Checks [data + from, data + size) once a byte >= 0x80 has been seen.
+bool valid_utf8_from(const uint8_t* data, size_t size, size_t from);
+
 // True when [data, data + size) is well-formed UTF-8 (no overlong forms, no
 // surrogates, nothing above U+10FFFF).
-bool valid_utf8(const uint8_t* data, size_t size);
+// PERF NOTE: identifiers and most text are ASCII, so the inline part only
+// tests eight bytes at a time for a high bit (the last word may overlap the
+// one before); any non-ASCII byte hands over to the full check.
+inline bool valid_utf8(const uint8_t* data, size_t size) {
+  constexpr uint64_t kHighBits = 0x8080808080808080ull;
+  uint64_t word;
+  if (size >= 8) {
+    size_t i = 0;
+    for (; i + 8 <= size; i += 8) {
+      std::memcpy(&word, data + i, 8);
+      if (word & kHighBits) return valid_utf8_from(data, size, i);
+    }
+    std::memcpy(&word, data + size - 8, 8);
+    return (word & kHighBits) == 0 || valid_utf8_from(data, size, i);
+  }
+  for (size_t i = 0; i < size; ++i) {
+    if (data[i] & 0x80) return valid_utf8_from(data, size, i);
+  }
+  return true;
+}
 
 class Reader {
  public:
-  // Reads [begin, end) of the buffer starting at base; offsets are from base.
-  Reader(const uint8_t* base, const uint8_t* begin, const uint8_t* end)
-      : base_(base), p_(begin), end_(end) {}
+  // Reads [begin, end) of the buffer [base, limit); offsets are from base.
+  Reader(const uint8_t* base, const uint8_t* begin, const uint8_t* end, const uint8_t* limit)
+      : base_(base), limit_(limit), p_(begin), end_(end) {}
+  // A reader over a whole buffer.
+  Reader(const uint8_t* data, size_t size) : Reader(data, data, data + size, data + size) {}
 
   bool at_end() const { return p_ >= end_; }
   uint32_t offset() const { return static_cast<uint32_t>(p_ - base_); }
@@ -54,11 +78,27 @@ class Reader {
   const char* fail_what() const { return fail_what_; }
 
   Code varint(uint64_t* out) {
-    // PERF NOTE: most varints in an order batch (tags, small lengths,
-    // enums) are one byte; everything else takes the out-of-line path.
+    // PERF NOTE: most varints in an order batch (tags, enums, short
+    // lengths) are one byte. Longer ones (timestamps, cents, message
+    // lengths) are decoded inline when ten bytes remain in the whole
+    // buffer, which holds even at the end of a small nested message (a
+    // Timestamp); the varint must still end inside its own message.
     if (KS_LIKELY(p_ < end_ && *p_ < 0x80)) {
       *out = *p_++;
       return Code::kOk;
+    }
+    if (KS_LIKELY(limit_ - p_ >= 10)) {
+      uint64_t r = *p_ & 0x7f;
+      for (int i = 1; i < 10; ++i) {
+        const uint8_t b = p_[i];
+        r |= static_cast<uint64_t>(b & 0x7f) << (7 * i);
+        if (b < 0x80) {
+          if (KS_UNLIKELY(i + 1 > end_ - p_)) break;  // ran past its message: let the slow path say so
+          p_ += i + 1;
+          *out = r;
+          return Code::kOk;
+        }
+      }
     }
     return varint_slow(out);
   }
@@ -108,8 +148,17 @@ class Reader {
     return Code::kOk;
   }
 
-  // A reader over a span this reader returned, with offsets from the same base.
-  Reader sub(Span s) const { return Reader(base_, base_ + s.offset, base_ + s.offset + s.length); }
+  // Reads a length prefix and narrows the reader to the message it covers,
+  // returning its span and the end to restore with leave() once the message
+  // is read. One reader serves every depth, so nested messages cost no copy.
+  Code enter(Span* message, const uint8_t** saved_end) {
+    KS_TRY(len(message));
+    *saved_end = end_;
+    end_ = p_;
+    p_ = base_ + message->offset;
+    return Code::kOk;
+  }
+  void leave(const uint8_t* saved_end) { end_ = saved_end; }
 
   // Steps over the value of an unknown field whose tag was just read.
   Code skip(uint32_t field, uint32_t wire_type);
@@ -127,6 +176,7 @@ class Reader {
   }
 
   const uint8_t* base_;
+  const uint8_t* limit_;  // end of the whole buffer: bytes up to here may be read ahead
   const uint8_t* p_;
   const uint8_t* end_;
   const uint8_t* last_tag_ = p_;
