@@ -35,6 +35,7 @@ Result<BatchOutput> process_batch(const uint8_t* data, size_t size, const Proces
 
   if (window != nullptr) {
     std::vector<Key128> keys(view.orders.size());
+    out.inserted_keys.reserve(view.orders.size());
     for (size_t i = 0; i < view.orders.size(); ++i) {
       if (verdicts[i] == Verdict::kAccept) keys[i] = order_key(view, view.orders[i]);
     }

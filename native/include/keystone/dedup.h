@@ -77,8 +77,8 @@ class DedupWindow {
   mutable std::mutex mu_;
   // The ring holds entries from head_ (oldest) to tail_ (next to write), as
   // absolute sequence numbers; position = sequence % max_keys.
-  std::unique_ptr<Entry[], void (*)(void*)> ring_;
-  std::unique_ptr<Slot[], void (*)(void*)> slots_;
+  Entry* ring_ = nullptr;  // max_keys entries, mapped and released by this class
+  Slot* slots_ = nullptr;  // slot_mask_ + 1 slots, likewise
   uint64_t slot_mask_ = 0;
   uint64_t head_ = 0;
   uint64_t tail_ = 0;
