@@ -19,7 +19,7 @@ CLANGXX       ?= clang++-14
 SOURCES := $(shell find native proto server client -type f \( -name '*.cc' -o -name '*.h' -o -name '*.cpp' \
              -o -name '*.py' -o -name '*.pyi' -o -name '*.proto' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
-.PHONY: install test test-native test-python test-sanitize demo bench fuzz fuzz-smoke clean lock
+.PHONY: install test test-native test-python test-sanitize demo bench fuzz clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,16 @@ fuzz: install
 	mkdir -p build/fuzz/corpus build/fuzz/crashes
 	build/fuzz/fuzz_process_batch -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=2048 \
 	    -artifact_prefix=build/fuzz/crashes/ build/fuzz/corpus build/fuzz/seed
+
+# The Python suite of the core against an ASan+UBSan build of the extension,
+# installed into build/asan-site and put first on the path.
+ASAN_RUNTIME = $(shell gcc -print-file-name=libasan.so):$(shell gcc -print-file-name=libubsan.so)
+test-sanitize: $(VENV)/.deps
+	$(PIP) install -c $(CONSTRAINTS) --no-build-isolation --no-deps --upgrade --target build/asan-site \
+	    -C build-dir=build/asan -C cmake.build-type=Debug -C install.strip=false \
+	    -C cmake.define.KEYSTONE_SANITIZE=ON .
+	LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    PYTHONPATH=build/asan-site $(PY) -m pytest tests/core -p no:cacheprovider -q
 
 demo:
 	@echo "make demo arrives with the server (issue 3): it will start the service with an"

@@ -135,12 +135,14 @@ class Utf8Writer {
   // Appends the same value `rows` times by doubling what is already written.
   void repeat(const void* p, size_t n, size_t rows) {
     if (rows == 0) return;
-    uint8_t* data = c_->data.extend(n * rows);
-    copy_small(data, static_cast<const uint8_t*>(p), n);
-    for (size_t done = 1; done < rows;) {
-      const size_t chunk = std::min(done, rows - done);
-      std::memcpy(data + done * n, data, chunk * n);
-      done += chunk;
+    if (n > 0) {
+      uint8_t* data = c_->data.extend(n * rows);
+      copy_small(data, static_cast<const uint8_t*>(p), n);
+      for (size_t done = 1; done < rows;) {
+        const size_t chunk = std::min(done, rows - done);
+        std::memcpy(data + done * n, data, chunk * n);
+        done += chunk;
+      }
     }
     auto* offsets = reinterpret_cast<int32_t*>(c_->values.extend(rows * sizeof(int32_t)));
     const int32_t base = offsets[-1];

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <unordered_set>
 
 #include <sys/mman.h>
 
@@ -152,17 +153,38 @@ void DedupWindow::erase_slot_locked(uint64_t hole) {
 }
 
 void DedupWindow::evict_oldest_locked() {
-  const uint32_t pos = static_cast<uint32_t>(head_ % options_.max_keys);
-  Entry& e = ring_[pos];
-  if (e.inserted_ms != kForgotten) {
-    erase_slot_locked(find_slot_locked(e.key, pos));
-    --live_;
+  while (head_ != tail_) {
+    const uint32_t pos = static_cast<uint32_t>(head_ % options_.max_keys);
+    const Entry& e = ring_[pos];
+    ++head_;
+    if (e.inserted_ms != kForgotten) {
+      erase_slot_locked(find_slot_locked(e.key, pos));
+      --live_;
+      return;
+    }
   }
-  ++head_;
+}
+
+// Forgotten keys leave markers in the ring. When markers fill it, the live
+// entries move up to close the gaps and their index slots follow them.
+void DedupWindow::compact_locked() {
+  uint64_t to = head_;
+  for (uint64_t from = head_; from != tail_; ++from) {
+    const uint32_t src = static_cast<uint32_t>(from % options_.max_keys);
+    if (ring_[src].inserted_ms == kForgotten) continue;
+    const uint32_t dst = static_cast<uint32_t>(to % options_.max_keys);
+    if (dst != src) {
+      slots_[find_slot_locked(ring_[src].key, src)].pos1 = dst + 1;
+      ring_[dst] = ring_[src];
+    }
+    ++to;
+  }
+  tail_ = to;
 }
 
 void DedupWindow::insert_locked(const Key128& key, int64_t now_ms) {
-  if (tail_ - head_ == options_.max_keys) evict_oldest_locked();
+  if (live_ == options_.max_keys) evict_oldest_locked();
+  if (tail_ - head_ == options_.max_keys) compact_locked();
   const uint32_t pos = static_cast<uint32_t>(tail_ % options_.max_keys);
   ring_[pos] = Entry{key, now_ms};
   ++tail_;
@@ -175,16 +197,25 @@ void DedupWindow::insert_locked(const Key128& key, int64_t now_ms) {
 void DedupWindow::apply(const Key128* keys, Verdict* verdicts, size_t n, int64_t now_ms,
                         std::vector<Key128>* inserted) {
   if (options_.max_keys == 0) return;  // a window of no keys dedups nothing
+  // A batch with more keys than the window holds could push its own first
+  // keys out before their repeats arrive; a set of its own keys catches those.
+  std::unordered_set<Key128, KeyHash> batch_keys;
+  const bool batch_outgrows_window = n > options_.max_keys;
   std::lock_guard<std::mutex> lock(mu_);
   // Age first: a key inserted at t is forgotten once now - t >= max_age_ms.
   while (head_ != tail_) {
     const Entry& oldest = ring_[head_ % options_.max_keys];
     if (oldest.inserted_ms != kForgotten && now_ms - oldest.inserted_ms < options_.max_age_ms) break;
-    evict_oldest_locked();
+    if (oldest.inserted_ms == kForgotten) {
+      ++head_;
+    } else {
+      evict_oldest_locked();
+    }
   }
   for (size_t i = 0; i < n; ++i) {
     if (verdicts[i] != Verdict::kAccept) continue;
-    if (contains_locked(keys[i])) {
+    const bool seen = contains_locked(keys[i]) || (batch_outgrows_window && !batch_keys.insert(keys[i]).second);
+    if (seen) {
       verdicts[i] = Verdict::kDuplicate;
     } else {
       insert_locked(keys[i], now_ms);
@@ -214,6 +245,10 @@ size_t DedupWindow::forget(const Key128* keys, size_t n) {
       }
     }
   }
+  // Usually the forgotten keys are the newest (the batch that just failed):
+  // their markers come off the tail at once and free the ring for reuse.
+  while (tail_ != head_ && ring_[(tail_ - 1) % options_.max_keys].inserted_ms == kForgotten) --tail_;
+  while (head_ != tail_ && ring_[head_ % options_.max_keys].inserted_ms == kForgotten) ++head_;
   return removed;
 }
 

@@ -68,6 +68,20 @@ TEST(keys_expire_at_max_age) {
   CHECK(offer(w, key(7), 6000));
 }
 
+TEST(forgotten_keys_free_their_capacity_even_in_the_middle_of_the_ring) {
+  DedupOptions o;
+  o.max_keys = 4;
+  DedupWindow w(o);
+  for (uint64_t i = 0; i < 4; ++i) CHECK(offer(w, key(i), 0));
+  Key128 middle = key(1);
+  CHECK_EQ(w.forget(&middle, 1), 1u);
+  CHECK(offer(w, key(9), 0));  // compacts the ring instead of evicting key 0
+  CHECK_EQ(w.size(), 4u);
+  for (uint64_t i : {0, 2, 3, 9}) CHECK(!offer(w, key(i), 0));
+  CHECK(offer(w, key(10), 0));  // full again: now key 0, the oldest, leaves
+  CHECK(offer(w, key(0), 0));
+}
+
 TEST(forget_removes_exactly_the_given_keys) {
   DedupWindow w(DedupOptions{});
   Key128 keys[2] = {key(1), key(2)};
@@ -81,20 +95,18 @@ TEST(forget_removes_exactly_the_given_keys) {
 }
 
 // The index against a plain model under random inserts, forgets, capacity
-// and age evictions: backward-shift deletion must never lose or invent a key.
+// and age evictions: backward-shift deletion and ring compaction must never
+// lose or invent a key.
 TEST(window_matches_a_simple_model_under_random_operations) {
   DedupOptions o;
   o.max_keys = 64;
   o.max_age_ms = 500;
   DedupWindow w(o);
   std::mt19937_64 rng(7);
-  std::vector<std::pair<uint64_t, int64_t>> fifo;  // (id, inserted_ms), oldest first; id 0 = forgotten
+  std::vector<std::pair<uint64_t, int64_t>> fifo;  // live (id, inserted_ms), oldest first
   int64_t now = 0;
   for (int step = 0; step < 200000; ++step) {
     now += rng() % 3;
-    while (!fifo.empty() && (fifo.front().first == 0 || now - fifo.front().second >= o.max_age_ms)) {
-      fifo.erase(fifo.begin());
-    }
     const uint64_t id = 1 + rng() % 200;
     auto live = [&](uint64_t x) {
       for (auto& e : fifo) if (e.first == x) return true;
@@ -104,17 +116,18 @@ TEST(window_matches_a_simple_model_under_random_operations) {
       Key128 k = key(id);
       const size_t removed = w.forget(&k, 1);
       CHECK_EQ(removed, live(id) ? 1u : 0u);
-      for (auto& e : fifo) if (e.first == id) e.first = 0;
+      for (size_t i = 0; i < fifo.size(); ++i) {
+        if (fifo[i].first == id) fifo.erase(fifo.begin() + i);
+      }
       continue;
     }
+    while (!fifo.empty() && now - fifo.front().second >= o.max_age_ms) fifo.erase(fifo.begin());
     const bool expect_new = !live(id);
     CHECK_EQ(offer(w, key(id), now), expect_new);
     if (expect_new) {
       if (fifo.size() == o.max_keys) fifo.erase(fifo.begin());
       fifo.emplace_back(id, now);
     }
-    size_t n = 0;
-    for (auto& e : fifo) n += e.first != 0;
-    CHECK_EQ(w.size(), n);
+    CHECK_EQ(w.size(), fifo.size());
   }
 }

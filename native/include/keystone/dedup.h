@@ -29,6 +29,10 @@ Key128 hash128(const uint8_t* data, size_t size, uint64_t seed);
 // The two use different seeds so an event_id can never equal a bytes key.
 Key128 order_key(const BatchView& batch, const OrderView& order);
 
+struct KeyHash {
+  size_t operator()(const Key128& k) const { return static_cast<size_t>(k.lo); }
+};
+
 struct DedupOptions {
   uint32_t max_keys = 1000000;
   int64_t max_age_ms = 3600 * 1000;
@@ -70,6 +74,7 @@ class DedupWindow {
   bool contains_locked(const Key128& key) const;
   void insert_locked(const Key128& key, int64_t now_ms);
   void evict_oldest_locked();
+  void compact_locked();
   void erase_slot_locked(uint64_t slot);
   uint64_t find_slot_locked(const Key128& key, uint32_t pos) const;
 
