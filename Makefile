@@ -81,5 +81,18 @@ bench: install
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-only --benchmark-columns=median,iqr,ops \
 	    --benchmark-sort=name
 
+# Re-resolves every dependency to its newest allowed version and writes the
+# exact versions to $(CONSTRAINTS). Run after changing pyproject.toml.
+lock:
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q --upgrade pip
+	build/lock-venv/bin/pip install -q $(BUILD_DEPS)
+	build/lock-venv/bin/pip install -q --no-build-isolation ".[test]"
+	{ echo "# Exact versions the Makefile installs into .venv (build, runtime and test)."; \
+	  echo "# Regenerate after changing pyproject.toml: make lock"; \
+	  build/lock-venv/bin/pip freeze --all --exclude keystone-ingest --exclude setuptools --exclude wheel; \
+	} > $(CONSTRAINTS)
+	rm -rf build/lock-venv
+
 clean:
 	rm -rf build $(VENV) .pytest_cache .hypothesis .benchmarks
