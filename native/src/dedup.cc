@@ -153,10 +153,11 @@ void DedupWindow::erase_slot_locked(uint64_t hole) {
 }
 
 void DedupWindow::evict_oldest_locked() {
-  while (head_ != tail_) {
-    const uint32_t pos = static_cast<uint32_t>(head_ % options_.max_keys);
+  while (used_ > 0) {
+    const uint32_t pos = head_;
     const Entry& e = ring_[pos];
-    ++head_;
+    head_ = next(head_);
+    --used_;
     if (e.inserted_ms != kForgotten) {
       erase_slot_locked(find_slot_locked(e.key, pos));
       --live_;
@@ -168,26 +169,26 @@ void DedupWindow::evict_oldest_locked() {
 // Forgotten keys leave markers in the ring. When markers fill it, the live
 // entries move up to close the gaps and their index slots follow them.
 void DedupWindow::compact_locked() {
-  uint64_t to = head_;
-  for (uint64_t from = head_; from != tail_; ++from) {
-    const uint32_t src = static_cast<uint32_t>(from % options_.max_keys);
+  uint32_t dst = head_;
+  uint32_t kept = 0;
+  for (uint32_t src = head_, i = 0; i < used_; ++i, src = next(src)) {
     if (ring_[src].inserted_ms == kForgotten) continue;
-    const uint32_t dst = static_cast<uint32_t>(to % options_.max_keys);
     if (dst != src) {
       slots_[find_slot_locked(ring_[src].key, src)].pos1 = dst + 1;
       ring_[dst] = ring_[src];
     }
-    ++to;
+    dst = next(dst);
+    ++kept;
   }
-  tail_ = to;
+  used_ = kept;
 }
 
 void DedupWindow::insert_locked(const Key128& key, int64_t now_ms) {
   if (live_ == options_.max_keys) evict_oldest_locked();
-  if (tail_ - head_ == options_.max_keys) compact_locked();
-  const uint32_t pos = static_cast<uint32_t>(tail_ % options_.max_keys);
+  if (used_ == options_.max_keys) compact_locked();
+  const uint32_t pos = at(used_);
   ring_[pos] = Entry{key, now_ms};
-  ++tail_;
+  ++used_;
   ++live_;
   uint64_t i = static_cast<uint32_t>(key.lo) & slot_mask_;
   while (slots_[i].pos1 != 0) i = (i + 1) & slot_mask_;
@@ -203,14 +204,10 @@ void DedupWindow::apply(const Key128* keys, Verdict* verdicts, size_t n, int64_t
   const bool batch_outgrows_window = n > options_.max_keys;
   std::lock_guard<std::mutex> lock(mu_);
   // Age first: a key inserted at t is forgotten once now - t >= max_age_ms.
-  while (head_ != tail_) {
-    const Entry& oldest = ring_[head_ % options_.max_keys];
+  while (used_ > 0) {
+    const Entry& oldest = ring_[head_];
     if (oldest.inserted_ms != kForgotten && now_ms - oldest.inserted_ms < options_.max_age_ms) break;
-    if (oldest.inserted_ms == kForgotten) {
-      ++head_;
-    } else {
-      evict_oldest_locked();
-    }
+    evict_oldest_locked();
   }
   for (size_t i = 0; i < n; ++i) {
     if (verdicts[i] != Verdict::kAccept) continue;
@@ -247,8 +244,11 @@ size_t DedupWindow::forget(const Key128* keys, size_t n) {
   }
   // Usually the forgotten keys are the newest (the batch that just failed):
   // their markers come off the tail at once and free the ring for reuse.
-  while (tail_ != head_ && ring_[(tail_ - 1) % options_.max_keys].inserted_ms == kForgotten) --tail_;
-  while (head_ != tail_ && ring_[head_ % options_.max_keys].inserted_ms == kForgotten) ++head_;
+  while (used_ > 0 && ring_[at(used_ - 1)].inserted_ms == kForgotten) --used_;
+  while (used_ > 0 && ring_[head_].inserted_ms == kForgotten) {
+    head_ = next(head_);
+    --used_;
+  }
   return removed;
 }
 

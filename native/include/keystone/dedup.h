@@ -80,13 +80,21 @@ class DedupWindow {
 
   const DedupOptions options_;
   mutable std::mutex mu_;
-  // The ring holds entries from head_ (oldest) to tail_ (next to write), as
-  // absolute sequence numbers; position = sequence % max_keys.
+  // The ring holds used_ entries from position head_ (the oldest) on,
+  // wrapping at max_keys: live keys and the markers of forgotten ones.
+  // PERF NOTE: positions wrap by comparison, not %: the 64-bit division
+  // per insert and eviction cost 111 -> 93 ns per key in a full
+  // million-key window (C++ loop of DedupWindow::apply alone).
+  uint32_t next(uint32_t pos) const { return pos + 1 == options_.max_keys ? 0 : pos + 1; }
+  uint32_t at(uint32_t i) const {  // position of the i-th entry from the head, i < max_keys
+    const uint64_t p = static_cast<uint64_t>(head_) + i;
+    return static_cast<uint32_t>(p >= options_.max_keys ? p - options_.max_keys : p);
+  }
   Entry* ring_ = nullptr;  // max_keys entries, mapped and released by this class
   Slot* slots_ = nullptr;  // slot_mask_ + 1 slots, likewise
   uint64_t slot_mask_ = 0;
-  uint64_t head_ = 0;
-  uint64_t tail_ = 0;
+  uint32_t head_ = 0;
+  uint32_t used_ = 0;
   size_t live_ = 0;
 };
 
