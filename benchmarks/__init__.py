@@ -1,0 +1,1 @@
+"""Benchmarks of the native core against the pure-Python reference."""

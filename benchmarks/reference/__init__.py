@@ -1,0 +1,1 @@
+"""The pure-Python reference core: the behaviour spec written the plain way."""

@@ -1,0 +1,1 @@
+"""Client side of Keystone Ingest: client library, synthetic order generator and CLIs."""
