@@ -127,6 +127,7 @@ class ReferenceCore:
         max_items_per_order: int = 1_000,
         max_payments_per_order: int = 1_000,
         max_batch_id_bytes: int = 128,
+        max_source_bytes: int = 128,
         max_event_id_bytes: int = 128,
         max_id_bytes: int = 64,
         max_text_bytes: int = 256,
@@ -139,6 +140,7 @@ class ReferenceCore:
         self.max_items_per_order = max_items_per_order
         self.max_payments_per_order = max_payments_per_order
         self.max_batch_id_bytes = max_batch_id_bytes
+        self.max_source_bytes = max_source_bytes
         self.max_event_id_bytes = max_event_id_bytes
         self.max_id_bytes = max_id_bytes
         self.max_text_bytes = max_text_bytes
@@ -164,7 +166,7 @@ class ReferenceCore:
         except DecodeError as exc:
             raise InvalidBatch("undecodable", None, str(exc)) from exc
         self._check_sizes(batch)
-        self._check_batch_id(batch.batch_id)
+        self._check_lineage(batch.batch_id, batch.source)
 
         errors: list[RecordError] = []
         valid_indices: list[int] = []
@@ -220,13 +222,18 @@ class ReferenceCore:
                     f"orders[{index}] has more than the {self.max_payments_per_order} payments allowed",
                 )
 
-    def _check_batch_id(self, batch_id: str) -> None:
+    def _check_lineage(self, batch_id: str, source: str) -> None:
         if not batch_id:
             raise InvalidBatch("batch_id_empty", None, "batch_id is empty")
         size = len(batch_id.encode())
         if size > self.max_batch_id_bytes:
             raise InvalidBatch(
                 "batch_id_too_long", None, f"batch_id is {size} bytes, more than the {self.max_batch_id_bytes} allowed"
+            )
+        size = len(source.encode())
+        if size > self.max_source_bytes:
+            raise InvalidBatch(
+                "source_too_long", None, f"source is {size} bytes, more than the {self.max_source_bytes} allowed"
             )
 
     # -- per-order validation -------------------------------------------------

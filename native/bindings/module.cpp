@@ -128,7 +128,7 @@ uint32_t positive_u32(int64_t v, const char* name, int64_t max = UINT32_MAX) {
 class PyCore {
  public:
   PyCore(int64_t dedup_max_keys, double dedup_max_age_s, int64_t max_orders_per_batch, int64_t max_items_per_order,
-         int64_t max_payments_per_order, int64_t max_batch_id_bytes, int64_t max_event_id_bytes,
+         int64_t max_payments_per_order, int64_t max_batch_id_bytes, int64_t max_source_bytes, int64_t max_event_id_bytes,
          int64_t max_id_bytes, int64_t max_text_bytes, int32_t min_year, int32_t max_year) {
     if (dedup_max_keys < 0 || dedup_max_keys > (int64_t{1} << 30)) {
       throw py::value_error("dedup_max_keys must be between 0 and 2**30, got " + std::to_string(dedup_max_keys));
@@ -143,6 +143,7 @@ class PyCore {
     options_.limits.max_items_per_order = positive_u32(max_items_per_order, "max_items_per_order", 1 << 20);
     options_.limits.max_payments_per_order = positive_u32(max_payments_per_order, "max_payments_per_order", 1 << 20);
     options_.validation.max_batch_id_bytes = positive_u32(max_batch_id_bytes, "max_batch_id_bytes");
+    options_.validation.max_source_bytes = positive_u32(max_source_bytes, "max_source_bytes");
     options_.validation.max_event_id_bytes = positive_u32(max_event_id_bytes, "max_event_id_bytes");
     options_.validation.max_id_bytes = positive_u32(max_id_bytes, "max_id_bytes");
     options_.validation.max_text_bytes = positive_u32(max_text_bytes, "max_text_bytes");
@@ -224,11 +225,12 @@ PYBIND11_MODULE(_core, m) {
       .def("__repr__", &PyBatchResult::repr);
 
   py::class_<PyCore>(m, "Core")
-      .def(py::init<int64_t, double, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int32_t,
-                    int32_t>(),
+      .def(py::init<int64_t, double, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                    int32_t, int32_t>(),
            py::kw_only(), py::arg("dedup_max_keys") = 1000000, py::arg("dedup_max_age_s") = 3600.0,
            py::arg("max_orders_per_batch") = 100000, py::arg("max_items_per_order") = 1000,
            py::arg("max_payments_per_order") = 1000, py::arg("max_batch_id_bytes") = 128,
+           py::arg("max_source_bytes") = 128,
            py::arg("max_event_id_bytes") = 128, py::arg("max_id_bytes") = 64, py::arg("max_text_bytes") = 256,
            py::arg("min_year") = 2000, py::arg("max_year") = 2100)
       .def("process", &PyCore::process, py::arg("data"), py::kw_only(), py::arg("now_ms") = py::none())

@@ -468,6 +468,28 @@ TableId table_by_name(const char* name) {
   return TableId::kCount_;
 }
 
+Code check_encodable(const BatchView& batch, const std::vector<Verdict>& verdicts, Error* error) {
+  uint64_t orders = 0, child_rows = 0, child_order_id_bytes = 0;
+  for (uint32_t i = 0; i < verdicts.size(); ++i) {
+    if (verdicts[i] != Verdict::kAccept) continue;
+    ++orders;
+    const OrderView& o = batch.orders[i];
+    const uint64_t k = std::max(o.items_end - o.items_begin, o.payments_end - o.payments_begin);
+    child_rows += k;
+    child_order_id_bytes += k * o.order_id.length;
+  }
+  const uint64_t max_rows = std::max(orders, child_rows);
+  const uint64_t lineage_bytes = max_rows * std::max(batch.batch_id.length, batch.source.length);
+  if (KS_UNLIKELY(lineage_bytes > INT32_MAX || child_order_id_bytes > INT32_MAX)) {
+    error->code = Code::kBatchTooLarge;
+    error->offset = -1;
+    error->message = "batch would build a column of more than 2 GiB (" + std::to_string(max_rows) +
+                     " rows repeating batch_id, source and order_id); send it as smaller batches";
+    return error->code;
+  }
+  return Code::kOk;
+}
+
 void encode_tables(const BatchView& batch, const std::vector<Verdict>& verdicts,
                    const std::vector<Rejection>& rejections, EncodedBatch* out) {
   std::vector<uint32_t> rows;

@@ -91,6 +91,17 @@ Key128 order_key(const BatchView& batch, const OrderView& order) {
   return hash128(batch.data + order.bytes.offset, order.bytes.length, kOrderBytesSeed);
 }
 
+void dedup_orders(const BatchView& batch, DedupWindow* window, int64_t now_ms, std::vector<Verdict>* verdicts,
+                  std::vector<Key128>* inserted) {
+  const size_t n = batch.orders.size();
+  std::vector<Key128> keys(n);
+  for (size_t i = 0; i < n; ++i) {
+    if ((*verdicts)[i] == Verdict::kAccept) keys[i] = order_key(batch, batch.orders[i]);
+  }
+  inserted->reserve(inserted->size() + n);
+  window->apply(keys.data(), verdicts->data(), n, now_ms, inserted);
+}
+
 DedupWindow::DedupWindow(const DedupOptions& options) : options_(options) {
   const uint32_t cap = options_.max_keys > 0 ? options_.max_keys : 1;
   // At most half the slots are ever used, keeping linear probes short.

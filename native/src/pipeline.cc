@@ -32,15 +32,9 @@ Result<BatchOutput> process_batch(const uint8_t* data, size_t size, const Proces
   BatchOutput out;
   std::vector<Verdict> verdicts;
   validate_orders(view, options.validation, &verdicts, &out.rejections);
+  KS_TRY_STAGE(check_encodable(view, verdicts, &error), error);
 
-  if (window != nullptr) {
-    std::vector<Key128> keys(view.orders.size());
-    out.inserted_keys.reserve(view.orders.size());
-    for (size_t i = 0; i < view.orders.size(); ++i) {
-      if (verdicts[i] == Verdict::kAccept) keys[i] = order_key(view, view.orders[i]);
-    }
-    window->apply(keys.data(), verdicts.data(), keys.size(), now_ms, &out.inserted_keys);
-  }
+  if (window != nullptr) dedup_orders(view, window, now_ms, &verdicts, &out.inserted_keys);
 
   encode_tables(view, verdicts, out.rejections, &out.tables);
 

@@ -22,7 +22,8 @@ constexpr CodeInfo kCodes[] = {
     {"too_many_payments", "an order holds more payments than max_payments_per_order"},
     {"batch_id_empty", "batch_id is empty"},
     {"batch_id_too_long", "batch_id is longer than max_batch_id_bytes"},
-    {"batch_too_large", "the batch is 2 GiB or larger"},
+    {"source_too_long", "source is longer than max_source_bytes"},
+    {"batch_too_large", "the batch, or a column built from it, would reach 2 GiB"},
 };
 static_assert(sizeof(kCodes) / sizeof(kCodes[0]) == static_cast<size_t>(Code::kCount_),
               "every Code needs a name and a description");

@@ -274,6 +274,12 @@ Code validate_batch(const BatchView& batch, const ValidationOptions& options, Er
     error->message = too_long("batch_id", batch.batch_id.length, options.max_batch_id_bytes);
     return error->code;
   }
+  if (KS_UNLIKELY(batch.source.length > options.max_source_bytes)) {
+    error->code = Code::kSourceTooLong;
+    error->offset = -1;
+    error->message = too_long("source", batch.source.length, options.max_source_bytes);
+    return error->code;
+  }
   return Code::kOk;
 }
 

@@ -36,7 +36,7 @@ from keystone_ingest.core import BATCH_ERRORS, Core, InvalidBatch, RecordError
 from keystone_ingest.proto.v1 import ingest_pb2
 
 BATCH_ID = field_len(1, b"b-1")  # bytes 0..4; whatever follows starts at offset 5
-BATCH_LEVEL_CODES = {"batch_id_empty", "batch_id_too_long"}
+BATCH_LEVEL_CODES = {"batch_id_empty", "batch_id_too_long", "source_too_long"}
 PURCHASE_AT = datetime.fromtimestamp(PURCHASE_S, timezone.utc)
 
 

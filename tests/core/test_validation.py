@@ -57,7 +57,7 @@ def test_reason_and_batch_error_codes_are_the_documented_ones():
     assert set(BATCH_ERRORS) == {
         "truncated", "varint_too_long", "bad_wire_type", "invalid_field_number", "length_past_end",
         "invalid_utf8", "nesting_too_deep", "too_many_orders", "too_many_items", "too_many_payments",
-        "batch_id_empty", "batch_id_too_long", "batch_too_large",
+        "batch_id_empty", "batch_id_too_long", "source_too_long", "batch_too_large",
     }  # fmt: skip
     assert all(REASONS.values()) and all(BATCH_ERRORS.values())
 
@@ -711,6 +711,36 @@ def test_batch_id_of_129_bytes_refuses_the_whole_batch():
     assert (raised.value.code, raised.value.offset) == ("batch_id_too_long", None)
     assert raised.value.retriable is False
     assert core.dedup_size == 0
+
+
+def test_source_of_128_bytes_is_accepted():
+    result = process(valid_order(0), source="s" * 128)
+    assert (result.source, result.accepted) == ("s" * 128, 1)
+
+
+def test_source_of_129_bytes_refuses_the_whole_batch():
+    # source is repeated on every Bronze row, so it is kept short.
+    core = Core()
+    with pytest.raises(InvalidBatch) as raised:
+        core.process(batch_bytes(valid_order(0), source="s" * 129), now_ms=NOW_MS)
+    assert (raised.value.code, raised.value.offset) == ("source_too_long", None)
+    assert raised.value.message == "source is 129 bytes, more than the 128 allowed"
+    assert core.dedup_size == 0
+
+
+def test_batch_whose_repeated_columns_would_pass_2_gib_is_refused_before_dedup():
+    # 2,048 orders repeating a 1 MiB source: a 1 MiB input that would build a
+    # 2 GiB source column, one byte past what 32-bit Arrow offsets address.
+    core = Core(max_source_bytes=2**20)
+    data = batch_bytes(*(valid_order(k) for k in range(2048)), source="s" * 2**20)
+    with pytest.raises(InvalidBatch) as raised:
+        core.process(data, now_ms=NOW_MS)
+    assert (raised.value.code, raised.value.offset) == ("batch_too_large", None)
+    assert "more than 2 GiB" in raised.value.message
+    assert core.dedup_size == 0
+    # The same core goes on taking batches, long sources included.
+    fits = core.process(batch_bytes(valid_order(1), valid_order(2), source="s" * 2**20), now_ms=NOW_MS)
+    assert rows(fits.orders)[1]["source"] == "s" * 2**20
 
 
 def test_batch_without_orders_is_accepted_empty():

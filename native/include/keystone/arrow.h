@@ -101,8 +101,14 @@ struct EncodedBatch {
   std::shared_ptr<const Table> tables[static_cast<size_t>(TableId::kCount_)];
 };
 
+// Refuses (kBatchTooLarge) a batch whose columns would pass the 2 GiB that
+// 32-bit utf8 offsets address: batch_id, source and an order's order_id are
+// repeated on many rows, so a column can outgrow the input it came from.
+// Runs before dedup, so a refused batch leaves no keys behind.
+Code check_encodable(const BatchView& batch, const std::vector<Verdict>& verdicts, Error* error);
+
 // Builds every table from the orders whose verdict is kAccept (and, for
-// kRejects, the rejections).
+// kRejects, the rejections). check_encodable() must have passed.
 void encode_tables(const BatchView& batch, const std::vector<Verdict>& verdicts,
                    const std::vector<Rejection>& rejections, EncodedBatch* out);
 

@@ -98,4 +98,9 @@ class DedupWindow {
   size_t live_ = 0;
 };
 
+// The dedup stage: keys for the accepted orders of a batch (hashed outside
+// the window's lock), then DedupWindow::apply.
+void dedup_orders(const BatchView& batch, DedupWindow* window, int64_t now_ms, std::vector<Verdict>* verdicts,
+                  std::vector<Key128>* inserted);
+
 }  // namespace keystone

@@ -36,7 +36,8 @@ enum class Code : uint8_t {
   kTooManyPayments,     // an order with more payments than DecodeLimits::max_payments_per_order
   kBatchIdEmpty,        // OrderBatch.batch_id is empty
   kBatchIdTooLong,      // OrderBatch.batch_id is longer than the limit
-  kBatchTooLarge,       // the input is 2 GiB or more (offsets inside the core are 32-bit)
+  kSourceTooLong,       // OrderBatch.source is longer than the limit
+  kBatchTooLarge,       // the input, or a column built from it, would reach 2 GiB (Arrow utf8 offsets are 32-bit)
   kCount_,
 };
 

@@ -42,6 +42,7 @@ const char* reason_description(Reason reason);
 
 struct ValidationOptions {
   uint32_t max_batch_id_bytes = 128;
+  uint32_t max_source_bytes = 128;  // source is repeated on every Bronze row, so it stays short
   uint32_t max_event_id_bytes = 128;
   uint32_t max_id_bytes = 64;     // order_id, customer_id, product_id, seller_id, customer_unique_id
   uint32_t max_text_bytes = 256;  // customer zip code prefix, city and state
@@ -61,7 +62,7 @@ struct Rejection {
   std::string message;
 };
 
-// Batch-level rules (batch_id). On failure fills *error (offset -1).
+// Batch-level rules (batch_id, source). On failure fills *error (offset -1).
 Code validate_batch(const BatchView& batch, const ValidationOptions& options, Error* error);
 
 // Order-level rules: sets verdicts[i] to kAccept or kReject for every order

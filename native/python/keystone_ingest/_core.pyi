@@ -57,6 +57,7 @@ class Core:
         max_items_per_order: int = 1_000,
         max_payments_per_order: int = 1_000,
         max_batch_id_bytes: int = 128,
+        max_source_bytes: int = 128,
         max_event_id_bytes: int = 128,
         max_id_bytes: int = 64,
         max_text_bytes: int = 256,
