@@ -84,6 +84,12 @@ class Decoder {
   Code timestamp(Timestamp* ts);
   Code string(uint32_t wire_type, Span* out);
   Code varint(uint32_t wire_type, uint64_t* out);
+  Code uint32_field(uint32_t wire_type, uint32_t* out);
+  Code int32_field(uint32_t wire_type, int32_t* out);
+  Code int64_field(uint32_t wire_type, int64_t* out);
+  Code unknown(uint32_t field, uint32_t wire_type);
+  template <typename OnField>
+  Code fields(Msg msg, OnField on_field);
   // Reads a nested message of the field just tagged with `decode`, which
   // runs with the reader narrowed to that message.
   template <typename Fn>
@@ -112,9 +118,8 @@ class Decoder {
   BatchView* out_;
   Error* error_;
   Level path_[kMaxDepth + 1];
-  int depth_ = 0;
+  int depth_ = -1;  // index of the innermost level in path_
 };
-
 
 std::string Decoder::path() const {
   std::string p;
@@ -151,196 +156,155 @@ Code Decoder::varint(uint32_t wire_type, uint64_t* out) {
   return Code::kOk;
 }
 
-Code Decoder::batch() {
-  Level& lv = path_[0];
-  lv.msg = Msg::kBatch;
+// The loop every message shares: read a tag, record it in the path, let
+// `on_field(field, wire_type, level)` take it (known fields) or skip it.
+template <typename OnField>
+Code Decoder::fields(Msg msg, OnField on_field) {
+  Level& lv = enter(msg);
   while (!r_.at_end()) {
     lv.field = 0;
     uint32_t f = 0, wt = 0;
     KS_READ(r_.tag(&f, &wt));
     lv.field = f;
-    Span s;
+    KS_TRY(on_field(f, wt, lv));
+  }
+  --depth_;
+  return Code::kOk;
+}
+
+Code Decoder::unknown(uint32_t field, uint32_t wire_type) {
+  KS_READ(r_.skip(field, wire_type));
+  return Code::kOk;
+}
+
+// Varint fields keep protobuf's conversions: uint32 and enums take the low
+// 32 bits (enums and int32 as signed), int64 the two's complement.
+Code Decoder::uint32_field(uint32_t wire_type, uint32_t* out) {
+  uint64_t v;
+  KS_TRY(varint(wire_type, &v));
+  *out = static_cast<uint32_t>(v);
+  return Code::kOk;
+}
+
+Code Decoder::int32_field(uint32_t wire_type, int32_t* out) {
+  uint64_t v;
+  KS_TRY(varint(wire_type, &v));
+  *out = static_cast<int32_t>(static_cast<uint32_t>(v));
+  return Code::kOk;
+}
+
+Code Decoder::int64_field(uint32_t wire_type, int64_t* out) {
+  uint64_t v;
+  KS_TRY(varint(wire_type, &v));
+  *out = static_cast<int64_t>(v);
+  return Code::kOk;
+}
+
+Code Decoder::batch() {
+  return fields(Msg::kBatch, [&](uint32_t f, uint32_t wt, Level& lv) {
     switch (f) {
-      case 1: KS_TRY(string(wt, &out_->batch_id)); break;
-      case 2: KS_TRY(string(wt, &out_->source)); break;
+      case 1: return string(wt, &out_->batch_id);
+      case 2: return string(wt, &out_->source);
       case 3: {
         lv.index = static_cast<uint32_t>(out_->orders.size());
         if (KS_UNLIKELY(lv.index >= limits_.max_orders)) {
           return fail_at(Code::kTooManyOrders, r_.tag_offset(), "more orders than max_orders_per_batch, starting");
         }
-        out_->orders.emplace_back();
-        OrderView* o = &out_->orders.back();
-        KS_TRY(message(wt, &o->bytes, [&] { return order(o); }));
-        break;
+        OrderView* o = &out_->orders.emplace_back();
+        return message(wt, &o->bytes, [&] { return order(o); });
       }
-      default: KS_READ(r_.skip(f, wt));
+      default: return unknown(f, wt);
     }
-  }
-  return Code::kOk;
+  });
 }
 
 Code Decoder::order(OrderView* o) {
-  Level& lv = enter(Msg::kOrder);
   std::vector<ItemView>& items = out_->items;
   std::vector<PaymentView>& payments = out_->payments;
-  o->items_begin = o->items_end = static_cast<uint32_t>(items.size());
-  o->payments_begin = o->payments_end = static_cast<uint32_t>(payments.size());
-  while (!r_.at_end()) {
-    lv.field = 0;
-    uint32_t f = 0, wt = 0;
-    KS_READ(r_.tag(&f, &wt));
-    lv.field = f;
-    uint64_t v;
-    Span s;
+  o->items_begin = static_cast<uint32_t>(items.size());
+  o->payments_begin = static_cast<uint32_t>(payments.size());
+  Span s;
+  KS_TRY(fields(Msg::kOrder, [&](uint32_t f, uint32_t wt, Level& lv) {
     switch (f) {
-      case 1: KS_TRY(string(wt, &o->event_id)); break;
-      case 2: KS_TRY(string(wt, &o->order_id)); break;
-      case 3: KS_TRY(string(wt, &o->customer_id)); break;
-      case 4:
-        KS_TRY(varint(wt, &v));
-        o->order_status = static_cast<int32_t>(static_cast<uint32_t>(v));
-        break;
+      case 1: return string(wt, &o->event_id);
+      case 2: return string(wt, &o->order_id);
+      case 3: return string(wt, &o->customer_id);
+      case 4: return int32_field(wt, &o->order_status);
       case 5: case 6: case 7: case 8: case 9:
-        KS_TRY(message(wt, &s, [&] { return timestamp(&o->timestamps[f - 5]); }));
-        break;
+        return message(wt, &s, [&] { return timestamp(&o->timestamps[f - 5]); });
       case 10:
         lv.index = static_cast<uint32_t>(items.size()) - o->items_begin;
         if (KS_UNLIKELY(lv.index >= limits_.max_items_per_order)) {
           return fail_at(Code::kTooManyItems, r_.tag_offset(), "more items than max_items_per_order, starting");
         }
-        items.emplace_back();
-        KS_TRY(message(wt, &s, [&] { return item(&items.back()); }));
-        break;
+        return message(wt, &s, [&] { return item(&items.emplace_back()); });
       case 11:
         lv.index = static_cast<uint32_t>(payments.size()) - o->payments_begin;
         if (KS_UNLIKELY(lv.index >= limits_.max_payments_per_order)) {
           return fail_at(Code::kTooManyPayments, r_.tag_offset(),
                          "more payments than max_payments_per_order, starting");
         }
-        payments.emplace_back();
-        KS_TRY(message(wt, &s, [&] { return payment(&payments.back()); }));
-        break;
-      case 12:
-        KS_TRY(message(wt, &s, [&] { return customer(&o->customer); }));
-        break;
-      default: KS_READ(r_.skip(f, wt));
+        return message(wt, &s, [&] { return payment(&payments.emplace_back()); });
+      case 12: return message(wt, &s, [&] { return customer(&o->customer); });
+      default: return unknown(f, wt);
     }
-  }
+  }));
   o->items_end = static_cast<uint32_t>(items.size());
   o->payments_end = static_cast<uint32_t>(payments.size());
-  --depth_;
   return Code::kOk;
 }
 
 Code Decoder::item(ItemView* it) {
-  Level& lv = enter(Msg::kItem);
-  while (!r_.at_end()) {
-    lv.field = 0;
-    uint32_t f = 0, wt = 0;
-    KS_READ(r_.tag(&f, &wt));
-    lv.field = f;
-    uint64_t v;
-    Span s;
+  Span s;
+  return fields(Msg::kItem, [&](uint32_t f, uint32_t wt, Level&) {
     switch (f) {
-      case 1:
-        KS_TRY(varint(wt, &v));
-        it->order_item_id = static_cast<uint32_t>(v);
-        break;
-      case 2: KS_TRY(string(wt, &it->product_id)); break;
-      case 3: KS_TRY(string(wt, &it->seller_id)); break;
-      case 4:
-        KS_TRY(message(wt, &s, [&] { return timestamp(&it->shipping_limit_date); }));
-        break;
-      case 5:
-        KS_TRY(varint(wt, &v));
-        it->price_cents = static_cast<int64_t>(v);
-        break;
-      case 6:
-        KS_TRY(varint(wt, &v));
-        it->freight_value_cents = static_cast<int64_t>(v);
-        break;
-      default: KS_READ(r_.skip(f, wt));
+      case 1: return uint32_field(wt, &it->order_item_id);
+      case 2: return string(wt, &it->product_id);
+      case 3: return string(wt, &it->seller_id);
+      case 4: return message(wt, &s, [&] { return timestamp(&it->shipping_limit_date); });
+      case 5: return int64_field(wt, &it->price_cents);
+      case 6: return int64_field(wt, &it->freight_value_cents);
+      default: return unknown(f, wt);
     }
-  }
-  --depth_;
-  return Code::kOk;
+  });
 }
 
 Code Decoder::payment(PaymentView* p) {
-  Level& lv = enter(Msg::kPayment);
-  while (!r_.at_end()) {
-    lv.field = 0;
-    uint32_t f = 0, wt = 0;
-    KS_READ(r_.tag(&f, &wt));
-    lv.field = f;
-    uint64_t v;
+  return fields(Msg::kPayment, [&](uint32_t f, uint32_t wt, Level&) {
     switch (f) {
-      case 1:
-        KS_TRY(varint(wt, &v));
-        p->payment_sequential = static_cast<uint32_t>(v);
-        break;
-      case 2:
-        KS_TRY(varint(wt, &v));
-        p->payment_type = static_cast<int32_t>(static_cast<uint32_t>(v));
-        break;
-      case 3:
-        KS_TRY(varint(wt, &v));
-        p->payment_installments = static_cast<uint32_t>(v);
-        break;
-      case 4:
-        KS_TRY(varint(wt, &v));
-        p->payment_value_cents = static_cast<int64_t>(v);
-        break;
-      default: KS_READ(r_.skip(f, wt));
+      case 1: return uint32_field(wt, &p->payment_sequential);
+      case 2: return int32_field(wt, &p->payment_type);
+      case 3: return uint32_field(wt, &p->payment_installments);
+      case 4: return int64_field(wt, &p->payment_value_cents);
+      default: return unknown(f, wt);
     }
-  }
-  --depth_;
-  return Code::kOk;
+  });
 }
 
+// A customer or timestamp sent in several pieces merges: each piece only
+// overwrites the fields it carries.
 Code Decoder::customer(CustomerView* c) {
-  Level& lv = enter(Msg::kCustomer);
   c->present = true;
-  while (!r_.at_end()) {
-    lv.field = 0;
-    uint32_t f = 0, wt = 0;
-    KS_READ(r_.tag(&f, &wt));
-    lv.field = f;
+  return fields(Msg::kCustomer, [&](uint32_t f, uint32_t wt, Level&) {
     switch (f) {
-      case 1: KS_TRY(string(wt, &c->customer_unique_id)); break;
-      case 2: KS_TRY(string(wt, &c->customer_zip_code_prefix)); break;
-      case 3: KS_TRY(string(wt, &c->customer_city)); break;
-      case 4: KS_TRY(string(wt, &c->customer_state)); break;
-      default: KS_READ(r_.skip(f, wt));
+      case 1: return string(wt, &c->customer_unique_id);
+      case 2: return string(wt, &c->customer_zip_code_prefix);
+      case 3: return string(wt, &c->customer_city);
+      case 4: return string(wt, &c->customer_state);
+      default: return unknown(f, wt);
     }
-  }
-  --depth_;
-  return Code::kOk;
+  });
 }
 
 Code Decoder::timestamp(Timestamp* ts) {
-  Level& lv = enter(Msg::kTimestamp);
   ts->present = true;
-  while (!r_.at_end()) {
-    lv.field = 0;
-    uint32_t f = 0, wt = 0;
-    KS_READ(r_.tag(&f, &wt));
-    lv.field = f;
-    uint64_t v;
+  return fields(Msg::kTimestamp, [&](uint32_t f, uint32_t wt, Level&) {
     switch (f) {
-      case 1:
-        KS_TRY(varint(wt, &v));
-        ts->seconds = static_cast<int64_t>(v);
-        break;
-      case 2:
-        KS_TRY(varint(wt, &v));
-        ts->nanos = static_cast<int32_t>(static_cast<uint32_t>(v));
-        break;
-      default: KS_READ(r_.skip(f, wt));
+      case 1: return int64_field(wt, &ts->seconds);
+      case 2: return int32_field(wt, &ts->nanos);
+      default: return unknown(f, wt);
     }
-  }
-  --depth_;
-  return Code::kOk;
+  });
 }
 
 }  // namespace
