@@ -29,25 +29,24 @@ inline uint64_t load64(const uint8_t* p) {
   return v;
 }
 
-// Anonymous mappings are zeroed lazily: a window pays in resident memory
-// only for the part it has used, while its full size is fixed up front.
-// PERF NOTE: a million-key window spans ~40 MB, far past what the TLB maps
-// in 4 KiB pages, so every probe also walked the page tables. Asking for
-// transparent huge pages cut the cost of the dedup stage by about a third.
-constexpr size_t kHugePage = size_t{2} << 20;
-
+// The ring and the index get anonymous mappings of their own rather than
+// memory from the malloc heap. Mappings are zeroed lazily, so a window pays
+// resident memory only for what it has used while its full size is fixed
+// up front; and the kernel may back them with huge pages.
+// PERF NOTE: with a full million-key window, alternating runs end to end
+// gave 2.46 M orders/s for calloc'd memory, 2.52 M for plain mappings and
+// 2.59 M with the huge-page advice. Small, but free.
 void* map_zeroed(size_t bytes) {
-  const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
-  madvise(p, size, MADV_HUGEPAGE);  // advice only: without huge pages it still works
+  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without huge pages nothing changes but speed
 #endif
   return p;
 }
 
 void unmap(void* p, size_t bytes) {
-  if (p != nullptr) munmap(p, (bytes + kHugePage - 1) / kHugePage * kHugePage);
+  if (p != nullptr) munmap(p, bytes);
 }
 
 uint64_t round_up_pow2(uint64_t v) {
