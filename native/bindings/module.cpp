@@ -197,7 +197,9 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "Keystone Ingest native core: decode, validate, dedup and Arrow-encode OrderBatch bytes.";
   m.attr("__version__") = KEYSTONE_VERSION;
 
-  py::class_<ArrowBatch>(m, "ArrowBatch")
+  py::class_<ArrowBatch>(m, "ArrowBatch",
+                         "One Arrow record batch of a result (or, from schema(), only its schema), exported "
+                         "through the Arrow PyCapsule protocol: pyarrow.record_batch(x) takes it without copying.")
       .def_property_readonly("name", &ArrowBatch::name)
       .def_property_readonly("num_rows", &ArrowBatch::num_rows)
       .def("__len__", &ArrowBatch::num_rows)
@@ -207,7 +209,9 @@ PYBIND11_MODULE(_core, m) {
         return "<ArrowBatch " + b.name() + " rows=" + std::to_string(b.num_rows()) + ">";
       });
 
-  py::class_<PyBatchResult>(m, "BatchResult")
+  py::class_<PyBatchResult>(m, "BatchResult",
+                            "What Core.process made of one batch: counts, the four Bronze tables, the spans of the "
+                            "accepted orders in the input and the rejected orders.")
       .def_property_readonly("batch_id", [](const PyBatchResult& r) { return r.output().batch_id; })
       .def_property_readonly("source", [](const PyBatchResult& r) { return r.output().source; })
       .def_property_readonly("accepted", [](const PyBatchResult& r) { return r.output().accepted; })
@@ -224,7 +228,10 @@ PYBIND11_MODULE(_core, m) {
       .def("errors", &PyBatchResult::errors, py::arg("limit") = py::none())
       .def("__repr__", &PyBatchResult::repr);
 
-  py::class_<PyCore>(m, "Core")
+  py::class_<PyCore>(m, "Core",
+                     "Decoder, validator, dedup window and Arrow encoder for OrderBatch bytes. Thread-safe: "
+                     "process() releases the GIL and may run on several threads; only the dedup window is "
+                     "shared, locked for the dedup stage alone.")
       .def(py::init<int64_t, double, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                     int32_t, int32_t>(),
            py::kw_only(), py::arg("dedup_max_keys") = 1000000, py::arg("dedup_max_age_s") = 3600.0,

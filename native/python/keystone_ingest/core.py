@@ -5,7 +5,9 @@
     orders = pyarrow.record_batch(result.orders)      # zero-copy
 
 `Core.process` runs the stages in order (decode, validate, dedup, Arrow encode)
-with the GIL released and creates no Python object per order. A batch that is
+with the GIL released and creates no Python object per order. A `Core` may be
+shared by threads: only its dedup window is shared state, locked for that
+stage alone. A batch that is
 not an acceptable `OrderBatch` raises `InvalidBatch`; orders that fail
 validation are rejected one by one and listed in `result.rejects`.
 
