@@ -125,6 +125,15 @@ uint32_t positive_u32(int64_t v, const char* name, int64_t max = UINT32_MAX) {
   return static_cast<uint32_t>(v);
 }
 
+py::buffer_info contiguous_bytes(const py::buffer& data, const char* caller) {
+  py::buffer_info info = data.request();
+  if (info.ndim != 1 || info.itemsize != 1 || info.strides[0] != 1) {
+    throw py::type_error(std::string(caller) +
+                         "() takes contiguous bytes (bytes, bytearray or a 1-D byte memoryview)");
+  }
+  return info;
+}
+
 class PyCore {
  public:
   PyCore(int64_t dedup_max_keys, double dedup_max_age_s, int64_t max_orders_per_batch, int64_t max_items_per_order,
@@ -157,10 +166,7 @@ class PyCore {
 
   PyBatchResult process(const py::buffer& data, std::optional<int64_t> now_ms) {
     // The caller must not modify a writable buffer during the call.
-    py::buffer_info info = data.request();
-    if (info.ndim != 1 || info.itemsize != 1 || info.strides[0] != 1) {
-      throw py::type_error("process() takes contiguous bytes (bytes, bytearray or a 1-D byte memoryview)");
-    }
+    py::buffer_info info = contiguous_bytes(data, "process");
     const auto* bytes = static_cast<const uint8_t*>(info.ptr);
     const size_t size = static_cast<size_t>(info.size);
     const int64_t now = now_ms.value_or(wall_clock_ms());
@@ -246,6 +252,16 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("dedup_memory_bytes", &PyCore::dedup_memory_bytes)
       .def_property_readonly("dedup_bytes_per_key", &PyCore::dedup_bytes_per_key);
 
+  m.def(
+      "batch_id_of",
+      [](const py::buffer& data) -> std::optional<std::string> {
+        py::buffer_info info = contiguous_bytes(data, "batch_id_of");
+        const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+        Span id;
+        if (!peek_batch_id(bytes, static_cast<size_t>(info.size), &id) || id.length == 0) return std::nullopt;
+        return std::string(reinterpret_cast<const char*>(bytes) + id.offset, id.length);
+      },
+      py::arg("data"));
   m.def(
       "schema",
       [](const std::string& name) {

@@ -5,6 +5,8 @@
 #include <new>
 #include <string>
 
+#include "keystone/kafka_hash.h"
+
 namespace keystone {
 namespace {
 
@@ -55,6 +57,10 @@ constexpr FieldDef kCustomers[] = {
 constexpr FieldDef kOrderSpans[] = {
     {"offset", CT::kInt64},
     {"length", CT::kInt32},
+    {"key_hash", CT::kInt32},
+    {"item_count", CT::kInt32},
+    {"payment_count", CT::kInt32},
+    {"customer_count", CT::kInt32},
 };
 constexpr FieldDef kRejects[] = {
     {"index", CT::kInt32},
@@ -343,10 +349,15 @@ std::shared_ptr<Table> encode_spans(const BatchView& b, const std::vector<uint32
   auto t = new_table(TableId::kOrderSpans);
   Column* c = t->columns.data();
   c[0].values.reserve(rows.size() * 8);
-  c[1].values.reserve(rows.size() * 4);
+  for (int k = 1; k < 6; ++k) c[k].values.reserve(rows.size() * 4);
   for (uint32_t i : rows) {
-    put<int64_t>(&c[0], b.orders[i].bytes.offset);
-    put<int32_t>(&c[1], static_cast<int32_t>(b.orders[i].bytes.length));
+    const OrderView& o = b.orders[i];
+    put<int64_t>(&c[0], o.bytes.offset);
+    put<int32_t>(&c[1], static_cast<int32_t>(o.bytes.length));
+    put<int32_t>(&c[2], kafka_key_hash(b.data + o.order_id.offset, o.order_id.length));
+    put<int32_t>(&c[3], static_cast<int32_t>(o.items_end - o.items_begin));
+    put<int32_t>(&c[4], static_cast<int32_t>(o.payments_end - o.payments_begin));
+    put<int32_t>(&c[5], o.customer.present ? 1 : 0);
   }
   t->num_rows = static_cast<int64_t>(rows.size());
   return t;

@@ -328,4 +328,21 @@ Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, 
   return decoder.batch();
 }
 
+bool peek_batch_id(const uint8_t* data, size_t size, Span* batch_id) {
+  if (size > UINT32_MAX) return false;
+  Reader r(data, size);
+  bool found = false;
+  while (!r.at_end()) {
+    uint32_t field, wire_type;
+    if (r.tag(&field, &wire_type) != Code::kOk) return false;
+    if (field == 1 && wire_type == wire::kLen) {
+      if (r.len(batch_id) != Code::kOk) return false;
+      found = true;
+    } else if (r.skip(field, wire_type) != Code::kOk) {
+      return false;
+    }
+  }
+  return found && wire::valid_utf8(data + batch_id->offset, batch_id->length);
+}
+
 }  // namespace keystone

@@ -119,3 +119,21 @@ TEST(a_reused_view_decodes_a_second_batch_cleanly) {
   CHECK_EQ(v.orders[0].items_begin, 0u);
   CHECK_EQ(str(v, v.batch_id), "b");
 }
+
+static std::string peek(const std::string& s) {
+  Span id;
+  if (!peek_batch_id(bytes(s), s.size(), &id)) return "<none>";
+  return s.substr(id.offset, id.length);
+}
+
+TEST(peek_batch_id_reads_the_id_without_decoding_orders) {
+  CHECK_EQ(peek(batch("b-1", lfield(3, order("e", "o")))), "b-1");
+  // Last one wins, as in decode_batch, even after the orders.
+  CHECK_EQ(peek(batch("first", lfield(3, order("e", "o"))) + lfield(1, "second")), "second");
+  // Orders are stepped over, not decoded: a broken order does not hide the id.
+  CHECK_EQ(peek(batch("b-2", lfield(3, std::string("\xff\xff", 2)))), "b-2");
+  CHECK_EQ(peek(lfield(2, "only a source")), "<none>");
+  CHECK_EQ(peek(batch("b-3", "") + "\x1a\x05ab"), "<none>");    // truncated tail
+  CHECK_EQ(peek(lfield(1, std::string("\xc3\x28", 2))), "<none>");  // not UTF-8
+  CHECK_EQ(peek(""), "<none>");
+}

@@ -15,7 +15,8 @@ import pytest
 
 from batches import NOW_MS, PURCHASE_S, batch_bytes, field_len, process, rows, valid_order
 from keystone_ingest.client.generator import OrderGenerator
-from keystone_ingest.core import TABLES, Core, schema
+from keystone_ingest.core import TABLES, Core, batch_id_of, schema
+from keystone_ingest.proto.v1 import ingest_pb2
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 MONEY = pa.decimal128(12, 2)
@@ -68,7 +69,16 @@ EXPECTED_SCHEMAS = {
             *LINEAGE,
         ]
     ),
-    "order_spans": pa.schema([("offset", pa.int64()), ("length", pa.int32())]),
+    "order_spans": pa.schema(
+        [
+            ("offset", pa.int64()),
+            ("length", pa.int32()),
+            ("key_hash", pa.int32()),
+            ("item_count", pa.int32()),
+            ("payment_count", pa.int32()),
+            ("customer_count", pa.int32()),
+        ]
+    ),
     "rejects": pa.schema(
         [
             ("index", pa.int32()),
@@ -406,3 +416,17 @@ def test_two_threads_sending_the_same_batch_to_one_core_get_each_order_accepted_
     assert sorted(accepted_ids) == sorted(order.order_id for order in batch.orders)
     assert sum(result.duplicates for result in results) == 20_000
     assert core.dedup_size == 20_000
+
+
+def test_batch_id_of_agrees_with_process_without_touching_the_dedup_window():
+    gen = OrderGenerator(seed=3)
+    data = gen.batch(50, batch_id="peek-me").SerializeToString()
+    core = Core()
+    assert batch_id_of(data) == "peek-me"
+    assert core.dedup_size == 0
+    assert core.process(data).batch_id == batch_id_of(memoryview(data)) == batch_id_of(bytearray(data))
+    assert batch_id_of(data[:-3]) is None  # process() reports the exact error for a cut batch
+    assert batch_id_of(b"") is None
+    assert batch_id_of(ingest_pb2.OrderBatch(source="no id").SerializeToString()) is None
+    with pytest.raises(TypeError, match="batch_id_of"):
+        batch_id_of(memoryview(b"abcd").cast("I"))

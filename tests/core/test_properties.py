@@ -5,6 +5,7 @@ the side tables point at the right bytes of the input."""
 from __future__ import annotations
 
 import pyarrow as pa
+from aiokafka.partitioner import murmur2
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -238,8 +239,14 @@ def test_order_spans_slice_out_exactly_the_accepted_orders(batch):
     reference = ReferenceCore().process(data, now_ms=NOW_MS)
     spans = rows(native.order_spans)
     assert len(spans) == native.accepted == len(rows(native.orders))
+    accepted = [batch.orders[i] for i in reference.accepted_indices]
     assert [data[s["offset"] : s["offset"] + s["length"]] for s in spans] == [
-        batch.orders[i].SerializeToString() for i in reference.accepted_indices
+        order.SerializeToString() for order in accepted
+    ]
+    # aiokafka's murmur2 is an independent copy of the Java client's.
+    assert [s["key_hash"] for s in spans] == [murmur2(o.order_id.encode()) & 0x7FFFFFFF for o in accepted]
+    assert [(s["item_count"], s["payment_count"], s["customer_count"]) for s in spans] == [
+        (len(o.items), len(o.payments), int(o.HasField("customer"))) for o in accepted
     ]
 
 

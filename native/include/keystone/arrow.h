@@ -26,7 +26,8 @@ enum class TableId : uint8_t {
   kOrderItems,
   kOrderPayments,
   kCustomers,
-  kOrderSpans,  // offset/length of each accepted Order in the input, row for row with orders
+  kOrderSpans,  // per accepted order, row for row with orders: its offset/length in the input,
+                //   Kafka key hash of order_id, and how many item/payment/customer rows it has
   kRejects,     // one row per rejected order, for the dead-letter path
   kCount_,
 };

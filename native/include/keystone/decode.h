@@ -91,4 +91,11 @@ struct DecodeLimits {
 Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, BatchView* out,
                   Error* error);
 
+// Finds the batch_id of an OrderBatch without decoding its orders: steps over
+// top-level fields only (last batch_id wins, as in decode_batch). The server
+// asks this before the full decode so a resent batch_id is answered without
+// touching the dedup window. Returns false when the bytes do not parse that far
+// or the id is not valid UTF-8; decode_batch then reports the exact error.
+bool peek_batch_id(const uint8_t* data, size_t size, Span* batch_id);
+
 }  // namespace keystone

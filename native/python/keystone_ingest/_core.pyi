@@ -38,8 +38,12 @@ class BatchResult:
     def customers(self) -> ArrowBatch: ...
     @property
     def order_spans(self) -> ArrowBatch:
-        """`offset: int64, length: int32` of each accepted order's `Order`
-        message inside the input buffer, row for row with `orders`."""
+        """Row for row with `orders`: `offset: int64, length: int32` of the
+        accepted order's `Order` message inside the input buffer; `key_hash:
+        int32`, murmur2 of order_id made positive, as Kafka's Java partitioner
+        computes it; `item_count`, `payment_count`, `customer_count: int32`,
+        how many rows of each child table belong to the order (children follow
+        their orders' order)."""
     @property
     def rejects(self) -> ArrowBatch:
         """One row per rejected order: `index: int32, event_id: utf8,
@@ -73,6 +77,7 @@ class Core:
     @property
     def dedup_bytes_per_key(self) -> float: ...
 
+def batch_id_of(data: bytes | bytearray | memoryview) -> str | None: ...
 def schema(table: str) -> ArrowBatch: ...
 def reasons() -> list[tuple[str, str]]: ...
 def batch_errors() -> list[tuple[str, str]]: ...

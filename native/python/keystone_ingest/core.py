@@ -66,6 +66,17 @@ BATCH_ERRORS: dict[str, str] = dict(_core.batch_errors())
 """Every whole-batch error code (`InvalidBatch.code`), with a one-line description."""
 
 
+def batch_id_of(data: bytes | bytearray | memoryview) -> str | None:
+    """The batch_id of an `OrderBatch`, read without decoding its orders.
+
+    Cheap (it steps over the top-level fields only), so the server can answer a
+    resent batch_id before the core's dedup window sees the batch. `None` when
+    the id is empty or the bytes do not parse that far; `Core.process` then
+    raises the exact `InvalidBatch`.
+    """
+    return _core.batch_id_of(data)
+
+
 def schema(table: str) -> ArrowBatch:
     """An object exporting the Arrow schema of `table` (`__arrow_c_schema__`)."""
     return _core.schema(table)
@@ -80,5 +91,6 @@ __all__ = [
     "REASONS",
     "RecordError",
     "TABLES",
+    "batch_id_of",
     "schema",
 ]
