@@ -1,0 +1,67 @@
+"""Prometheus metrics of one server process, served on their own port.
+
+Every metric lives on a `Metrics` object with its own registry (not the global
+one), so tests and several servers in one process never collide. Names follow
+Prometheus conventions: `_total` for counters, base units (seconds, bytes).
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Batch latency spans sub-millisecond (duplicate batch_ids) to seconds (broker
+# trouble); Kafka acks cluster around the linger time and the broker round trip.
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "keystone_ingest_"
+        self.orders_total = Counter(
+            p + "orders_total", "Orders received, by outcome (accepted, duplicate, rejected)", ["outcome"], registry=r
+        )
+        self.batches_total = Counter(
+            p + "batches_total",
+            "Batches answered, by ack status (accepted, duplicate_batch, rejected) or error (unavailable, internal, ...)",
+            ["status"],
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            p + "batch_seconds", "Time from receiving a batch to its ack", buckets=_LATENCY_BUCKETS_S, registry=r
+        )
+        self.batches_in_flight = Gauge(p + "batches_in_flight", "Batches received and not yet answered", registry=r)
+        self.bytes_in_flight = Gauge(p + "bytes_in_flight", "Request bytes of batches not yet answered", registry=r)
+        self.streams_open = Gauge(p + "streams_open", "Open StreamOrders calls", registry=r)
+        self.kafka_send_seconds = Histogram(
+            p + "kafka_send_seconds",
+            "Time from handing a record batch to the producer to the broker's ack (acks=all)",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.kafka_records_total = Counter(p + "kafka_records_total", "Records acked by Kafka", ["topic"], registry=r)
+        self.kafka_errors_total = Counter(p + "kafka_errors_total", "Kafka send failures", ["kind"], registry=r)
+        self.kafka_available = Gauge(p + "kafka_available", "1 while the producer can reach the cluster", registry=r)
+        self.bronze_files_total = Counter(p + "bronze_files_total", "Bronze Parquet files made visible", ["table"], registry=r)
+        self.bronze_bytes_total = Counter(p + "bronze_bytes_total", "Bytes of Bronze Parquet files", ["table"], registry=r)
+        self.bronze_rows_total = Counter(p + "bronze_rows_total", "Rows in Bronze Parquet files", ["table"], registry=r)
+        self.dedup_keys = Gauge(p + "dedup_keys", "Keys held by the order dedup window", registry=r)
+        self.batch_id_window = Gauge(p + "batch_id_window_size", "batch_ids held by the idempotency window", registry=r)
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Starts the /metrics endpoint in a daemon thread; returns the bound port."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = (server, thread)
+        return server.server_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            server, thread = self._http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._http = None

@@ -1,0 +1,360 @@
+"""The Kafka sink against a real broker, read back with an independent consumer
+(confluent-kafka): exact records, partitions, order, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, NotLeaderForPartitionError
+from aiokafka.partitioner import murmur2
+from confluent_kafka import Producer
+from kafkautil import KafkaCluster, Record, read_all
+
+from keystone_ingest.client.generator import OrderGenerator
+from keystone_ingest.core import Core
+from keystone_ingest.proto.v1 import ingest_pb2
+from keystone_ingest.server.batch import Batch
+from keystone_ingest.server.devbroker import DevBroker
+from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavailable
+from keystone_ingest.server.metrics import Metrics
+from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink, classify
+
+# org.apache.kafka.common.utils.UtilsTest#testMurmur2
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partition for a key: aiokafka's murmur2, made positive."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def make_batch(seed: int = 1, orders: int = 300, duplicate_ratio: float = 0.0, invalid_ratio: float = 0.0,
+               core: Core | None = None, order_ids: list[str] | None = None, batch_index: int = 0) -> Batch:
+    generator = OrderGenerator(seed=seed, duplicate_ratio=duplicate_ratio, invalid_ratio=invalid_ratio)
+    message = generator.batch(orders)
+    if batch_index:
+        message.batch_id = f"{message.batch_id}-{batch_index}"
+    if order_ids is not None:  # the same keys again and again: updates of the same orders
+        for k, order in enumerate(message.orders):
+            order.order_id = order_ids[k % len(order_ids)]
+    raw = message.SerializeToString()
+    return Batch(raw, (core or Core()).process(raw))
+
+
+def expected_headers(batch: Batch, event_id: str) -> list[tuple[str, bytes]]:
+    return [("event_id", event_id.encode()), ("batch_id", batch.batch_id.encode()),
+            ("source", batch.source.encode()), ("content-type", CONTENT_TYPE)]
+
+
+def run_sink(config: KafkaConfig, scenario, metrics: Metrics | None = None):
+    async def main():
+        sink = KafkaSink(config, metrics=metrics)
+        await sink.start()
+        try:
+            return await scenario(sink)
+        finally:
+            await sink.stop()
+
+    return asyncio.run(main())
+
+
+def by_partition(records: list[Record]) -> dict[int, list[Record]]:
+    out: dict[int, list[Record]] = {}
+    for r in records:
+        out.setdefault(r.partition, []).append(r)
+    return out
+
+
+def test_the_native_key_hash_is_kafkas_murmur2():
+    batch = make_batch(seed=7, orders=500)
+    order_ids = batch.orders.column("order_id").to_pylist()
+    key_hashes = batch.spans.column("key_hash").to_pylist()
+    assert key_hashes == [murmur2(k.encode()) & 0x7FFFFFFF for k in order_ids]
+
+
+def test_partitions_agree_with_librdkafkas_java_compatible_murmur2_partitioner(kafka_broker: KafkaCluster):
+    # librdkafka's "murmur2" partitioner is its Java-compatible one: an
+    # implementation independent of ours, checked through real deliveries.
+    topic = kafka_broker.new_topic("java-partitioner", partitions=7)
+    keys = [f"order-{i}".encode() for i in range(200)] + [b"", "pedido-ção".encode()]
+    delivered: dict[bytes, int] = {}
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "partitioner": "murmur2"})
+
+    def on_delivery(err, msg) -> None:
+        assert err is None
+        delivered[msg.key()] = msg.partition()
+
+    for key in keys:
+        producer.produce(topic, value=b"v", key=key, on_delivery=on_delivery)
+    assert producer.flush(15) == 0
+    assert delivered == {key: partition_for(key, 7) for key in keys}
+
+
+def test_accepted_orders_land_once_each_with_key_value_headers_and_java_partition(
+        kafka_broker: KafkaCluster, topics: tuple[str, str]):
+    topic, dlq = topics
+    batch = make_batch(seed=3, orders=600, duplicate_ratio=0.05, invalid_ratio=0.05)
+    assert batch.result.duplicates > 0 and batch.rejected > 0
+    run_sink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch))
+
+    records = read_all(kafka_broker.bootstrap, topic)
+    order_ids = batch.orders.column("order_id").to_pylist()
+    event_ids = batch.orders.column("event_id").to_pylist()
+    spans = batch.spans.to_pylist()
+    expected = {
+        event_id: (order_id.encode(), batch.raw[span["offset"]:span["offset"] + span["length"]])
+        for order_id, event_id, span in zip(order_ids, event_ids, spans)
+    }
+    assert len(records) == batch.accepted == len(expected)
+    received_ms = batch.received_ns // 1_000_000
+    for record in records:
+        event_id = record.header("event_id").decode()
+        key, value = expected.pop(event_id)
+        assert (record.key, record.value) == (key, value)  # byte for byte the client's Order
+        order = ingest_pb2.Order.FromString(record.value)
+        assert (order.order_id.encode(), order.event_id) == (record.key, event_id)
+        assert record.headers == expected_headers(batch, event_id)
+        assert record.partition == partition_for(record.key, 6)
+        assert record.timestamp_ms == received_ms
+    assert expected == {}
+    # Inside each partition, records keep the batch's order.
+    position = {e: k for k, e in enumerate(event_ids)}
+    for partition_records in by_partition(records).values():
+        positions = [position[r.header("event_id").decode()] for r in partition_records]
+        assert positions == sorted(positions)
+
+
+def test_rejected_orders_go_to_one_dlq_partition_with_their_reason_and_index(
+        kafka_broker: KafkaCluster, topics: tuple[str, str]):
+    topic, dlq = topics
+    batch = make_batch(seed=4, orders=400, invalid_ratio=0.1)
+    rejects = batch.rejects.to_pylist()
+    assert len(rejects) == batch.rejected > 10
+    run_sink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch))
+
+    records = read_all(kafka_broker.bootstrap, dlq)
+    assert len(records) == len(rejects)
+    dlq_partition = partition_for(batch.batch_id.encode(), 3)
+    for record, reject in zip(records, rejects):  # one partition: batch order
+        assert record.partition == dlq_partition
+        assert record.key is None
+        assert record.value == batch.raw[reject["offset"]:reject["offset"] + reject["length"]]
+        assert record.headers == expected_headers(batch, reject["event_id"]) + [
+            ("error.reason", reject["reason"].encode()), ("error.index", str(reject["index"]).encode())]
+    assert len(read_all(kafka_broker.bootstrap, topic)) == batch.accepted
+
+
+def test_a_batch_of_duplicates_only_publishes_nothing(kafka_broker: KafkaCluster, topics: tuple[str, str]):
+    topic, dlq = topics
+    core = Core()
+    first = make_batch(seed=5, orders=50, core=core)
+    again = make_batch(seed=5, orders=50, core=core)
+    assert (again.accepted, again.rejected, again.result.duplicates) == (0, 0, 50)
+
+    async def scenario(sink: KafkaSink):
+        await sink.publish(first)
+        await sink.publish(again)
+
+    run_sink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq), scenario)
+    assert len(read_all(kafka_broker.bootstrap, topic)) == 50
+
+
+def test_concurrent_publishes_keep_each_order_ids_records_in_call_order(
+        kafka_broker: KafkaCluster, topics: tuple[str, str]):
+    topic, dlq = topics
+    keys = [f"order-{k}" for k in range(24)]
+    core = Core()
+    batches = [make_batch(seed=100 + b, orders=60, core=core, order_ids=keys, batch_index=b + 1) for b in range(40)]
+    # Tiny record batches: every publish spans several of them per partition,
+    # so the lanes queue, roll and interleave concurrent publishes.
+    config = KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq, max_batch_bytes=2048)
+
+    async def scenario(sink: KafkaSink):
+        await asyncio.gather(*(sink.publish(b) for b in batches))  # called in list order
+
+    run_sink(config, scenario)
+    expected: dict[bytes, list[str]] = {}
+    for batch in batches:
+        for order_id, event_id in zip(batch.orders.column("order_id").to_pylist(),
+                                      batch.orders.column("event_id").to_pylist()):
+            expected.setdefault(order_id.encode(), []).append(event_id)
+    got: dict[bytes, list[str]] = {}
+    for record in read_all(kafka_broker.bootstrap, topic):
+        got.setdefault(record.key, []).append(record.header("event_id").decode())
+    assert sum(map(len, got.values())) == 40 * 60
+    assert got == expected
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4", "snappy", "gzip", "none"])
+def test_every_compression_codec_round_trips_the_order_bytes(
+        kafka_broker: KafkaCluster, topics: tuple[str, str], compression: str):
+    topic, dlq = topics
+    batch = make_batch(seed=9, orders=200)
+    run_sink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq, compression=compression),
+             lambda sink: sink.publish(batch))
+    values = sorted(r.value for r in read_all(kafka_broker.bootstrap, topic))
+    spans = batch.spans.to_pylist()
+    assert values == sorted(batch.raw[s["offset"]:s["offset"] + s["length"]] for s in spans)
+
+
+def test_metrics_count_acked_records_per_topic_and_time_each_record_batch(
+        kafka_broker: KafkaCluster, topics: tuple[str, str]):
+    topic, dlq = topics
+    metrics = Metrics()
+    batch = make_batch(seed=11, orders=300, invalid_ratio=0.05)
+    run_sink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch), metrics)
+    sample = metrics.registry.get_sample_value
+    assert sample("keystone_ingest_kafka_records_total", {"topic": topic}) == batch.accepted
+    assert sample("keystone_ingest_kafka_records_total", {"topic": dlq}) == batch.rejected
+    # one record batch per partition that got records (6 orders partitions, 1 DLQ partition)
+    assert sample("keystone_ingest_kafka_send_seconds_count") == 7
+
+
+def test_stop_waits_until_every_record_handed_over_is_acked(kafka_broker: KafkaCluster, topics: tuple[str, str]):
+    topic, dlq = topics
+    batches = [make_batch(seed=20 + k, orders=100) for k in range(5)]
+
+    async def main():
+        sink = KafkaSink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq))
+        await sink.start()
+        publishes = [asyncio.create_task(sink.publish(b)) for b in batches]
+        await asyncio.sleep(0)  # every publish has handed its records over, none is acked yet
+        assert sink.stats()["unsettled_record_batches"] > 0
+        await sink.stop()
+        assert all(p.done() for p in publishes)
+        await asyncio.gather(*publishes)  # none failed
+        with pytest.raises(ShuttingDown):
+            await sink.publish(batches[0])
+
+    asyncio.run(main())
+    assert len(read_all(kafka_broker.bootstrap, topic)) == 500
+
+
+def test_publish_while_all_brokers_are_down_raises_sink_unavailable_and_recovers(dev_broker: DevBroker):
+    topic, dlq = "down-orders", "down-orders.dlq"
+    dev_broker.create_topic(topic, partitions=6)
+    dev_broker.create_topic(dlq, partitions=1)
+    metrics = Metrics()
+    before, during, after = (make_batch(seed=30 + k, orders=100) for k in range(3))
+    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=1.0, probe_interval_s=0.2)
+
+    async def scenario(sink: KafkaSink):
+        await sink.publish(before)
+        assert sink.available
+        dev_broker.all_down()
+        try:
+            started = time.monotonic()
+            with pytest.raises(SinkUnavailable) as failure:
+                await sink.publish(during)
+            assert failure.value.retriable
+            assert 1.0 <= time.monotonic() - started < 3.0
+            assert not sink.available and sink.unavailable_since is not None
+        finally:
+            dev_broker.all_up()
+        await asyncio.wait_for(sink.publish(after), 10)
+        assert sink.available
+
+    run_sink(config, scenario, metrics)
+    assert metrics.registry.get_sample_value("keystone_ingest_kafka_errors_total", {"kind": "send_timeout"}) == 1
+    # The timed-out batch was still delivered once the brokers came back, once.
+    records = read_all(dev_broker.bootstrap, topic)
+    expected = {e for b in (before, during, after) for e in b.orders.column("event_id").to_pylist()}
+    assert sorted(r.header("event_id").decode() for r in records) == sorted(expected)
+
+
+def test_a_full_send_buffer_fails_fast_instead_of_queueing_more(dev_broker: DevBroker):
+    topic, dlq = "full-orders", "full-orders.dlq"
+    dev_broker.create_topic(topic, partitions=6)
+    dev_broker.create_topic(dlq, partitions=1)
+    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=0.5, max_buffer_bytes=1)
+    first, second = make_batch(seed=40, orders=50), make_batch(seed=41, orders=50)
+
+    async def scenario(sink: KafkaSink):
+        dev_broker.all_down()
+        try:
+            with pytest.raises(SinkUnavailable, match="did not ack"):
+                await sink.publish(first)
+            started = time.monotonic()
+            with pytest.raises(SinkUnavailable, match="send buffer full"):
+                await sink.publish(second)
+            assert time.monotonic() - started < 0.1
+        finally:
+            dev_broker.all_up()
+
+    run_sink(config, scenario)
+
+
+def test_produce_errors_are_retried_or_classified_by_their_retriable_flag(dev_broker: DevBroker):
+    topic, dlq = "err-orders", "err-orders.dlq"
+    dev_broker.create_topic(topic, partitions=1)
+    dev_broker.create_topic(dlq, partitions=1)
+    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq)
+    retried, refused = make_batch(seed=50, orders=20), make_batch(seed=51, orders=20)
+
+    async def scenario(sink: KafkaSink):
+        # Retriable: aiokafka retries within the same producer session; the publish succeeds.
+        dev_broker.push_request_errors("Produce", ["NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT"])
+        await asyncio.wait_for(sink.publish(retried), 10)
+        # Permanent: the publish fails with SinkFailed, not retriable.
+        dev_broker.push_request_errors("Produce", ["MSG_SIZE_TOO_LARGE"])
+        with pytest.raises(SinkFailed, match="MessageSizeTooLargeError") as failure:
+            await asyncio.wait_for(sink.publish(refused), 10)
+        assert not failure.value.retriable
+
+    try:
+        run_sink(config, scenario)
+    finally:
+        dev_broker.clear_request_errors("Produce")
+    records = read_all(dev_broker.bootstrap, topic)
+    assert [r.header("event_id").decode() for r in records] == retried.orders.column("event_id").to_pylist()
+
+
+def test_a_producer_the_broker_no_longer_accepts_marks_the_sink_unavailable(dev_broker: DevBroker):
+    # Against a real broker every later record batch of this producer would
+    # fail the same way (its sequence numbers are out of step), so health must
+    # say so. (The mock cluster checks sequences only for transactional
+    # producers, so here the next publish would still go through.)
+    topic, dlq = "fenced-orders", "fenced-orders.dlq"
+    dev_broker.create_topic(topic, partitions=1)
+    dev_broker.create_topic(dlq, partitions=1)
+
+    async def scenario(sink: KafkaSink):
+        await sink.publish(make_batch(seed=60, orders=10))
+        dev_broker.push_request_errors("Produce", ["OUT_OF_ORDER_SEQUENCE_NUMBER"])
+        with pytest.raises(SinkFailed, match="OutOfOrderSequenceNumber"):
+            await asyncio.wait_for(sink.publish(make_batch(seed=61, orders=10)), 10)
+        assert not sink.available
+        assert sink.stats()["broken"].startswith("OutOfOrderSequenceNumber")
+
+    try:
+        run_sink(KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq), scenario)
+    finally:
+        dev_broker.clear_request_errors("Produce")
+
+
+def test_start_fails_with_sink_unavailable_when_no_broker_answers():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = KafkaSink(KafkaConfig(f"127.0.0.1:{port}", start_timeout_s=2.0))
+    started = time.monotonic()
+    with pytest.raises(SinkUnavailable, match=f"cannot reach Kafka at 127.0.0.1:{port}"):
+        asyncio.run(sink.start())
+    assert time.monotonic() - started < 3.0
+    assert not sink.available
+
+
+def test_errors_are_classified_by_type_and_retriable_attribute_not_message():
+    assert isinstance(classify(NotLeaderForPartitionError()), SinkUnavailable)
+    assert isinstance(classify(KafkaTimeoutError()), SinkUnavailable)
+    assert isinstance(classify(MessageSizeTooLargeError()), SinkFailed)
+    assert isinstance(classify(RuntimeError("timed out, retriable, unavailable")), SinkFailed)
+
+
+def test_config_rejects_unknown_compression_and_nonsense_sizes():
+    with pytest.raises(ValueError, match="compression must be one of"):
+        KafkaConfig("h:9092", compression="brotli")
+    with pytest.raises(ValueError, match="max_batch_bytes must be positive"):
+        KafkaConfig("h:9092", max_batch_bytes=0)
+    with pytest.raises(ValueError, match="topic and dlq_topic must differ"):
+        KafkaConfig("h:9092", topic="x", dlq_topic="x")
