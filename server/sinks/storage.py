@@ -1,0 +1,351 @@
+"""Where Bronze files land: a local directory or an S3 bucket, behind one interface.
+
+The Bronze writer builds every file at a local *spool path* that no reader looks
+at, closes it, and hands it to `publish`, which makes it visible in one atomic
+step and durable:
+
+- `LocalStore`: the spool path is a hidden temp name (`.part-....parquet.tmp`) in
+  the destination directory itself, so dataset readers skip it (they ignore
+  names starting with `.` or `_`). `publish` fsyncs the file, `os.replace`s it
+  to its final name and fsyncs the directory, so a visible file is complete and
+  survives a power cut.
+- `S3Store`: the spool path is under a local `spool_dir`. `publish` fsyncs and
+  renames it to a *ready* name there, uploads it with boto3 (`upload_file`:
+  multipart above the threshold; S3 shows an object only when its upload
+  completes, and s3transfer aborts a failed multipart upload), and deletes the
+  spool file. A ready file left behind by a failed upload or a crash is found
+  by `leftovers()` at the next start and uploaded then.
+
+`publish` is one attempt: it raises a classified `IngestError` and leaves the
+file where a second call picks it up (it is idempotent). Retrying, backoff and
+what the sink reports meanwhile live in one place, the committer of bronze.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from keystone_ingest.server.errors import IngestError, SinkFailed, SinkUnavailable
+
+log = logging.getLogger(__name__)
+
+TMP_SUFFIX = ".tmp"
+
+# errno values a retry (here, later, or on another replica) can get past: space
+# or quota may be freed, an I/O hiccup may clear. Everything else (permission,
+# read-only file system, a file where a directory should be) needs an operator.
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.EMFILE, errno.ENFILE}
+)
+
+# S3 error codes that resending will not fix. Throttling, 5xx and timeouts are
+# transient; an unknown 4xx is treated as permanent (408/429 aside) so a
+# misconfiguration is reported as such instead of as an outage.
+_PERMANENT_S3_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidAccessKeyId",
+        "InvalidBucketName",
+        "NoSuchBucket",
+        "SignatureDoesNotMatch",
+        "InvalidRequest",
+    }
+)
+
+
+def classify_os_error(exc: OSError, what: str) -> IngestError:
+    """A local I/O failure as the sink reports it: disk full is retriable, a
+    permission or layout problem is not."""
+    cls = SinkUnavailable if exc.errno in _TRANSIENT_ERRNOS else SinkFailed
+    return cls(f"bronze: {what}: {exc}")
+
+
+def classify_s3_error(exc: BaseException, what: str) -> IngestError:
+    """A boto3/botocore failure as the sink reports it, by error code and type,
+    never by message text. boto3's `upload_file` wraps a `ClientError` in an
+    `S3UploadFailedError` raised inside its `except`, so the code is found on
+    `__context__`."""
+    import botocore.exceptions as bce  # deferred: local-only servers never import boto
+
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, bce.ClientError | bce.BotoCoreError):
+        cause = cause.__context__
+    if isinstance(cause, bce.ClientError):
+        err = cause.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        http = int(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        throttled = http in (408, 429) or code in ("SlowDown", "RequestTimeout", "Throttling")
+        permanent = code in _PERMANENT_S3_CODES or (400 <= http < 500 and not throttled)
+        cls = SinkFailed if permanent else SinkUnavailable
+        return cls(f"bronze: {what}: S3 {code or http}: {err.get('Message', '')}".rstrip(": "))
+    if isinstance(cause, bce.NoCredentialsError | bce.PartialCredentialsError | bce.ParamValidationError):
+        return SinkFailed(f"bronze: {what}: {cause}")
+    if isinstance(cause, bce.BotoCoreError):
+        # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError, ...
+        return SinkUnavailable(f"bronze: {what}: {cause}")
+    if isinstance(exc, OSError):
+        return classify_os_error(exc, what)
+    return SinkUnavailable(f"bronze: {what}: {type(exc).__name__}: {exc}")
+
+
+class ObjectStore(Protocol):
+    """Keys are relative POSIX paths such as `orders/year=2017/month=07/day=14/part-....parquet`."""
+
+    def spool_path(self, key: str) -> str:
+        """A local path (hidden from readers) where the writer builds the file for `key`.
+        Its directory exists when this returns."""
+
+    def publish(self, spool_path: str, key: str) -> None:
+        """Make the closed spool file visible as `key`, durably. One attempt, idempotent."""
+
+    def keep(self, spool_path: str, key: str) -> str:
+        """Publishing is given up (stop deadline): leave the closed file where
+        the next start finds it, using local operations only. Returns its path."""
+
+    def discard(self, spool_path: str) -> None:
+        """Remove a spool file whose content was abandoned (the writer failed mid-file)."""
+
+    def leftovers(self) -> list[tuple[str, str]]:
+        """(spool path, key) of complete files an earlier run closed but did not publish."""
+
+    def url(self, key: str) -> str:
+        """Where `key` is visible, for logs."""
+
+    def check(self) -> None:
+        """Fail fast at start on a destination that cannot work (SinkFailed)."""
+
+
+def _fsync_path(path: str, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        # Directories known to be durably linked into their parent. A new
+        # partition directory is fsynced into its parent once; the set only
+        # grows (a few thousand entries at most: tables x days).
+        self._synced_dirs: set[str] = set()
+
+    def spool_path(self, key: str) -> str:
+        final = os.path.join(self.root, key)
+        directory, name = os.path.split(final)
+        os.makedirs(directory, exist_ok=True)
+        return os.path.join(directory, f".{name}{TMP_SUFFIX}")
+
+    def publish(self, spool_path: str, key: str) -> None:
+        final = os.path.join(self.root, key)
+        try:
+            if os.path.exists(spool_path):
+                _fsync_path(spool_path)
+                os.replace(spool_path, final)
+            elif not os.path.exists(final):
+                raise SinkFailed(f"bronze: {spool_path} vanished before it was published as {final}")
+            self._sync_dirs(os.path.dirname(final))
+        except OSError as exc:
+            raise classify_os_error(exc, f"publishing {final}") from exc
+
+    def _sync_dirs(self, directory: str) -> None:
+        # The rename is durable once its directory is fsynced; a directory
+        # created for this partition is durable once its parent is, and so on
+        # up to the first directory already known durable (or the root).
+        _fsync_path(directory, directory=True)
+        while directory not in self._synced_dirs and directory != self.root:
+            parent = os.path.dirname(directory)
+            _fsync_path(parent, directory=True)
+            self._synced_dirs.add(directory)
+            directory = parent
+
+    def keep(self, spool_path: str, key: str) -> str:
+        # Publishing locally is itself a local operation, so this is reached
+        # only when it keeps failing (a rename refused): the hidden temp file
+        # stays for an operator, who can rename it.
+        return spool_path if os.path.exists(spool_path) else os.path.join(self.root, key)
+
+    def discard(self, spool_path: str) -> None:
+        try:
+            os.unlink(spool_path)
+        except FileNotFoundError:
+            pass
+
+    def leftovers(self) -> list[tuple[str, str]]:
+        # A local spool file is a hidden temp file that was never renamed: its
+        # writer died before the footer was written or before publish. It may
+        # also belong to another live process writing the same directory, so
+        # it is neither published nor deleted here.
+        return []
+
+    def url(self, key: str) -> str:
+        return os.path.join(self.root, key)
+
+    def check(self) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise classify_os_error(exc, f"creating {self.root}") from exc
+
+
+class S3Store:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        spool_dir: str,
+        endpoint_url: str | None = None,
+        multipart_threshold_bytes: int = 64 * 1024 * 1024,
+        multipart_chunk_bytes: int = 16 * 1024 * 1024,
+        max_attempts: int = 3,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        max_pool_connections: int = 16,
+    ) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        # The spool is namespaced by bucket and prefix, so one spool_dir can
+        # serve several sinks and leftovers go back where they belong.
+        self.spool_root = os.path.join(os.path.abspath(spool_dir), bucket, *filter(None, self.prefix.split("/")))
+        self.endpoint_url = endpoint_url
+        # botocore's own retries (standard mode: throttling and transient
+        # errors, per request, so one failed part does not restart a multipart
+        # upload) stay short; outages are retried by the committer with backoff.
+        self._client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(
+                retries={"mode": "standard", "max_attempts": max_attempts},
+                connect_timeout=connect_timeout_s,
+                read_timeout=read_timeout_s,
+                max_pool_connections=max_pool_connections,
+            ),
+        )
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold_bytes,
+            multipart_chunksize=multipart_chunk_bytes,
+            max_concurrency=4,
+        )
+
+    def _object_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def spool_path(self, key: str) -> str:
+        ready = os.path.join(self.spool_root, key)
+        directory, name = os.path.split(ready)
+        os.makedirs(directory, exist_ok=True)
+        return os.path.join(directory, f".{name}{TMP_SUFFIX}")
+
+    def _ready_path(self, key: str) -> str:
+        return os.path.join(self.spool_root, key)
+
+    def keep(self, spool_path: str, key: str) -> str:
+        return self._make_ready(spool_path, key)
+
+    def _make_ready(self, spool_path: str, key: str) -> str:
+        # Durable under its ready name before the upload, so a crash or a given
+        # up upload leaves a complete file that the next start uploads (`leftovers`).
+        ready = self._ready_path(key)
+        try:
+            if os.path.exists(spool_path) and spool_path != ready:
+                _fsync_path(spool_path)
+                os.replace(spool_path, ready)
+                _fsync_path(os.path.dirname(ready), directory=True)
+        except OSError as exc:
+            raise classify_os_error(exc, f"spooling {ready}") from exc
+        return ready
+
+    def publish(self, spool_path: str, key: str) -> None:
+        ready = self._make_ready(spool_path, key)
+        if not os.path.exists(ready):
+            return  # an earlier attempt uploaded it and removed the spool file
+        try:
+            self._client.upload_file(ready, self.bucket, self._object_key(key), Config=self._transfer)
+        except Exception as exc:  # boto3 raises several unrelated types; all are classified
+            raise classify_s3_error(exc, f"uploading {self.url(key)}") from exc
+        try:
+            os.unlink(ready)
+        except OSError as exc:
+            # The object is complete in S3; a spool file left behind is only
+            # uploaded again (same key, same bytes) at the next start.
+            log.warning("bronze: could not remove spool file", extra={"path": ready, "error": str(exc)})
+
+    def discard(self, spool_path: str) -> None:
+        try:
+            os.unlink(spool_path)
+        except FileNotFoundError:
+            pass
+
+    def leftovers(self) -> list[tuple[str, str]]:
+        found = []
+        root = Path(self.spool_root)
+        if not root.is_dir():
+            return found
+        for path in sorted(root.rglob("*.parquet")):
+            if not path.name.startswith("."):
+                found.append((str(path), path.relative_to(root).as_posix()))
+        return found
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._object_key(key)}"
+
+    def check(self) -> None:
+        try:
+            os.makedirs(self.spool_root, exist_ok=True)
+        except OSError as exc:
+            raise classify_os_error(exc, f"creating spool directory {self.spool_root}") from exc
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            err = classify_s3_error(exc, f"checking bucket {self.bucket}")
+            # HEAD responses carry no error body: name the two common codes.
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (403, 404):
+                code = "NoSuchBucket" if status == 404 else "AccessDenied"
+                raise SinkFailed(f"bronze: checking bucket {self.bucket}: S3 {code}") from exc
+            if not err.retriable:
+                raise err from exc
+            # An S3 outage at start is not a reason to refuse to start: files
+            # spool locally and upload when it is back.
+            log.warning("bronze: S3 not reachable at start; uploads will retry", extra={"error": err.message})
+
+
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9._=/-]*$")
+
+
+def open_store(
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    spool_dir: str = "./data/bronze-spool",
+    **s3_options: Any,
+) -> LocalStore | S3Store:
+    """`file:///abs/path`, `file://./relative`, a plain path, or `s3://bucket/prefix`."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"bronze uri {uri!r} names no bucket")
+        if not _SAFE_KEY.match(parsed.path):
+            raise ValueError(f"bronze uri {uri!r}: prefix must use letters, digits and . _ = / -")
+        return S3Store(parsed.netloc, parsed.path, spool_dir=spool_dir, endpoint_url=endpoint_url, **s3_options)
+    if parsed.scheme == "file":
+        # file:///abs -> netloc "" and path "/abs"; file://./rel -> netloc "." and path "/rel".
+        local = parsed.path if parsed.netloc in ("", "localhost") else parsed.netloc + parsed.path
+        return LocalStore(local)
+    if parsed.scheme == "":
+        return LocalStore(uri)
+    raise ValueError(f"bronze uri {uri!r}: scheme must be file:// or s3://")

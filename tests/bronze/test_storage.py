@@ -1,0 +1,139 @@
+"""Object stores of the Bronze sink: where a file is built, how it becomes
+visible, and how failures are classified. Real directories, real S3 (moto over HTTP)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+
+import pytest
+
+from keystone_ingest.server.errors import SinkFailed, SinkUnavailable
+from keystone_ingest.server.sinks.storage import LocalStore, S3Store, classify_os_error, open_store
+
+KEY = "orders/year=2017/month=11/day=24/part-x.parquet"
+
+
+def build(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+# -- URIs
+
+
+def test_uris_name_local_directories_and_s3_prefixes(tmp_path, monkeypatch, aws_env):
+    monkeypatch.chdir(tmp_path)
+    assert open_store(f"file://{tmp_path}/abs").root == f"{tmp_path}/abs"
+    assert open_store("file://./data/bronze").root == f"{tmp_path}/data/bronze"
+    assert open_store("relative/dir").root == f"{tmp_path}/relative/dir"
+    assert open_store(str(tmp_path / "plain")).root == f"{tmp_path}/plain"
+    s3 = open_store("s3://lake/bronze/v1/", spool_dir=str(tmp_path / "spool"))
+    assert isinstance(s3, S3Store)
+    assert (s3.bucket, s3.prefix, s3.url(KEY)) == ("lake", "bronze/v1", f"s3://lake/bronze/v1/{KEY}")
+    assert s3.spool_root == f"{tmp_path}/spool/lake/bronze/v1"
+    with pytest.raises(ValueError, match="scheme"):
+        open_store("gs://bucket/prefix")
+    with pytest.raises(ValueError, match="no bucket"):
+        open_store("s3:///prefix")
+
+
+# -- local
+
+
+def test_local_file_is_hidden_until_published_then_complete(tmp_path):
+    store = LocalStore(str(tmp_path))
+    spool = store.spool_path(KEY)
+    assert os.path.dirname(spool) == str(tmp_path / os.path.dirname(KEY))
+    assert os.path.basename(spool).startswith(".")  # dataset readers skip it
+    build(spool, b"complete file")
+    store.publish(spool, KEY)
+    assert not os.path.exists(spool)
+    assert (tmp_path / KEY).read_bytes() == b"complete file"
+    store.publish(spool, KEY)  # a retry after success is a no-op
+
+
+def test_local_publish_of_a_vanished_file_is_an_error_not_a_success(tmp_path):
+    store = LocalStore(str(tmp_path))
+    with pytest.raises(SinkFailed, match="vanished"):
+        store.publish(store.spool_path(KEY), KEY)
+
+
+def test_local_errors_are_classified_by_errno():
+    assert isinstance(classify_os_error(OSError(errno.ENOSPC, "No space left on device"), "w"), SinkUnavailable)
+    assert isinstance(classify_os_error(OSError(errno.EDQUOT, "Disk quota exceeded"), "w"), SinkUnavailable)
+    assert isinstance(classify_os_error(OSError(errno.EACCES, "Permission denied"), "w"), SinkFailed)
+    assert isinstance(classify_os_error(OSError(errno.EROFS, "Read-only file system"), "w"), SinkFailed)
+
+
+def test_local_layout_error_is_permanent(tmp_path):
+    (tmp_path / "orders").write_text("a file where a directory should be")
+    store = LocalStore(str(tmp_path))
+    with pytest.raises(NotADirectoryError):
+        store.spool_path(KEY)  # the writer classifies this (see test_bronze_sink)
+    assert isinstance(classify_os_error(NotADirectoryError(errno.ENOTDIR, "Not a directory"), "w"), SinkFailed)
+
+
+# -- S3
+
+
+def s3_store(s3, tmp_path, bucket: str | None = None, **kwargs) -> S3Store:
+    return S3Store(bucket or s3.bucket, "bronze", spool_dir=str(tmp_path / "spool"), endpoint_url=s3.endpoint_url,
+                   max_attempts=1, connect_timeout_s=1.0, **kwargs)  # fmt: skip
+
+
+def test_s3_object_appears_with_the_spool_files_bytes_and_the_spool_is_removed(s3, tmp_path):
+    store = s3_store(s3, tmp_path)
+    spool = store.spool_path(KEY)
+    assert os.path.basename(spool).startswith(".")
+    build(spool, b"parquet bytes")
+    store.publish(spool, KEY)
+    body = s3.client().get_object(Bucket=s3.bucket, Key=f"bronze/{KEY}")["Body"].read()
+    assert body == b"parquet bytes"
+    assert store.leftovers() == []
+    assert not os.path.exists(spool)
+    store.publish(spool, KEY)  # a retry after success is a no-op
+
+
+def test_s3_multipart_upload_above_the_threshold(s3, tmp_path):
+    mib = 1024 * 1024
+    store = s3_store(s3, tmp_path, multipart_threshold_bytes=5 * mib, multipart_chunk_bytes=5 * mib)
+    data = os.urandom(11 * mib)
+    spool = store.spool_path(KEY)
+    build(spool, data)
+    store.publish(spool, KEY)
+    client = s3.client()
+    head = client.head_object(Bucket=s3.bucket, Key=f"bronze/{KEY}")
+    assert head["ETag"].strip('"').endswith("-3")  # 5 + 5 + 1 MiB
+    assert client.get_object(Bucket=s3.bucket, Key=f"bronze/{KEY}")["Body"].read() == data
+    assert client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+
+
+def test_s3_missing_bucket_is_permanent_and_the_file_is_kept(s3, tmp_path):
+    store = s3_store(s3, tmp_path, bucket=f"{s3.bucket}-missing")
+    spool = store.spool_path(KEY)
+    build(spool, b"data")
+    with pytest.raises(SinkFailed, match="NoSuchBucket"):
+        store.publish(spool, KEY)
+    # Complete and under its ready name: the next start uploads it.
+    assert store.leftovers() == [(os.path.join(store.spool_root, KEY), KEY)]
+    with pytest.raises(SinkFailed, match="S3 NoSuchBucket"):
+        store.check()
+
+
+def test_s3_unreachable_endpoint_is_retriable_and_quick(aws_env, tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = S3Store("bucket", "bronze", spool_dir=str(tmp_path / "spool"), endpoint_url=f"http://127.0.0.1:{port}",
+                    max_attempts=1, connect_timeout_s=1.0)  # fmt: skip
+    spool = store.spool_path(KEY)
+    build(spool, b"data")
+    started = time.monotonic()
+    with pytest.raises(SinkUnavailable, match="Could not connect"):
+        store.publish(spool, KEY)
+    assert time.monotonic() - started < 5
+    store.check()  # an outage at start only warns
+    assert [key for _, key in store.leftovers()] == [KEY]
