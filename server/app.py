@@ -1,0 +1,237 @@
+"""The server's lifecycle: start the sinks, then gRPC; on a signal, shut down in order.
+
+    server = IngestServer(config)
+    await server.start()          # binds; server.port is the gRPC port
+    await server.wait_stopped()   # until SIGTERM/SIGINT or server.request_stop()
+
+`serve(config)` does both and installs the signal handlers; it is what
+`keystone-ingest serve` runs. Tests use `IngestServer` directly with port 0.
+
+Shutdown order, and why:
+  1. health NOT_SERVING    load balancers stop sending new streams first
+  2. drain the service     stop reading batches, finish those already received, ack them
+  3. stop gRPC             end what is left (clients resend unacked batches elsewhere)
+  4. stop Kafka            flush the producer: every record handed to it is acked or failed
+  5. stop Bronze           roll open files so every handed-over row is in a visible file
+  6. embedded broker, executor, metrics endpoint
+Kafka stops before Bronze because the pipeline hands a batch to Bronze only
+after Kafka acked it; nothing can reach Bronze once step 2 is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from keystone_ingest.core import Core
+from keystone_ingest.server.config import ServeConfig
+from keystone_ingest.server.errors import IngestError
+from keystone_ingest.server.idempotency import BatchIdWindow
+from keystone_ingest.server.metrics import Metrics
+from keystone_ingest.server.pipeline import Pipeline
+from keystone_ingest.server.service import SERVICE_NAME, IngestService
+from keystone_ingest.server.sinks.bronze import BronzeConfig, BronzeSink
+from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
+
+log = logging.getLogger(__name__)
+
+HEALTH_POLL_S = 1.0
+
+
+class IngestServer:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.bootstrap: str | None = config.kafka_bootstrap
+        self._stop = asyncio.Event()
+        self._dev_broker = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._executor = ThreadPoolExecutor(config.core_threads, thread_name_prefix="core")
+        self._health_task: asyncio.Task | None = None
+        self.kafka: KafkaSink | None = None
+        self.bronze: BronzeSink | None = None
+        self.service: IngestService | None = None
+
+    async def start(self) -> None:
+        c = self.config
+        if c.metrics_address:
+            self.metrics_port = self.metrics.serve(*c.metrics_address)
+        if self.bootstrap is None:
+            self.bootstrap = await asyncio.to_thread(self._start_dev_broker)
+        self.kafka = KafkaSink(
+            KafkaConfig(
+                bootstrap=self.bootstrap,
+                topic=c.topic,
+                dlq_topic=c.dlq_topic,
+                compression=c.compression,
+                linger_ms=c.linger_ms,
+                max_batch_bytes=c.max_batch_bytes,
+                send_timeout_s=c.send_timeout_s,
+                create_topics=c.create_topics,
+                partitions=c.topic_partitions,
+                replication=c.replication_factor,
+            ),
+            metrics=self.metrics,
+        )
+        await self.kafka.start()
+        self.bronze = BronzeSink(
+            BronzeConfig(
+                uri=c.bronze_uri,
+                s3_endpoint_url=c.s3_endpoint_url,
+                roll_bytes=c.roll_bytes,
+                roll_age_s=c.roll_age_s,
+                max_buffered_bytes=c.bronze_max_buffered_bytes,
+                spool_dir=c.spool_dir,
+            ),
+            metrics=self.metrics,
+        )
+        await self.bronze.start()
+        core = Core(dedup_max_keys=c.dedup_window, dedup_max_age_s=c.dedup_max_age_s)
+        pipeline = Pipeline(
+            core,
+            self.kafka,
+            self.bronze,
+            BatchIdWindow(c.batch_id_window, c.batch_id_max_age_s),
+            self._executor,
+            self.metrics,
+            bronze_timeout_s=c.send_timeout_s,
+        )
+        self.service = IngestService(pipeline, self.metrics, max_in_flight_per_stream=c.max_in_flight_per_stream)
+
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", c.max_message_bytes),
+                ("grpc.max_send_message_length", 4 << 20),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._grpc.add_generic_rpc_handlers((self.service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+        host, port = c.listen_address
+        self.port = self._grpc.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {c.listen}")
+        await self._grpc.start()
+        await self._set_health(True)
+        self._health_task = asyncio.create_task(self._watch_sinks(), name="health")
+        if c.ready_file:
+            _write_atomically(
+                c.ready_file,
+                json.dumps({"pid": os.getpid(), "port": self.port, "metrics_port": self.metrics_port,
+                            "kafka_bootstrap": self.bootstrap, "bronze_uri": c.bronze_uri}),  # fmt: skip
+            )
+        log.info(
+            "serving",
+            extra={
+                "listen": f"{host}:{self.port}",
+                "metrics_port": self.metrics_port,
+                "kafka": self.bootstrap,
+                "bronze": c.bronze_uri,
+            },
+        )
+
+    def _start_dev_broker(self) -> str:
+        from keystone_ingest.server.devbroker import DevBroker
+
+        c = self.config
+        self._dev_broker = DevBroker(brokers=3, partitions=c.topic_partitions, topics=[c.topic, c.dlq_topic])
+        bootstrap = self._dev_broker.bootstrap
+        banner = "!" * 78
+        log.warning(
+            f"\n{banner}\n  No --kafka-bootstrap given: started an EMBEDDED DEVELOPMENT BROKER at {bootstrap}.\n"
+            f"  Records live in memory and vanish when this server exits. Not for production.\n{banner}",
+            extra={"kafka": bootstrap, "embedded_broker": True},
+        )
+        return bootstrap
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+    async def _watch_sinks(self) -> None:
+        # Wakes every HEALTH_POLL_S to mirror the sinks' state into the health
+        # service: NOT_SERVING while Kafka is unreachable or Bronze is failing.
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_POLL_S)
+            kafka_ok = self.kafka.available
+            bronze_error = self.bronze.error
+            self.metrics.kafka_available.set(1 if kafka_ok else 0)
+            if serving != (kafka_ok and bronze_error is None):
+                serving = not serving
+                if serving:
+                    log.warning("sinks healthy again: health SERVING")
+                else:
+                    log.warning("health NOT_SERVING", extra={
+                        "kafka_available": kafka_ok, "bronze_error": bronze_error and bronze_error.message})  # fmt: skip
+                await self._set_health(serving)
+
+    def request_stop(self) -> None:
+        """Safe from a signal handler: only sets a flag."""
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        c = self.config
+        started = time.monotonic()
+        log.info("shutting down", extra={"grace_s": c.shutdown_grace_s})
+        if self._health_task is not None:
+            self._health_task.cancel()
+        await self._health.enter_graceful_shutdown()  # 1. every service NOT_SERVING
+        if self.service is not None:  # 2. finish what was received
+            try:
+                await asyncio.wait_for(self.service.drain(), c.shutdown_grace_s)
+            except TimeoutError:
+                log.error("batches still in flight at the shutdown deadline; they were not acked")
+        if self._grpc is not None:  # 3. end the calls that are left
+            await self._grpc.stop(grace=max(0.0, c.shutdown_grace_s - (time.monotonic() - started)))
+        if self.kafka is not None:  # 4. flush Kafka
+            await self.kafka.stop()
+        if self.bronze is not None:  # 5. close Bronze files
+            try:
+                await self.bronze.stop()
+            except IngestError as exc:
+                # Rows that could not be published stay in the spool for the next start.
+                log.error("bronze files not published at shutdown", extra={"error": exc.message})
+        self._executor.shutdown(wait=True)  # 6. the rest
+        if self._dev_broker is not None:
+            await asyncio.to_thread(self._dev_broker.close)
+        self.metrics.close()
+        log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+async def serve(config: ServeConfig) -> None:
+    server = IngestServer(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    try:
+        await server.start()
+    except BaseException:
+        await server.shutdown()
+        raise
+    await server.wait_stopped()

@@ -1,0 +1,73 @@
+"""`keystone-ingest`: serve, load, replay.
+
+    keystone-ingest serve [--listen 127.0.0.1:50051] [--kafka-bootstrap HOST:PORT] ...
+    keystone-ingest load --count 200000 --streams 4
+    keystone-ingest replay --olist-dir ./olist
+
+Every flag may also be given as an environment variable KEYSTONE_<FLAG>
+(upper case, dashes as underscores), e.g. KEYSTONE_KAFKA_BOOTSTRAP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from keystone_ingest.client.cli import add_subcommands
+from keystone_ingest.server import logs
+from keystone_ingest.server.config import ServeConfig, add_config_arguments, config_from_args
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args, ServeConfig)
+    except ValueError as exc:
+        print(f"keystone-ingest serve: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level, config.log_format)
+    from keystone_ingest.server.app import serve
+    from keystone_ingest.server.errors import IngestError
+
+    try:
+        asyncio.run(serve(config))
+    except (IngestError, OSError) as exc:
+        # A sink or the listen address that cannot be had at start: say which, no traceback.
+        logging.getLogger("keystone_ingest.server").error("cannot start", extra={"error": str(exc)})
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keystone-ingest",
+        description="gRPC order ingestion: protobuf batches in, Kafka records and Bronze Parquet out.",
+        epilog="Every flag may also be set as KEYSTONE_<FLAG>, e.g. KEYSTONE_KAFKA_BOOTSTRAP=broker:9092.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the ingestion server",
+        description="Run the ingestion server. Without --kafka-bootstrap it starts an embedded development broker.",
+    )
+    add_config_arguments(serve, ServeConfig)
+    serve.set_defaults(func=_serve)
+    add_subcommands(commands)
+    # `keystone-ingest --help` documents every flag of every command, so one
+    # page answers "how do I set X" without knowing which command owns it.
+    parser.epilog = "\n\n".join(
+        [parser.epilog or ""]
+        + [f"{'=' * 30} keystone-ingest {name} {'=' * 30}\n{sub.format_help()}" for name, sub in commands.choices.items()]
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""`keystone-ingest serve` settings: flags and environment -> one validated `ServeConfig`.
+
+Each flag `--some-flag` may also be set as `KEYSTONE_SOME_FLAG`; a flag on the
+command line wins over the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from keystone_ingest.client.cli import add_argument_with_env
+
+MiB = 1 << 20
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class ServeConfig:
+    # -- network
+    listen: str = field(default="127.0.0.1:50051", metadata={"metavar": "HOST:PORT", "help": "gRPC address to listen on, HOST:PORT (port 0 picks one)"})
+    metrics_listen: str = field(
+        default="127.0.0.1:9464", metadata={"metavar": "HOST:PORT", "help": "Prometheus /metrics address, HOST:PORT; empty to disable"}
+    )
+    max_message_bytes: int = field(
+        default=64 * MiB, metadata={"help": "largest OrderBatch accepted, in bytes (larger: RESOURCE_EXHAUSTED)"}
+    )
+    max_in_flight_per_stream: int = field(
+        default=8, metadata={"help": "batches one stream may have unanswered before the server stops reading it"}
+    )
+    # -- Kafka
+    kafka_bootstrap: str | None = field(
+        default=None,
+        metadata={"metavar": "HOST:PORT[,...]", "help": "Kafka bootstrap servers, HOST:PORT[,...]; unset: start an embedded development broker"},
+    )
+    topic: str = field(default="orders", metadata={"metavar": "NAME", "help": "topic for accepted orders (one record per order)"})
+    dlq_topic: str = field(default="orders.dlq", metadata={"metavar": "NAME", "help": "dead-letter topic for rejected orders"})
+    compression: str = field(
+        default="zstd",
+        metadata={"help": "Kafka compression (zstd: best ratio and, through cramjam, the fastest here)", "choices": ("zstd", "lz4", "snappy", "gzip", "none")},
+    )
+    linger_ms: int = field(
+        default=0,
+        metadata={"help": "how long the producer waits to fill a record batch, ms (batches already merge under load)"},
+    )
+    max_batch_bytes: int = field(
+        default=MiB // 2,
+        metadata={"help": "largest Kafka record batch before compression, bytes (stay under the topic's max.message.bytes)"},
+    )
+    send_timeout_s: float = field(
+        default=30.0, metadata={"help": "deadline for Kafka to ack a batch's records before the batch fails (retriable)"}
+    )
+    create_topics: bool = field(
+        default=False, metadata={"help": "create the topics at start if missing (needs CreateTopics permission)"}
+    )
+    topic_partitions: int = field(default=6, metadata={"help": "partitions of topics created by this server"})
+    replication_factor: int = field(default=3, metadata={"help": "replication factor of topics created by this server"})
+    # -- Bronze
+    bronze_uri: str = field(
+        default="file://./data/bronze", metadata={"metavar": "URI", "help": "where Bronze Parquet goes: file://PATH or s3://BUCKET/PREFIX"}
+    )
+    s3_endpoint_url: str | None = field(
+        default=None, metadata={"metavar": "URL", "help": "S3 endpoint override for S3-compatible stores (MinIO, moto, ...)"}
+    )
+    roll_bytes: int = field(default=128 * MiB, metadata={"help": "roll a Bronze file when it reaches this size, bytes"})
+    roll_age_s: float = field(default=60.0, metadata={"help": "roll a Bronze file when it is this old, seconds"})
+    bronze_max_buffered_bytes: int = field(
+        default=256 * MiB,
+        metadata={"help": "memory the Bronze writer may hold before write() waits (backpressure), bytes"},
+    )
+    spool_dir: str = field(
+        default="./data/bronze-spool",
+        metadata={"metavar": "PATH", "help": "local directory where Bronze files wait for their S3 upload"},
+    )
+    # -- dedup and idempotency
+    dedup_window: int = field(default=1_000_000, metadata={"help": "event_ids remembered for order dedup"})
+    dedup_max_age_s: float = field(default=3600.0, metadata={"help": "how long an event_id is remembered, seconds"})
+    batch_id_window: int = field(default=200_000, metadata={"help": "batch_ids remembered for batch idempotency"})
+    batch_id_max_age_s: float = field(default=86_400.0, metadata={"help": "how long a batch_id is remembered, seconds"})
+    # -- process
+    core_threads: int = field(
+        default=max(1, os.cpu_count() or 1), metadata={"help": "threads running the native core (it releases the GIL)"}
+    )
+    shutdown_grace_s: float = field(
+        default=30.0, metadata={"help": "on SIGTERM/SIGINT, time allowed to finish batches in flight, seconds"}
+    )
+    log_level: str = field(
+        default="info", metadata={"help": "log level", "choices": ("debug", "info", "warning", "error")}
+    )
+    log_format: str = field(default="json", metadata={"help": "log format", "choices": ("json", "text")})
+    ready_file: str | None = field(
+        default=None,
+        metadata={"metavar": "PATH", "help": "once serving, write the bound ports and Kafka bootstrap to this file as JSON (for scripts)"},
+    )
+
+    def __post_init__(self) -> None:
+        # An empty value (KEYSTONE_KAFKA_BOOTSTRAP= in a compose file) means unset.
+        for name in ("kafka_bootstrap", "s3_endpoint_url", "ready_file"):
+            if getattr(self, name) == "":
+                setattr(self, name, None)
+        _host_port(self.listen)
+        if self.metrics_listen:
+            _host_port(self.metrics_listen)
+        positive = ("max_message_bytes", "max_in_flight_per_stream", "max_batch_bytes", "roll_bytes", "bronze_max_buffered_bytes",
+                    "dedup_window", "batch_id_window", "core_threads", "topic_partitions", "replication_factor")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("send_timeout_s", "roll_age_s", "dedup_max_age_s", "batch_id_max_age_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.linger_ms < 0 or self.shutdown_grace_s < 0:
+            raise ValueError("--linger-ms and --shutdown-grace-s must not be negative")
+        if not (self.bronze_uri.startswith(("file://", "s3://", "/", "."))):
+            raise ValueError(f"--bronze-uri must be file://PATH, s3://BUCKET/PREFIX or a path, got {self.bronze_uri!r}")
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return _host_port(self.listen)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return _host_port(self.metrics_listen) if self.metrics_listen else None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type = ServeConfig) -> None:
+    """One flag per field of `config_cls`, defaulting to its environment variable."""
+    for f in fields(config_cls):
+        kind = {"int": int, "float": float, "bool": bool}.get(str(f.type).split(" ")[0], str)
+        options: dict[str, Any] = {"action": "store_true"} if kind is bool else {
+            "type": kind,
+            "choices": f.metadata.get("choices"),
+            "metavar": None if "choices" in f.metadata else f.metadata.get("metavar", _metavar(f.name, kind)),
+        }  # fmt: skip
+        help_text = f.metadata.get("help", "")
+        if f.default is None:
+            help_text += " (default: unset)"
+        add_argument_with_env(parser, "--" + f.name.replace("_", "-"), help=help_text, default=f.default, **options)
+
+
+def _metavar(name: str, kind: type) -> str:
+    if kind is float:
+        return "SECONDS" if name.endswith("_s") else "X"
+    if kind is int:
+        return "BYTES" if name.endswith("_bytes") else "MS" if name.endswith("_ms") else "N"
+    return "TEXT"
+
+
+def config_from_args(args: argparse.Namespace, config_cls: type = ServeConfig) -> Any:
+    return config_cls(**{f.name: getattr(args, f.name) for f in fields(config_cls)})

@@ -1,0 +1,100 @@
+"""Run `keystone-ingest serve` as a child process and learn where it listens.
+
+Used by `make demo`, the integration tests and the benchmark harness: they all
+need a real server process (one that can be signalled and killed) and its
+ports, which it reports through `--ready-file` once it is serving.
+
+    with ServerProcess(["--bronze-uri", f"file://{tmp}"]) as server:
+        client = IngestClient(server.target)
+        ...
+        assert server.stop() == 0          # SIGTERM, graceful
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        args: list[str] = (),
+        *,
+        env: dict[str, str] | None = None,
+        log_path: str | os.PathLike | None = None,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="keystone-server-")
+        self.ready_path = Path(self._dir.name) / "ready.json"
+        self.log_path = Path(log_path) if log_path else Path(self._dir.name) / "server.log"
+        command = [sys.executable, "-m", "keystone_ingest.server.cli", "serve",
+                   "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                   *args, "--ready-file", str(self.ready_path)]  # fmt: skip
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        self.info = self._wait_ready(start_timeout_s)
+        self.port: int = self.info["port"]
+        self.metrics_port: int | None = self.info["metrics_port"]
+        self.kafka_bootstrap: str = self.info["kafka_bootstrap"]
+        self.target = f"127.0.0.1:{self.port}"
+
+    def _wait_ready(self, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.ready_path.exists():
+                return json.loads(self.ready_path.read_text())
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode} before serving:\n{self.logs()}")
+            time.sleep(0.05)
+        self.kill()
+        raise TimeoutError(f"server not serving after {timeout_s} s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict]:
+        """The server's JSON log lines, parsed (other lines are skipped)."""
+        records = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
+        return records
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
+        """Signals the server and waits for it to exit; returns its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(f"server did not exit {timeout_s} s after {signal.Signals(sig).name}:\n{self.logs()}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def close(self) -> None:
+        self.kill()
+        self._log.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

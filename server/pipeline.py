@@ -1,0 +1,167 @@
+"""One batch through the stages: batch_id window, native core, Kafka, Bronze, ack.
+
+    ack = await pipeline.ingest(raw_order_batch_bytes)
+
+`ingest` returns the `BatchAck` once the batch is safe, or raises an
+`IngestError` (see errors.py) when it is not and the client must resend. The
+order of the sinks is deliberate: Kafka first, Bronze second. Kafka is the sink
+that can fail for a while (brokers, leaders, network); the Bronze hand-off only
+places rows in the writer's buffers. Publishing first means a batch that fails
+is never in Bronze, so the client's resend cannot put an order in Bronze twice;
+the worst a resend can do is publish some records of the batch a second time to
+Kafka, with the same event_id (documented in the README).
+
+When a batch is not acked its effects on the windows are undone: the core
+forgets the batch's orders (so the resend is not taken for duplicates of
+itself) and the batch_id claim is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from typing import Protocol
+
+from keystone_ingest.core import Core, InvalidBatch, batch_id_of
+from keystone_ingest.proto.v1 import ingest_pb2
+from keystone_ingest.server.batch import Batch
+from keystone_ingest.server.errors import SinkUnavailable
+from keystone_ingest.server.idempotency import AckCounts, BatchIdWindow
+from keystone_ingest.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MAX_ERRORS_PER_ACK = 100
+"""The proto's promise: at most this many RecordErrors in one BatchAck."""
+
+
+class Publisher(Protocol):
+    async def publish(self, batch: Batch) -> None:
+        """Returns when every record of the batch is acked by Kafka."""
+
+
+class Writer(Protocol):
+    async def write(self, batch: Batch) -> None:
+        """Returns when the batch's rows are owned by the Bronze writer."""
+
+
+class Pipeline:
+    def __init__(
+        self,
+        core: Core,
+        kafka: Publisher,
+        bronze: Writer,
+        batch_ids: BatchIdWindow,
+        executor: Executor,
+        metrics: Metrics,
+        *,
+        bronze_timeout_s: float = 30.0,
+    ) -> None:
+        self.core = core
+        self.bronze_timeout_s = bronze_timeout_s
+        self.kafka = kafka
+        self.bronze = bronze
+        self.batch_ids = batch_ids
+        self.executor = executor
+        self.metrics = metrics
+
+    async def ingest(self, raw: bytes) -> ingest_pb2.BatchAck:
+        started = time.perf_counter()
+        m = self.metrics
+        m.batches_in_flight.inc()
+        m.bytes_in_flight.inc(len(raw))
+        try:
+            ack = await self._ingest(raw)
+        except BaseException:
+            m.batches_total.labels("error").inc()
+            raise
+        finally:
+            m.batches_in_flight.dec()
+            m.bytes_in_flight.dec(len(raw))
+        m.batch_seconds.observe(time.perf_counter() - started)
+        m.batches_total.labels(ingest_pb2.AckStatus.Name(ack.status).removeprefix("ACK_STATUS_").lower()).inc()
+        return ack
+
+    async def _ingest(self, raw: bytes) -> ingest_pb2.BatchAck:
+        batch_id = batch_id_of(raw)
+        if batch_id is None:
+            # No usable id: the core will reject the batch with the exact reason.
+            return await self._process(raw)
+        first = await self.batch_ids.claim(batch_id)
+        if first is not None:
+            return _duplicate_batch_ack(batch_id, first)
+        try:
+            ack = await self._process(raw)
+        except BaseException:
+            self.batch_ids.release(batch_id)
+            raise
+        if ack.status == ingest_pb2.ACK_STATUS_ACCEPTED:
+            self.batch_ids.complete(batch_id, AckCounts(ack.accepted, ack.duplicates, ack.rejected))
+            self.metrics.batch_id_window.set(len(self.batch_ids))
+        else:
+            # A rejected batch may come back corrected under the same id.
+            self.batch_ids.release(batch_id)
+        return ack
+
+    async def _process(self, raw: bytes) -> ingest_pb2.BatchAck:
+        loop = asyncio.get_running_loop()
+        try:
+            # decode, validate, dedup, Arrow encode: native, GIL released.
+            result = await loop.run_in_executor(self.executor, self.core.process, raw)
+        except InvalidBatch as exc:
+            log.info("batch rejected", extra={"code": exc.code, "offset": exc.offset, "detail": exc.message})
+            return _rejected_batch_ack(batch_id_of(raw) or "", exc)
+        batch = Batch(raw, result)
+        try:
+            await self.kafka.publish(batch)
+            try:
+                # The hand-off waits only while the writer's memory bound is reached.
+                async with asyncio.timeout(self.bronze_timeout_s):
+                    await self.bronze.write(batch)
+            except TimeoutError:
+                raise SinkUnavailable(
+                    f"the Bronze writer had no room for the batch within {self.bronze_timeout_s:g} s; resend it"
+                ) from None
+        except BaseException:
+            # Not acked: the client resends, and the resend must not be taken
+            # for a duplicate of this attempt.
+            self.core.forget(result)
+            raise
+        m = self.metrics
+        m.orders_total.labels("accepted").inc(result.accepted)
+        m.orders_total.labels("duplicate").inc(result.duplicates)
+        m.orders_total.labels("rejected").inc(result.rejected)
+        m.dedup_keys.set(self.core.dedup_size)
+        return ingest_pb2.BatchAck(
+            batch_id=result.batch_id,
+            status=ingest_pb2.ACK_STATUS_ACCEPTED,
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+            rejected=result.rejected,
+            errors=[
+                ingest_pb2.RecordError(index=e.index, event_id=e.event_id, reason=e.reason)
+                for e in result.errors(MAX_ERRORS_PER_ACK)
+            ],
+        )
+
+
+def _duplicate_batch_ack(batch_id: str, first: AckCounts) -> ingest_pb2.BatchAck:
+    return ingest_pb2.BatchAck(
+        batch_id=batch_id,
+        status=ingest_pb2.ACK_STATUS_DUPLICATE_BATCH,
+        accepted=first.accepted,
+        duplicates=first.duplicates,
+        rejected=first.rejected,
+    )
+
+
+def _rejected_batch_ack(batch_id: str, exc: InvalidBatch) -> ingest_pb2.BatchAck:
+    # BatchAck has no message field; the decoder's code and message travel in
+    # the one RecordError, e.g. "truncated: truncated varint at byte 17 in orders[0]".
+    return ingest_pb2.BatchAck(
+        batch_id=batch_id,
+        status=ingest_pb2.ACK_STATUS_REJECTED,
+        errors=[ingest_pb2.RecordError(index=0, reason=f"{exc.code}: {exc.message}")],
+    )

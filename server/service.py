@@ -1,0 +1,122 @@
+"""The gRPC face of the pipeline: `keystone.ingest.v1.OrderIngest`.
+
+Batches arrive as raw bytes (the handlers have no request deserializer) and go
+to `Pipeline.ingest` untouched; no Python protobuf object is made of a batch.
+
+StreamOrders reads batches while earlier ones are still in the pipeline, up to
+`max_in_flight` per stream, and answers them in arrival order. When that many
+are unanswered it stops reading, and HTTP/2 flow control slows the sender.
+An error that means "resend" ends the stream with its status; batches already
+in the pipeline still finish, so a resend of them is answered from the batch_id
+window instead of being processed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from keystone_ingest.proto.v1 import ingest_pb2
+from keystone_ingest.server.errors import ShuttingDown, to_status
+from keystone_ingest.server.metrics import Metrics
+from keystone_ingest.server.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "keystone.ingest.v1.OrderIngest"
+
+
+class IngestService:
+    def __init__(self, pipeline: Pipeline, metrics: Metrics, *, max_in_flight_per_stream: int = 8) -> None:
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.max_in_flight_per_stream = max_in_flight_per_stream
+        self._draining = False
+        self._readers: set[asyncio.Task] = set()
+        # Every batch still in the pipeline, whoever is waiting for it: shutdown
+        # waits for these so nothing received is abandoned half-published.
+        self._batches: set[asyncio.Task] = set()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        serialize = ingest_pb2.BatchAck.SerializeToString
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "StreamOrders": grpc.stream_stream_rpc_method_handler(
+                    self.stream_orders, request_deserializer=None, response_serializer=serialize
+                ),
+                "IngestOrders": grpc.unary_unary_rpc_method_handler(
+                    self.ingest_orders, request_deserializer=None, response_serializer=serialize
+                ),
+            },
+        )
+
+    async def ingest_orders(self, raw: bytes, context: grpc.aio.ServicerContext) -> ingest_pb2.BatchAck:
+        if self._draining:
+            await _abort(context, ShuttingDown("the server is shutting down; resend the batch to another replica"))
+        try:
+            return await self._submit(raw)
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def stream_orders(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_pb2.BatchAck]:
+        if self._draining:
+            await _abort(context, ShuttingDown("the server is shutting down; reconnect and resend"))
+        slots = asyncio.Semaphore(self.max_in_flight_per_stream)
+        answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    await slots.acquire()  # full: stop reading, let flow control push back
+                    answers.put_nowait(asyncio.ensure_future(self._submit(raw)))
+            finally:
+                answers.put_nowait(None)  # end of requests, or drained, or the call is gone
+
+        reader = asyncio.create_task(read())
+        self._readers.add(reader)
+        self.metrics.streams_open.inc()
+        try:
+            while (answer := await answers.get()) is not None:
+                try:
+                    ack = await asyncio.shield(answer)
+                except Exception as exc:
+                    await _abort(context, exc)
+                slots.release()
+                yield ack
+            if self._draining:
+                await _abort(context, ShuttingDown("the server is shutting down; reconnect and resend unacked batches"))
+        finally:
+            reader.cancel()
+            self._readers.discard(reader)
+            self.metrics.streams_open.dec()
+
+    async def _submit(self, raw: bytes) -> ingest_pb2.BatchAck:
+        task = asyncio.ensure_future(self.pipeline.ingest(raw))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+        # Shielded: a caller that goes away must not cancel a half-published batch.
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Stops reading new batches on every stream and waits for the batches
+        already received to finish; their acks are still sent."""
+        self._draining = True
+        for reader in list(self._readers):
+            reader.cancel()
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    code, message = to_status(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("batch failed", exc_info=exc)
+    else:
+        log.warning("batch not acked", extra={"code": code.name, "detail": message})
+    await context.abort(code, message)

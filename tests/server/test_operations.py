@@ -1,0 +1,234 @@
+"""What operators rely on: health, reflection, metrics, configuration, the
+embedded broker, graceful shutdown, S3 for Bronze."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import fields
+
+import grpc
+import pyarrow.dataset as ds
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from kafkautil import KafkaCluster, read_all
+from s3util import AWS_ENV, s3_server
+
+from keystone_ingest.client.client import IngestClient, IngestRpcError, RetryPolicy
+from keystone_ingest.client.generator import OrderGenerator
+from keystone_ingest.proto.v1 import ingest_pb2
+from keystone_ingest.server.config import ServeConfig
+from keystone_ingest.server.devbroker import DevBroker
+from keystone_ingest.server.launcher import ServerProcess
+
+
+def health_status(target: str, service: str = "") -> str:
+    with grpc.insecure_channel(target) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+def test_health_reflection_and_metrics_describe_a_serving_server(deploy):
+    d = deploy()
+    assert health_status(d.target) == "SERVING"
+    assert health_status(d.target, "keystone.ingest.v1.OrderIngest") == "SERVING"
+
+    with grpc.insecure_channel(d.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (response,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    services = {s.name for s in response.list_services_response.service}
+    assert {"keystone.ingest.v1.OrderIngest", "grpc.health.v1.Health"} <= services
+
+    gen = OrderGenerator(seed=3, invalid_ratio=0.1, duplicate_ratio=0.1)
+    batch = gen.batch(100)
+    with IngestClient(d.target) as client:
+        ack = client.ingest(batch)
+        again = client.ingest(batch)
+    assert again.status == ingest_pb2.ACK_STATUS_DUPLICATE_BATCH
+    text = metrics_text(d.server.metrics_port)
+    assert metric(text, 'keystone_ingest_orders_total{outcome="accepted"}') == ack.accepted
+    assert metric(text, 'keystone_ingest_orders_total{outcome="duplicate"}') == ack.duplicates
+    assert metric(text, 'keystone_ingest_orders_total{outcome="rejected"}') == ack.rejected
+    assert metric(text, 'keystone_ingest_batches_total{status="accepted"}') == 1
+    assert metric(text, 'keystone_ingest_batches_total{status="duplicate_batch"}') == 1
+    assert metric(text, "keystone_ingest_batch_seconds_count") == 2
+    assert metric(text, "keystone_ingest_batches_in_flight") == 0
+    assert metric(text, f'keystone_ingest_kafka_records_total{{topic="{d.topic}"}}') == ack.accepted
+    assert metric(text, "keystone_ingest_kafka_send_seconds_count") >= 1
+
+    assert d.server.stop() == 0
+    orders = ds.dataset(d.bronze / "orders", format="parquet", partitioning="hive")
+    assert orders.count_rows() == ack.accepted
+
+
+def test_health_is_not_serving_while_kafka_is_unreachable(tmp_path):
+    with DevBroker(brokers=1, partitions=3, topics=["orders", "orders.dlq"]) as broker:
+        with ServerProcess(["--kafka-bootstrap", broker.bootstrap, "--bronze-uri", f"file://{tmp_path}"]) as server:
+            assert health_status(server.target) == "SERVING"
+            broker.all_down()
+            assert wait_for(lambda: health_status(server.target) == "NOT_SERVING", 15)
+            assert metric(metrics_text(server.metrics_port), "keystone_ingest_kafka_available") == 0
+            broker.all_up()
+            assert wait_for(lambda: health_status(server.target) == "SERVING", 15)
+            with IngestClient(server.target) as client:
+                assert client.ingest(OrderGenerator(seed=1).batch(20)).accepted == 20
+            assert server.stop() == 0
+
+
+def wait_for(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_without_kafka_bootstrap_the_server_runs_an_embedded_broker_and_says_so(tmp_path):
+    with ServerProcess(["--bronze-uri", f"file://{tmp_path}"], env={"KEYSTONE_KAFKA_BOOTSTRAP": ""}) as server:
+        with IngestClient(server.target) as client:
+            ack = client.ingest(OrderGenerator(seed=2).batch(30))
+        records = read_all(server.kafka_bootstrap, "orders")
+        assert sorted(r.header("event_id") for r in records) == sorted(
+            o.event_id.encode() for o in OrderGenerator(seed=2).batch(30).orders
+        )
+        assert ack.accepted == 30
+        banner = [r for r in server.log_records() if r.get("embedded_broker")]
+        assert banner and "EMBEDDED DEVELOPMENT BROKER" in banner[0]["msg"]
+        assert banner[0]["level"] == "warning"
+        assert server.stop() == 0
+
+
+def test_sigterm_mid_stream_acks_what_was_received_and_exits_zero(deploy):
+    d = deploy("--roll-age-s", "600")
+    gen = OrderGenerator(seed=8)
+    acked: list[ingest_pb2.BatchAck] = []
+    failure: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            with IngestClient(d.target, max_in_flight=4, retry=RetryPolicy(deadline_s=2.0)) as client:
+                for _ in range(400):
+                    acked.append(client.ingest(gen.batch(100)))
+        except BaseException as exc:  # the server went away for good
+            failure.append(exc)
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    assert wait_for(lambda: len(acked) >= 5, 30)
+    assert d.server.stop(signal.SIGTERM) == 0
+    sender.join(60)
+    assert failure and isinstance(failure[0], IngestRpcError)
+    # Every acked order is in Kafka and, after the shutdown rolled the files, in Bronze.
+    acked_ids = {b for a in acked for b in [a.batch_id]}
+    kafka = read_all(d.cluster.bootstrap, d.topic)
+    assert {r.header("batch_id").decode() for r in kafka} >= acked_ids
+    bronze = ds.dataset(d.bronze / "orders", format="parquet", partitioning="hive").to_table()
+    assert set(bronze["batch_id"].to_pylist()) >= acked_ids
+    assert bronze.num_rows == len(set(bronze["event_id"].to_pylist()))  # no order twice
+    records = d.server.log_records()
+    assert records[-1]["msg"] == "stopped"
+
+
+def test_bronze_goes_to_s3_through_the_endpoint_override(kafka_broker: KafkaCluster, tmp_path):
+    with s3_server() as s3:
+        with ServerProcess(
+            ["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", kafka_broker.new_topic("orders"),
+             "--dlq-topic", kafka_broker.new_topic("dlq"), "--bronze-uri", s3.uri("lake/bronze"),
+             "--s3-endpoint-url", s3.endpoint_url],
+            env=AWS_ENV,
+        ) as server:  # fmt: skip
+            batch = OrderGenerator(seed=4, invalid_ratio=0.05).batch(200)
+            with IngestClient(server.target) as client:
+                ack = client.ingest(batch)
+            assert server.stop() == 0
+        fs = s3.filesystem()
+        orders = ds.dataset(f"{s3.bucket}/lake/bronze/orders", filesystem=fs, format="parquet", partitioning="hive")
+        assert sorted(orders.to_table()["event_id"].to_pylist()) == sorted(
+            o.event_id for i, o in enumerate(batch.orders) if i not in {e.index for e in ack.errors}
+        )
+        quarantine = ds.dataset(f"{s3.bucket}/lake/bronze/_quarantine", filesystem=fs, format="parquet")
+        assert quarantine.count_rows() == ack.rejected > 0
+        assert all(key.endswith(".parquet") for key in s3.objects("lake/bronze"))
+
+
+def test_every_serve_flag_is_documented_with_its_environment_variable():
+    out = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--help"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    flat = " ".join(out.split())
+    for f in fields(ServeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in flat
+        assert "KEYSTONE_" + f.name.upper() in flat
+    top = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "--help"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert all(command in top for command in ("serve", "load", "replay"))
+
+
+def test_flags_come_from_the_environment_and_bad_values_are_named(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve"],
+                         env={**AWS_ENV, "PATH": "/usr/bin", "KEYSTONE_ROLL_BYTES": "lots"},
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2
+    assert "KEYSTONE_ROLL_BYTES='lots' is not a valid int" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--roll-age-s", "0"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2
+    assert "--roll-age-s must be positive, got 0.0" in bad.stderr
+
+
+def test_an_unreachable_kafka_at_start_exits_1_with_the_reason(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--listen", "127.0.0.1:0",
+                          "--metrics-listen", "", "--kafka-bootstrap", "127.0.0.1:1", "--bronze-uri", f"file://{tmp_path}"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 1
+    last = json.loads(run.stderr.strip().splitlines()[-1])
+    assert last["msg"] == "cannot start"
+    assert last["error"].startswith("cannot reach Kafka at 127.0.0.1:1 (topics orders, orders.dlq)")
+
+
+def test_a_batch_kafka_could_not_take_is_not_acked_and_its_resend_is_accepted_in_full(tmp_path):
+    batch = OrderGenerator(seed=12, duplicate_ratio=0.1).batch(60)
+    with DevBroker(brokers=1, partitions=3, topics=["orders", "orders.dlq"]) as broker:
+        with ServerProcess(["--kafka-bootstrap", broker.bootstrap, "--bronze-uri", f"file://{tmp_path}",
+                            "--send-timeout-s", "1.5"]) as server:  # fmt: skip
+            broker.all_down()
+            threading.Timer(4.0, broker.all_up).start()
+            with IngestClient(server.target, retry=RetryPolicy(initial_backoff_s=0.5, deadline_s=60)) as client:
+                ack = client.ingest(batch)
+                stats = client.stats
+            # The first attempt failed UNAVAILABLE; the core forgot its orders and
+            # the batch_id, so the resend is processed in full, not as duplicates.
+            assert stats.resends >= 1
+            assert ack.status == ingest_pb2.ACK_STATUS_ACCEPTED
+            distinct = len({o.event_id for o in batch.orders})
+            assert (ack.accepted, ack.duplicates) == (distinct, 60 - distinct)
+            records = read_all(broker.bootstrap, "orders")
+            # Records of the failed attempt may still reach Kafka (README: "when Kafka
+            # can hold an order twice"): same event_id and bytes, so consumers drop them.
+            by_event = {}
+            for r in records:
+                by_event.setdefault(r.header("event_id"), set()).add(r.value)
+            assert len(by_event) == distinct and all(len(v) == 1 for v in by_event.values())
+            text = metrics_text(server.metrics_port)
+            assert metric(text, 'keystone_ingest_batches_total{status="error"}') >= 1
+            assert server.stop() == 0
+        orders = ds.dataset(tmp_path / "orders", format="parquet", partitioning="hive").to_table()
+        assert sorted(orders["event_id"].to_pylist()) == sorted({o.event_id for o in batch.orders})
