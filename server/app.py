@@ -66,6 +66,20 @@ class IngestServer:
 
     async def start(self) -> None:
         c = self.config
+        # Bind first: a taken address fails the start before any sink is up.
+        # Nothing is served until the handlers are added and the server starts.
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", c.max_message_bytes),
+                ("grpc.max_send_message_length", 4 << 20),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        host, port = c.listen_address
+        try:
+            self.port = self._grpc.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {c.listen}: {exc}") from None
         if c.metrics_address:
             self.metrics_port = self.metrics.serve(*c.metrics_address)
         if self.bootstrap is None:
@@ -110,20 +124,9 @@ class IngestServer:
         )
         self.service = IngestService(pipeline, self.metrics, max_in_flight_per_stream=c.max_in_flight_per_stream)
 
-        self._grpc = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", c.max_message_bytes),
-                ("grpc.max_send_message_length", 4 << 20),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
         self._grpc.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
-        host, port = c.listen_address
-        self.port = self._grpc.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {c.listen}")
         await self._grpc.start()
         await self._set_health(True)
         self._health_task = asyncio.create_task(self._watch_sinks(), name="health")

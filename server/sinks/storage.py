@@ -131,6 +131,13 @@ def _fsync_path(path: str, *, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _unlink_if_present(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 class LocalStore:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
@@ -175,10 +182,7 @@ class LocalStore:
         return spool_path if os.path.exists(spool_path) else os.path.join(self.root, key)
 
     def discard(self, spool_path: str) -> None:
-        try:
-            os.unlink(spool_path)
-        except FileNotFoundError:
-            pass
+        _unlink_if_present(spool_path)
 
     def leftovers(self) -> list[tuple[str, str]]:
         # A local spool file is a hidden temp file that was never renamed: its
@@ -285,10 +289,7 @@ class S3Store:
             log.warning("bronze: could not remove spool file", extra={"path": ready, "error": str(exc)})
 
     def discard(self, spool_path: str) -> None:
-        try:
-            os.unlink(spool_path)
-        except FileNotFoundError:
-            pass
+        _unlink_if_present(spool_path)
 
     def leftovers(self) -> list[tuple[str, str]]:
         found = []

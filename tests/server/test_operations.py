@@ -4,7 +4,9 @@ embedded broker, graceful shutdown, S3 for Bronze."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -46,7 +48,7 @@ def metric(text: str, name: str) -> float:
 
 
 def test_health_reflection_and_metrics_describe_a_serving_server(deploy):
-    d = deploy()
+    d = deploy("--roll-age-s", "0.5")
     assert health_status(d.target) == "SERVING"
     assert health_status(d.target, "keystone.ingest.v1.OrderIngest") == "SERVING"
 
@@ -73,9 +75,22 @@ def test_health_reflection_and_metrics_describe_a_serving_server(deploy):
     assert metric(text, f'keystone_ingest_kafka_records_total{{topic="{d.topic}"}}') == ack.accepted
     assert metric(text, "keystone_ingest_kafka_send_seconds_count") >= 1
 
-    assert d.server.stop() == 0
+    # Files roll by age; once every accepted row is in a visible file the counters say so.
+    def rows_in_files() -> float:
+        try:
+            return metric(metrics_text(d.server.metrics_port), 'keystone_ingest_bronze_rows_total{table="orders"}')
+        except KeyError:
+            return 0
+
+    assert wait_for(lambda: rows_in_files() == ack.accepted, 15)
+    text = metrics_text(d.server.metrics_port)
     orders = ds.dataset(d.bronze / "orders", format="parquet", partitioning="hive")
+    assert metric(text, 'keystone_ingest_bronze_files_total{table="orders"}') == len(orders.files)
+    assert metric(text, 'keystone_ingest_bronze_bytes_total{table="orders"}') == sum(
+        os.path.getsize(f) for f in orders.files
+    )
     assert orders.count_rows() == ack.accepted
+    assert d.server.stop() == 0
 
 
 def test_health_is_not_serving_while_kafka_is_unreachable(tmp_path):
@@ -232,3 +247,17 @@ def test_a_batch_kafka_could_not_take_is_not_acked_and_its_resend_is_accepted_in
             assert server.stop() == 0
         orders = ds.dataset(tmp_path / "orders", format="parquet", partitioning="hive").to_table()
         assert sorted(orders["event_id"].to_pylist()) == sorted({o.event_id for o in batch.orders})
+
+
+def test_a_taken_listen_address_exits_1_before_any_sink_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--listen", address,
+                              "--metrics-listen", "", "--bronze-uri", f"file://{tmp_path}"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 1
+    last = json.loads(run.stderr.strip().splitlines()[-1])
+    assert last["error"].startswith(f"cannot listen on {address}: Failed to bind")
+    assert "EMBEDDED DEVELOPMENT BROKER" not in run.stderr  # nothing was started
