@@ -122,7 +122,13 @@ class IngestServer:
             self.metrics,
             bronze_timeout_s=c.send_timeout_s,
         )
-        self.service = IngestService(pipeline, self.metrics, max_in_flight_per_stream=c.max_in_flight_per_stream)
+        self.service = IngestService(
+            pipeline,
+            self.metrics,
+            max_in_flight_per_stream=c.max_in_flight_per_stream,
+            max_bytes_in_flight=c.max_bytes_in_flight,
+            max_stream_bytes_in_flight=c.max_stream_bytes_in_flight,
+        )
 
         self._grpc.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)

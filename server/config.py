@@ -36,6 +36,12 @@ class ServeConfig:
     max_in_flight_per_stream: int = field(
         default=8, metadata={"help": "batches one stream may have unanswered before the server stops reading it"}
     )
+    max_stream_bytes_in_flight: int = field(
+        default=64 * MiB, metadata={"help": "request bytes one stream may have unanswered before it is no longer read"}
+    )
+    max_bytes_in_flight: int = field(
+        default=256 * MiB, metadata={"help": "request bytes all calls together may have unanswered (backpressure beyond)"}
+    )
     # -- Kafka
     kafka_bootstrap: str | None = field(
         default=None,
@@ -109,7 +115,8 @@ class ServeConfig:
         _host_port(self.listen)
         if self.metrics_listen:
             _host_port(self.metrics_listen)
-        positive = ("max_message_bytes", "max_in_flight_per_stream", "max_batch_bytes", "roll_bytes", "bronze_max_buffered_bytes",
+        positive = ("max_message_bytes", "max_in_flight_per_stream", "max_stream_bytes_in_flight",
+                    "max_bytes_in_flight", "max_batch_bytes", "roll_bytes", "bronze_max_buffered_bytes",
                     "dedup_window", "batch_id_window", "core_threads", "topic_partitions", "replication_factor")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:

@@ -36,6 +36,11 @@ class Metrics:
         self.batches_in_flight = Gauge(p + "batches_in_flight", "Batches received and not yet answered", registry=r)
         self.bytes_in_flight = Gauge(p + "bytes_in_flight", "Request bytes of batches not yet answered", registry=r)
         self.streams_open = Gauge(p + "streams_open", "Open StreamOrders calls", registry=r)
+        self.backpressure_waits_total = Counter(
+            p + "backpressure_waits_total",
+            "Times a call waited for a byte budget (per stream or server) before reading its next batch",
+            registry=r,
+        )
         self.kafka_send_seconds = Histogram(
             p + "kafka_send_seconds",
             "Time from handing a record batch to the producer to the broker's ack (acks=all)",

@@ -4,8 +4,10 @@ Batches arrive as raw bytes (the handlers have no request deserializer) and go
 to `Pipeline.ingest` untouched; no Python protobuf object is made of a batch.
 
 StreamOrders reads batches while earlier ones are still in the pipeline, up to
-`max_in_flight` per stream, and answers them in arrival order. When that many
-are unanswered it stops reading, and HTTP/2 flow control slows the sender.
+`max_in_flight_per_stream` batches and `max_stream_bytes_in_flight` bytes per
+stream and `max_bytes_in_flight` bytes for the whole server, and answers them
+in arrival order. When a limit is reached it stops reading, and HTTP/2 flow
+control slows the sender: memory is bounded by configuration, not by load.
 An error that means "resend" ends the stream with its status; batches already
 in the pipeline still finish, so a resend of them is answered from the batch_id
 window instead of being processed twice.
@@ -21,6 +23,7 @@ import grpc
 
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.errors import ShuttingDown, to_status
+from keystone_ingest.server.limits import ByteBudget
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.pipeline import Pipeline
 
@@ -30,10 +33,21 @@ SERVICE_NAME = "keystone.ingest.v1.OrderIngest"
 
 
 class IngestService:
-    def __init__(self, pipeline: Pipeline, metrics: Metrics, *, max_in_flight_per_stream: int = 8) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        *,
+        max_in_flight_per_stream: int = 8,
+        max_bytes_in_flight: int = 256 << 20,
+        max_stream_bytes_in_flight: int = 64 << 20,
+    ) -> None:
         self.pipeline = pipeline
         self.metrics = metrics
         self.max_in_flight_per_stream = max_in_flight_per_stream
+        self.max_stream_bytes_in_flight = max_stream_bytes_in_flight
+        # Bytes of requests not yet answered, across all calls of this server.
+        self.bytes_in_flight = ByteBudget(max_bytes_in_flight)
         self._draining = False
         self._readers: set[asyncio.Task] = set()
         # Every batch still in the pipeline, whoever is waiting for it: shutdown
@@ -57,10 +71,13 @@ class IngestService:
     async def ingest_orders(self, raw: bytes, context: grpc.aio.ServicerContext) -> ingest_pb2.BatchAck:
         if self._draining:
             await _abort(context, ShuttingDown("the server is shutting down; resend the batch to another replica"))
+        await self._take(self.bytes_in_flight, len(raw))
         try:
             return await self._submit(raw)
         except Exception as exc:
             await _abort(context, exc)
+        finally:
+            self.bytes_in_flight.release(len(raw))
 
     async def stream_orders(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -68,13 +85,27 @@ class IngestService:
         if self._draining:
             await _abort(context, ShuttingDown("the server is shutting down; reconnect and resend"))
         slots = asyncio.Semaphore(self.max_in_flight_per_stream)
+        stream_bytes = ByteBudget(self.max_stream_bytes_in_flight)
         answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+
+        def give_back(n: int) -> None:
+            stream_bytes.release(n)
+            self.bytes_in_flight.release(n)
 
         async def read() -> None:
             try:
                 async for raw in requests:
-                    await slots.acquire()  # full: stop reading, let flow control push back
-                    answers.put_nowait(asyncio.ensure_future(self._submit(raw)))
+                    # Any limit reached: stop reading, and HTTP/2 flow control slows the sender.
+                    await slots.acquire()
+                    await self._take(stream_bytes, len(raw))
+                    try:
+                        await self._take(self.bytes_in_flight, len(raw))
+                    except asyncio.CancelledError:
+                        stream_bytes.release(len(raw))
+                        raise
+                    answer = asyncio.ensure_future(self._submit(raw))
+                    answer.add_done_callback(lambda _, n=len(raw): give_back(n))
+                    answers.put_nowait(answer)
             finally:
                 answers.put_nowait(None)  # end of requests, or drained, or the call is gone
 
@@ -95,6 +126,10 @@ class IngestService:
             reader.cancel()
             self._readers.discard(reader)
             self.metrics.streams_open.dec()
+
+    async def _take(self, budget: ByteBudget, n: int) -> None:
+        if await budget.acquire(n):
+            self.metrics.backpressure_waits_total.inc()
 
     async def _submit(self, raw: bytes) -> ingest_pb2.BatchAck:
         task = asyncio.ensure_future(self.pipeline.ingest(raw))

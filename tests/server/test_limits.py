@@ -1,0 +1,82 @@
+"""Limits a real server enforces: message size, and bytes in flight under overload."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+
+from keystone_ingest.client.client import IngestClient
+from keystone_ingest.client.generator import OrderGenerator
+from keystone_ingest.proto.v1 import ingest_pb2
+
+UNARY_METHOD = "/keystone.ingest.v1.OrderIngest/IngestOrders"
+
+
+def peak_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def metric(server, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+def test_a_batch_over_max_message_bytes_gets_resource_exhausted_and_the_server_goes_on(deploy):
+    d = deploy("--max-message-bytes", str(256 * 1024))
+    big = OrderGenerator(seed=1).batch(1500, batch_id="too-big").SerializeToString()
+    assert len(big) > 256 * 1024
+    with grpc.insecure_channel(d.target) as channel:
+        call = channel.unary_unary(UNARY_METHOD, request_serializer=None,
+                                   response_deserializer=ingest_pb2.BatchAck.FromString)  # fmt: skip
+        with pytest.raises(grpc.RpcError) as refused:
+            call(big, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details() == f"SERVER: Received message larger than max ({len(big)} vs. {256 * 1024})"
+        ok = call(OrderGenerator(seed=2).batch(100, batch_id="fits").SerializeToString(), timeout=30)
+    assert (ok.status, ok.accepted) == (ingest_pb2.ACK_STATUS_ACCEPTED, 100)
+
+
+def test_overload_becomes_backpressure_with_memory_bounded_by_configuration(deploy):
+    # 12 streams, each with up to 16 batches of ~320 KB in flight, against budgets
+    # of 2 MiB per stream and 6 MiB for the server: readers must wait.
+    d = deploy("--max-bytes-in-flight", str(6 << 20), "--max-stream-bytes-in-flight", str(2 << 20),
+               "--max-in-flight-per-stream", "16", "--bronze-max-buffered-bytes", str(32 << 20))  # fmt: skip
+    acked: list[int] = []
+    failures: list[BaseException] = []
+
+    def stream(seed: int) -> None:
+        gen = OrderGenerator(seed=seed)
+        batches = [gen.batch(1000) for _ in range(12)]
+        try:
+            with IngestClient(d.target, max_in_flight=16) as client:
+                futures = [client.send(b) for b in batches]
+                acked.extend(f.result(timeout=120).accepted for f in futures)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=stream, args=(100 + i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not failures
+    assert len(acked) == 144 and sum(acked) == 144_000
+    assert metric(d.server, "keystone_ingest_backpressure_waits_total") > 0
+    assert metric(d.server, "keystone_ingest_bytes_in_flight") == 0
+    rss = peak_rss_bytes(d.server.process.pid)
+    print(f"peak RSS {rss / 2**20:.0f} MiB")
+    # Baseline ~100 MiB + dedup window + 6 MiB of requests (x3: request, Arrow result, Kafka
+    # records) + 32 MiB Bronze buffer (x1.6): far under 400 MiB, however many streams push.
+    assert rss < 400 << 20
+    assert d.server.stop() == 0
