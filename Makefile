@@ -5,6 +5,7 @@
 #   make demo      the main job end to end: server, 200,000 orders, what landed in Kafka and Bronze
 #   make bench     benchmarks of the native core against the pure-Python reference
 #   make fuzz      libFuzzer on the native decoder: make fuzz FUZZ_SECONDS=600
+#   make soak      10 minutes of load with broker outages and server restarts: make soak SOAK_SECONDS=120
 
 PYTHON        ?= python3.11
 VENV          := .venv
@@ -19,7 +20,7 @@ CLANGXX       ?= clang++-14
 SOURCES := $(shell find native proto server client -type f \( -name '*.cc' -o -name '*.h' -o -name '*.cpp' \
              -o -name '*.py' -o -name '*.pyi' -o -name '*.proto' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
-.PHONY: install test test-native test-python test-sanitize demo bench fuzz clean lock
+.PHONY: install test test-native test-python test-sanitize demo soak bench fuzz clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +78,12 @@ test-sanitize: $(VENV)/.deps
 # orders, shows what landed in Kafka and Bronze; exits non-zero on a mismatch.
 demo: install
 	$(PY) -m keystone_ingest.server.demo
+
+# Sustained load with random broker outages and server restarts, then the
+# verification of the reliability tests and the server's RSS over time.
+SOAK_SECONDS ?= 600
+soak: install
+	$(PY) tests/soak.py --seconds $(SOAK_SECONDS)
 
 bench: install
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-only --benchmark-columns=median,iqr,ops \
