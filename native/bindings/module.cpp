@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -17,6 +18,11 @@
 
 namespace py = pybind11;
 using namespace keystone;
+
+// Dedup keys and entries cross into Python as the structs' bytes: 16 bytes
+// per key (lo, hi) and 24 per entry (lo, hi, inserted_ms), little-endian.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the dedup state's byte format is little-endian");
+static_assert(sizeof(Key128) == 16, "a dedup key is exported as 16 bytes");
 
 namespace {
 
@@ -185,6 +191,28 @@ class PyCore {
     return window_->forget(keys.data(), keys.size());
   }
 
+  py::bytes dedup_snapshot() const {
+    std::vector<DedupEntry> entries;
+    {
+      py::gil_scoped_release release;
+      window_->export_entries(&entries);
+    }
+    return py::bytes(reinterpret_cast<const char*>(entries.data()), entries.size() * sizeof(DedupEntry));
+  }
+
+  size_t dedup_restore(const py::buffer& data, std::optional<int64_t> now_ms) {
+    py::buffer_info info = contiguous_bytes(data, "dedup_restore");
+    if (info.size % static_cast<py::ssize_t>(sizeof(DedupEntry)) != 0) {
+      throw py::value_error("dedup_restore() takes 24 bytes per entry, got " + std::to_string(info.size) + " bytes");
+    }
+    // Copied: the caller's buffer may not be aligned for the entries.
+    std::vector<DedupEntry> entries(static_cast<size_t>(info.size) / sizeof(DedupEntry));
+    std::memcpy(entries.data(), info.ptr, static_cast<size_t>(info.size));
+    const int64_t now = now_ms.value_or(wall_clock_ms());
+    py::gil_scoped_release release;
+    return window_->restore(entries.data(), entries.size(), now);
+  }
+
   size_t dedup_size() const { return window_->size(); }
   size_t dedup_memory_bytes() const { return window_->memory_bytes(); }
   double dedup_bytes_per_key() const {
@@ -230,6 +258,12 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("customers", [](const PyBatchResult& r) { return r.table(TableId::kCustomers); })
       .def_property_readonly("order_spans", [](const PyBatchResult& r) { return r.table(TableId::kOrderSpans); })
       .def_property_readonly("rejects", [](const PyBatchResult& r) { return r.table(TableId::kRejects); })
+      .def_property_readonly("dedup_keys",
+                             [](const PyBatchResult& r) {
+                               const auto& keys = r.output().inserted_keys;
+                               return py::bytes(reinterpret_cast<const char*>(keys.data()),
+                                                keys.size() * sizeof(Key128));
+                             })
       .def("table", &PyBatchResult::table_named, py::arg("name"))
       .def("errors", &PyBatchResult::errors, py::arg("limit") = py::none())
       .def("__repr__", &PyBatchResult::repr);
@@ -248,6 +282,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("min_year") = 2000, py::arg("max_year") = 2100)
       .def("process", &PyCore::process, py::arg("data"), py::kw_only(), py::arg("now_ms") = py::none())
       .def("forget", &PyCore::forget, py::arg("result"))
+      .def("dedup_snapshot", &PyCore::dedup_snapshot)
+      .def("dedup_restore", &PyCore::dedup_restore, py::arg("entries"), py::kw_only(), py::arg("now_ms") = py::none())
       .def_property_readonly("dedup_size", &PyCore::dedup_size)
       .def_property_readonly("dedup_memory_bytes", &PyCore::dedup_memory_bytes)
       .def_property_readonly("dedup_bytes_per_key", &PyCore::dedup_bytes_per_key);

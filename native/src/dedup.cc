@@ -262,4 +262,29 @@ size_t DedupWindow::forget(const Key128* keys, size_t n) {
   return removed;
 }
 
+void DedupWindow::export_entries(std::vector<DedupEntry>* out) const {
+  if (options_.max_keys == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  out->reserve(out->size() + live_);
+  for (uint32_t pos = head_, i = 0; i < used_; ++i, pos = next(pos)) {
+    const Entry& e = ring_[pos];
+    if (e.inserted_ms != kForgotten) out->push_back(DedupEntry{e.key, e.inserted_ms});
+  }
+}
+
+size_t DedupWindow::restore(const DedupEntry* entries, size_t n, int64_t now_ms) {
+  if (options_.max_keys == 0) return 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t inserted = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const DedupEntry& e = entries[i];
+    // kForgotten is the ring's marker; no real clock produces it.
+    if (e.inserted_ms == kForgotten || now_ms - e.inserted_ms >= options_.max_age_ms) continue;
+    if (contains_locked(e.key)) continue;
+    insert_locked(e.key, e.inserted_ms);
+    ++inserted;
+  }
+  return inserted;
+}
+
 }  // namespace keystone

@@ -131,3 +131,64 @@ TEST(window_matches_a_simple_model_under_random_operations) {
     CHECK_EQ(w.size(), fifo.size());
   }
 }
+
+static std::vector<DedupEntry> exported(const DedupWindow& w) {
+  std::vector<DedupEntry> out;
+  w.export_entries(&out);
+  return out;
+}
+
+TEST(export_lists_held_keys_oldest_first_without_forgotten_ones) {
+  DedupOptions o;
+  o.max_keys = 4;
+  DedupWindow w(o);
+  for (uint64_t i = 0; i < 6; ++i) CHECK(offer(w, key(i), 100 + static_cast<int64_t>(i)));  // 0 and 1 evicted
+  Key128 forgotten = key(3);
+  CHECK_EQ(w.forget(&forgotten, 1), 1u);
+  const std::vector<DedupEntry> out = exported(w);
+  CHECK_EQ(out.size(), 3u);
+  const uint64_t ids[3] = {2, 4, 5};
+  for (size_t i = 0; i < out.size(); ++i) {
+    CHECK(out[i].key == key(ids[i]));
+    CHECK_EQ(out[i].inserted_ms, static_cast<int64_t>(100 + ids[i]));
+  }
+}
+
+TEST(restore_rebuilds_a_window_that_dedups_and_ages_like_the_original) {
+  DedupOptions o;
+  o.max_keys = 8;
+  o.max_age_ms = 1000;
+  DedupWindow original(o);
+  for (uint64_t i = 0; i < 5; ++i) CHECK(offer(original, key(i), 1000 + 100 * static_cast<int64_t>(i)));
+  const std::vector<DedupEntry> entries = exported(original);
+
+  DedupWindow restored(o);
+  CHECK_EQ(restored.restore(entries.data(), entries.size(), 1450), 5u);
+  CHECK_EQ(restored.size(), 5u);
+  CHECK(exported(restored).size() == 5u);
+  for (uint64_t i = 0; i < 5; ++i) CHECK(!offer(restored, key(i), 1500));
+  // Ages count from the original insert times: key 0 (t=1000) expires at 2000, key 1 at 2100.
+  CHECK(offer(restored, key(0), 2000));
+  CHECK(!offer(restored, key(1), 2099));
+  CHECK(offer(restored, key(1), 2100));
+}
+
+TEST(restore_skips_held_and_expired_keys_and_respects_capacity) {
+  DedupOptions o;
+  o.max_keys = 3;
+  o.max_age_ms = 1000;
+  DedupWindow w(o);
+  CHECK(offer(w, key(1), 500));
+  const DedupEntry entries[5] = {
+      {key(0), 0},     // expired at now=1000
+      {key(1), 600},   // already held
+      {key(2), 700},
+      {key(3), 800},
+      {key(4), 900},   // the window is full: key 1, the oldest, leaves
+  };
+  CHECK_EQ(w.restore(entries, 5, 1000), 3u);
+  CHECK_EQ(w.size(), 3u);
+  CHECK(offer(w, key(1), 1000));  // evicted by the restore (and now evicts key 2)
+  CHECK(!offer(w, key(3), 1000));
+  CHECK(!offer(w, key(4), 1000));
+}

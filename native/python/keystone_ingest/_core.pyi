@@ -48,6 +48,11 @@ class BatchResult:
     def rejects(self) -> ArrowBatch:
         """One row per rejected order: `index: int32, event_id: utf8,
         reason: utf8, message: utf8, offset: int64, length: int32`."""
+    @property
+    def dedup_keys(self) -> bytes:
+        """The keys this batch inserted into the dedup window, 16 bytes each
+        (two little-endian uint64: lo, hi), in order. What a write-ahead log
+        keeps to rebuild the window after a restart."""
     def table(self, name: str) -> ArrowBatch: ...
     def errors(self, limit: int | None = None) -> list[RecordError]: ...
 
@@ -70,6 +75,14 @@ class Core:
     ) -> None: ...
     def process(self, data: bytes | bytearray | memoryview, *, now_ms: int | None = None) -> BatchResult: ...
     def forget(self, result: BatchResult) -> int: ...
+    def dedup_snapshot(self) -> bytes:
+        """Every key in the dedup window, oldest first, 24 bytes each: the key
+        (two little-endian uint64) and its insertion time (int64 ms since the
+        epoch)."""
+    def dedup_restore(self, entries: bytes | bytearray | memoryview, *, now_ms: int | None = None) -> int:
+        """Insert entries in `dedup_snapshot()`'s format, oldest first, at their
+        own times; keys already held or expired by `now_ms` (default: the
+        wall clock) are skipped. Returns how many were inserted."""
     @property
     def dedup_size(self) -> int: ...
     @property

@@ -11,6 +11,12 @@ stage alone. A batch that is
 not an acceptable `OrderBatch` raises `InvalidBatch`; orders that fail
 validation are rejected one by one and listed in `result.rejects`.
 
+Across restarts: `result.dedup_keys` are the keys a batch inserted (16 bytes
+each), `core.dedup_snapshot()` exports the whole window (24 bytes per key: the
+key and its insertion time, oldest first) and `core.dedup_restore(entries)`
+puts such entries back, so a server can rebuild its window from a snapshot
+and its write-ahead log.
+
 Ownership: the Arrow data of a result is owned by the result and shared with
 every array exported from it (each export holds a reference), so a
 `pyarrow.RecordBatch` stays valid after the result is gone. Nothing in a result
@@ -82,7 +88,14 @@ def schema(table: str) -> ArrowBatch:
     return _core.schema(table)
 
 
+DEDUP_KEY_BYTES = 16
+"""Bytes per key in `BatchResult.dedup_keys`: two little-endian uint64 (lo, hi)."""
+DEDUP_ENTRY_BYTES = 24
+"""Bytes per entry of `Core.dedup_snapshot()`: the key, then int64 insertion time in ms."""
+
 __all__ = [
+    "DEDUP_ENTRY_BYTES",
+    "DEDUP_KEY_BYTES",
     "ArrowBatch",
     "BATCH_ERRORS",
     "BatchResult",
