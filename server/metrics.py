@@ -50,9 +50,70 @@ class Metrics:
         self.kafka_records_total = Counter(p + "kafka_records_total", "Records acked by Kafka", ["topic"], registry=r)
         self.kafka_errors_total = Counter(p + "kafka_errors_total", "Kafka send failures", ["kind"], registry=r)
         self.kafka_available = Gauge(p + "kafka_available", "1 while the producer can reach the cluster", registry=r)
+        self.kafka_producer_state = Gauge(
+            p + "kafka_producer_state",
+            "1 for the Kafka producer's current state (connected, unavailable, replacing), 0 for the others",
+            ["state"],
+            registry=r,
+        )
+        self.kafka_retries_total = Counter(
+            p + "kafka_retries_total",
+            "Kafka retries: produce (a Produce request, or one partition's answer in it, that failed retriably: "
+            "the producer sends those record batches again), "
+            "probe (metadata request while Kafka is unreachable), producer_start (starting a replacement producer), "
+            "hand_over (a record batch the producer could not take yet, offered again)",
+            ["kind"],
+            registry=r,
+        )
+        self.kafka_producer_replacements_total = Counter(
+            p + "kafka_producer_replacements_total",
+            "Kafka producers replaced by a new one (new producer id), by reason "
+            "(producer_state, failed_batch, refused, stalled)",
+            ["reason"],
+            registry=r,
+        )
+        self.kafka_unavailable_seconds_total = Counter(
+            p + "kafka_unavailable_seconds_total", "Seconds during which Kafka could not take writes", registry=r
+        )
+        self.kafka_publish_seconds = Histogram(
+            p + "kafka_publish_seconds",
+            "Time a batch waited for Kafka: from handing its records to the sink to the last ack, or to its failure",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.bronze_files_total = Counter(p + "bronze_files_total", "Bronze Parquet files made visible", ["table"], registry=r)
         self.bronze_bytes_total = Counter(p + "bronze_bytes_total", "Bytes of Bronze Parquet files", ["table"], registry=r)
         self.bronze_rows_total = Counter(p + "bronze_rows_total", "Rows in Bronze Parquet files", ["table"], registry=r)
+        # -- write-ahead log (server/wal.py)
+        self.wal_bytes = Gauge(p + "wal_bytes", "Bytes held by write-ahead log segments", registry=r)
+        self.wal_segments = Gauge(p + "wal_segments", "Write-ahead log segment files", registry=r)
+        self.wal_backlog_records = Gauge(
+            p + "wal_backlog_records", "Committed batches not yet entirely in durable Bronze Parquet", registry=r
+        )
+        self.wal_records_total = Counter(p + "wal_records_total", "Batches committed to the write-ahead log", registry=r)
+        self.wal_appended_bytes_total = Counter(
+            p + "wal_appended_bytes_total", "Bytes appended to the write-ahead log", registry=r
+        )
+        self.wal_fsync_seconds = Histogram(
+            p + "wal_fsync_seconds",
+            "Duration of each write-ahead log fsync (one per group commit; its count is the number of fsyncs)",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.wal_refused_total = Counter(
+            p + "wal_refused_total", "Batches refused (UNAVAILABLE) because the log held its --wal-max-bytes", registry=r
+        )
+        self.wal_replayed_records_total = Counter(
+            p + "wal_replayed_records_total",
+            "Records read back from the log for Bronze (after a restart, or when the feed fell behind)",
+            registry=r,
+        )
+        self.wal_truncated_bytes_total = Counter(
+            p + "wal_truncated_bytes_total", "Bytes cut from the log's tail at start (torn or corrupt records)", registry=r
+        )
+        self.wal_corrupt_records_total = Counter(
+            p + "wal_corrupt_records_total", "Corrupt records found in the log at start", registry=r
+        )
         self.dedup_keys = Gauge(p + "dedup_keys", "Keys held by the order dedup window", registry=r)
         self.batch_id_window = Gauge(p + "batch_id_window_size", "batch_ids held by the idempotency window", registry=r)
         self._http: tuple[WSGIServer, threading.Thread] | None = None

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.server.errors import ShuttingDown, to_status
+from keystone_ingest.server.errors import ShuttingDown, to_rpc_status
 from keystone_ingest.server.limits import ByteBudget
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.pipeline import Pipeline
@@ -149,9 +149,10 @@ class IngestService:
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    code, message = to_status(exc)
-    if code == grpc.StatusCode.INTERNAL:
+    status = to_rpc_status(exc)  # with RetryInfo when the error says when to retry
+    if status.code == grpc.StatusCode.INTERNAL:
         log.error("batch failed", exc_info=exc)
     else:
-        log.warning("batch not acked", extra={"code": code.name, "detail": message})
-    await context.abort(code, message)
+        log.warning("batch not acked", extra={"code": status.code.name, "detail": status.details,
+                                              "retry_after_s": getattr(exc, "retry_after_s", None)})
+    await context.abort(status.code, status.details, status.trailing_metadata)

@@ -26,28 +26,58 @@ the server accepted them, also across batches published concurrently by many
 streams: `publish()` appends all of a batch's records to per-partition *lanes*
 without awaiting in between, so if publish(A) is called before publish(B), each
 of A's records on a partition precedes each of B's. A lane hands its record
-batches to aiokafka one at a time, oldest first; aiokafka keeps at most one
-request in flight per partition and retries a failed record batch before
-anything queued behind it, and the idempotent producer (sequence numbers per
-partition) keeps the broker from appending a retried batch twice or out of
-order. The one exception is a failed publish: when `publish()` raises, some of
-its records may still be delivered later; the client resends the batch (same
-batch_id), so those orders may then appear twice, after records of later
-batches, with the same event_id for consumers to drop the copy.
+batches (*segments*) to aiokafka one at a time, oldest first; aiokafka keeps at
+most one request in flight per partition and retries a failed record batch
+before anything queued behind it, and the idempotent producer (sequence numbers
+per partition) keeps the broker from appending a retried batch twice or out of
+order. The one exception is a failed publish: when `publish()` raises, records
+of it already handed to a producer may still be delivered; the client resends
+the batch (same batch_id), so those orders may then appear twice, after
+records of later batches, with the same event_id for consumers to drop the copy.
 
 Batching. A lane fills one record batch (up to `max_batch_bytes`) with the
 records of every publish that arrives while the lane's previous record batch is
 waiting for aiokafka to take it, so under load record batches grow by
 themselves (no linger needed); `linger_ms` adds a fixed wait on top when set.
 
+Outages. aiokafka reconnects on its own: every `retry_backoff_ms` it re-sends
+a failed record batch, opening a new connection (and refreshing metadata) when
+the old one is gone, so it never gives up on a record batch and publishing
+resumes within about that pause once a leader is reachable again. The sink adds
+what aiokafka lacks:
+  - a probe that asks for metadata when no delivery proved the cluster
+    reachable lately (exponential backoff with jitter while it is not), which
+    is what `available` and `unavailable_since` (health) follow;
+  - a send deadline: `publish()` raises SinkUnavailable after
+    `send_timeout_s`, with `retry_after_s` for the client (RetryInfo). Its
+    segments still in a lane, not yet handed to a producer, are withdrawn
+    when no other waiting publish shares them, so a long outage does not pile
+    up records nobody waits for, and only what a producer already holds (at
+    most three record batches per partition: one being sent, one queued in
+    aiokafka, one being handed over) can still reach Kafka after the failure;
+  - producer replacement. aiokafka assigns a record batch its sequence
+    numbers when it first sends it and never takes them back: once a record
+    batch it holds fails (a permanent error such as a record too large, a
+    partition leaderless past request_timeout_ms, its sender task dying, the
+    broker refusing the producer's id or sequence: OutOfOrderSequenceNumber,
+    UnknownProducerId, fenced), a real broker refuses every later record batch
+    of that producer on that partition. So does a producer whose oldest record
+    batch has waited `replace_after_s` for its ack (stuck, e.g. on brokers
+    that moved). The sink then replaces it: nothing new is handed to the old
+    producer; what it holds gets `replace_drain_s` (2 s) to finish; what is
+    still unacked then fails with ProducerReplaced (retriable: the client
+    resends it, and a broker that had appended some of it now holds those
+    records twice, since a new producer id cannot be deduplicated against
+    the old one); the old producer is closed; a new one (new producer id) is
+    started, retried with backoff until the cluster answers; the lanes then
+    hand it everything they queued meanwhile, which no producer ever saw, so
+    nothing is lost and nothing of that is duplicated.
+
 Errors. Failures come out as `SinkUnavailable` (retriable: broker unreachable,
-leader moving, send deadline passed, buffer full) or `SinkFailed` (resending
-cannot help: record too large, authorization), classified by the aiokafka
-error's `retriable` attribute and its type, never by its message. `available`
-(for health) turns false on a retriable failure or a failed metadata probe and
-true again on the next success; it stays false once the broker rejects the
-producer's id or sequence numbers (fenced, OutOfOrderSequenceNumber), because
-every later record batch would fail the same way until a new producer is made.
+leader moving, send deadline passed, buffer full, producer replaced or refused
+by the broker, which a new producer fixes) or `SinkFailed` (resending cannot
+help: record too large, authorization), classified by the aiokafka error's
+`retriable` attribute and its type, never by its message.
 
 Ownership: `publish()` copies what it needs from the `Batch` into record
 batches before its first await; the caller may drop the batch at any time.
@@ -58,6 +88,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -75,6 +106,7 @@ from aiokafka.errors import (
     ProducerFenced,
     TopicAlreadyExistsError,
     UnknownProducerId,
+    for_code,
 )
 from aiokafka.partitioner import murmur2
 
@@ -88,8 +120,14 @@ COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
 MiB = 1024 * 1024
 
 # The broker no longer accepts this producer's id or sequence numbers: every
-# later record batch would fail the same way until a new producer (new id) is made.
+# later record batch would fail the same way until a new producer (new id) is
+# made, which the sink does; resending the batch then succeeds.
 _PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced, InvalidProducerEpoch)
+
+# The smallest delay a failed batch's RetryInfo asks for.
+_MIN_RETRY_AFTER_S = 0.5
+
+PRODUCER_STATES = ("connected", "unavailable", "replacing")
 
 
 @dataclass(frozen=True)
@@ -107,10 +145,34 @@ class KafkaConfig:
     # default message.max.bytes (1 MiB, checked after compression) so that even
     # incompressible orders fit.
     max_batch_bytes: int = MiB // 2
-    request_timeout_ms: int = 30_000
+    # aiokafka's bound on connecting, on waiting for any response (then it
+    # drops the connection and retries), and the broker's wait for acks=all.
+    # 10 s rather than Java's 30 s: a silently dead broker (no RST) costs one
+    # request timeout before aiokafka retries on the new leader, and that must
+    # fit well inside send_timeout_s.
+    request_timeout_ms: int = 10_000
+    # aiokafka's pause before re-sending a failed record batch or asking for
+    # metadata again. It is fixed (aiokafka has no exponential reconnect
+    # backoff); a refused connection costs a SYN, so 100 ms is cheap and
+    # bounds how soon publishing resumes once a broker is back.
+    retry_backoff_ms: int = 100
+    # The sink's own retries (metadata probes while Kafka is unreachable,
+    # starting a replacement producer): exponential with jitter from the first
+    # value up to the second, which also bounds the delay before a recovered
+    # cluster is noticed by an idle sink.
+    reconnect_backoff_s: float = 0.1
+    reconnect_backoff_max_s: float = 1.0
     # Deadline for every record of one publish() to be acked; beyond it
     # publish() raises SinkUnavailable (the records may still be delivered).
     send_timeout_s: float = 30.0
+    # A record batch handed to the producer and not acked for this long means
+    # the producer is stuck: it is replaced (see "Outages" above). None: the
+    # larger of 60 s and twice send_timeout_s, so every publish waiting for
+    # that record batch has already failed on its own deadline.
+    replace_after_s: float | None = None
+    # How long a producer being replaced may still finish the record batches
+    # it holds before they fail with ProducerReplaced.
+    replace_drain_s: float = 2.0
     # Deadline for start(): connect, producer id, both topics' metadata.
     start_timeout_s: float = 30.0
     # Bytes of records handed to the sink and not yet acked or failed; beyond
@@ -132,12 +194,22 @@ class KafkaConfig:
             raise ValueError("bootstrap must name at least one broker")
         if self.topic == self.dlq_topic:
             raise ValueError("topic and dlq_topic must differ")
-        for name in ("max_batch_bytes", "request_timeout_ms", "send_timeout_s", "start_timeout_s",
-                     "max_buffer_bytes", "partitions", "replication", "probe_interval_s"):
+        if self.replace_after_s is None:
+            object.__setattr__(self, "replace_after_s", max(60.0, 2 * self.send_timeout_s))
+        for name in ("max_batch_bytes", "request_timeout_ms", "retry_backoff_ms", "reconnect_backoff_s",
+                     "reconnect_backoff_max_s", "send_timeout_s", "replace_after_s", "replace_drain_s",
+                     "start_timeout_s", "max_buffer_bytes", "partitions", "replication", "probe_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.linger_ms < 0:
             raise ValueError("linger_ms must not be negative")
+        if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
+            raise ValueError("reconnect_backoff_max_s must not be below reconnect_backoff_s")
+
+
+class ProducerReplaced(SinkUnavailable):
+    """The producer holding these records was replaced before they were acked;
+    the broker may or may not have appended them. Resend the batch."""
 
 
 def classify(exc: BaseException) -> IngestError:
@@ -147,12 +219,66 @@ def classify(exc: BaseException) -> IngestError:
     text = f"Kafka: {type(exc).__name__}: {exc}".rstrip(": ")
     # KafkaTimeoutError (no room in the producer's queue in time) and
     # ProducerClosed (the producer is being replaced or stopped) carry no
-    # `retriable` flag, yet a later attempt can succeed.
-    if isinstance(exc, (KafkaTimeoutError, ProducerClosed, TimeoutError, ConnectionError)):
+    # `retriable` flag, yet a later attempt can succeed; so does a batch the
+    # broker refused for the producer's id or sequence, once the sink has
+    # replaced the producer.
+    if isinstance(exc, (KafkaTimeoutError, ProducerClosed, TimeoutError, ConnectionError, *_PRODUCER_STATE_ERRORS)):
         return SinkUnavailable(text, retry_after_s=1.0)
     if getattr(exc, "retriable", False):
         return SinkUnavailable(text, retry_after_s=1.0)
     return SinkFailed(text)
+
+
+class _Backoff:
+    """Exponential backoff with jitter: the n-th delay is drawn from the upper
+    half of min(max_s, initial_s * 2**n)."""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.attempts = 0
+
+    @property
+    def ceiling_s(self) -> float:
+        return min(self.max_s, self.initial_s * 2 ** min(self.attempts, 30))
+
+    def next_delay_s(self) -> float:
+        ceiling = self.ceiling_s
+        self.attempts += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class _RateLimitedLogs(logging.Filter):
+    """aiokafka logs every failed reconnect at ERROR, ten times a second per
+    broker during an outage; the sink reports the outage itself. Lets one record
+    per logger and message template through every `interval_s` and puts the
+    number held back in the next one's `suppressed` field."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._seen: dict[tuple[str, object], list[float | int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        key = (record.name, record.msg)
+        seen = self._seen.get(key)
+        if seen is None or now - seen[0] >= self.interval_s:
+            if seen is not None and seen[1]:
+                record.suppressed = seen[1]
+            self._seen[key] = [now, 0]
+            if len(self._seen) > 1000:  # templates are few; this only guards against surprises
+                self._seen.clear()
+            return True
+        seen[1] += 1
+        return False
+
+
+_AIOKAFKA_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.producer.sender", "aiokafka.producer.producer")
+_AIOKAFKA_LOG_FILTER = _RateLimitedLogs()
 
 
 def _retrieve(fut: asyncio.Future) -> None:
@@ -163,37 +289,44 @@ def _retrieve(fut: asyncio.Future) -> None:
 
 
 class _Segment:
-    """One record batch: filled by publish(), handed to aiokafka by its lane,
-    settled (`done`) when the broker acked it or it failed."""
+    """One record batch: filled by publish(), handed to a producer by its lane,
+    settled (`done`) when the broker acked it or it failed or was withdrawn."""
 
-    __slots__ = ("topic", "builder", "done", "created", "submitted", "accounted")
+    __slots__ = ("lane", "builder", "done", "created", "handed_at", "generation", "accounted", "waiters")
 
-    def __init__(self, topic: str, builder: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.topic = topic
+    def __init__(self, lane: _Lane, builder: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.lane = lane
         self.builder = builder
         self.done: asyncio.Future[None] = loop.create_future()
         self.done.add_done_callback(_retrieve)
         self.created = time.monotonic()
-        self.submitted = 0.0
+        self.handed_at = 0.0  # when a producer took it (0: no producer has it)
+        self.generation = 0  # which producer took it
         self.accounted = 0  # bytes counted against max_buffer_bytes
+        self.waiters = 0  # publish() calls still waiting for it
+
+    @property
+    def topic(self) -> str:
+        return self.lane.topic
 
 
 class _Lane:
     """The records bound for one topic-partition, in arrival order."""
 
-    __slots__ = ("topic", "partition", "open", "full", "sending", "wakeup", "task")
+    __slots__ = ("topic", "partition", "open", "full", "sending", "handed", "wakeup", "task")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
         self.partition = partition
         self.open: _Segment | None = None  # takes appends
         self.full: collections.deque[_Segment] = collections.deque()  # closed, waiting for their turn
-        self.sending: _Segment | None = None  # being handed to aiokafka
+        self.sending: _Segment | None = None  # being handed to a producer
+        self.handed: collections.deque[_Segment] = collections.deque()  # held by a producer, not yet settled
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task | None = None
 
     def segments(self) -> list[_Segment]:
-        return [s for s in (self.sending, *self.full, self.open) if s is not None]
+        return [s for s in (*self.handed, self.sending, *self.full, self.open) if s is not None]
 
 
 class KafkaSink:
@@ -201,6 +334,10 @@ class KafkaSink:
         self.config = config
         self.metrics = metrics
         self._producer: AIOKafkaProducer | None = None
+        self._generation = 0  # bumped with every producer installed
+        self._ready = asyncio.Event()  # set while a producer takes record batches
+        self._replacement: asyncio.Task | None = None
+        self.replacements = 0
         self._lanes: dict[str, list[_Lane]] = {}
         self._unsettled: set[_Segment] = set()
         self._buffered_bytes = 0
@@ -208,9 +345,8 @@ class KafkaSink:
         self._stopping = False
         self._last_ok = 0.0  # monotonic time of the last proof the cluster takes writes
         self._unavailable_since: float | None = None
-        # Set when aiokafka refuses new record batches for good (its sender
-        # died, e.g. on OutOfOrderSequenceNumber): only a new producer helps.
-        self._broken: BaseException | None = None
+        self._unavailable_counted_to = 0.0  # kafka_unavailable_seconds_total is counted up to here
+        self._backoff = _Backoff(config.reconnect_backoff_s, config.reconnect_backoff_max_s)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -220,6 +356,33 @@ class KafkaSink:
         c = self.config
         if c.create_topics:
             await self._create_topics()
+        for name in _AIOKAFKA_LOGGERS:
+            logging.getLogger(name).addFilter(_AIOKAFKA_LOG_FILTER)  # idempotent
+        producer = self._new_producer()
+        try:
+            partitions = await asyncio.wait_for(self._connect(producer), c.start_timeout_s)
+        except BaseException as exc:
+            await self._retire(producer)
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                raise
+            detail = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            raise SinkUnavailable(
+                f"cannot reach Kafka at {c.bootstrap} (topics {c.topic}, {c.dlq_topic}) within "
+                f"{c.start_timeout_s} s: {detail}", retry_after_s=5.0) from exc
+        for topic, count in partitions.items():
+            lanes = [_Lane(topic, p) for p in range(count)]
+            for lane in lanes:
+                lane.task = asyncio.create_task(self._run_lane(lane), name=f"kafka-lane-{topic}-{lane.partition}")
+                lane.task.add_done_callback(partial(self._lane_died, lane))
+            self._lanes[topic] = lanes
+        self._install(producer)
+        self._probe_task = asyncio.create_task(self._probe(), name="kafka-probe")
+        self._probe_task.add_done_callback(self._probe_ended)
+        log.info("kafka producer started", extra={"bootstrap": c.bootstrap, "partitions": partitions,
+                                                  "compression": c.compression})
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        c = self.config
         producer = AIOKafkaProducer(
             bootstrap_servers=c.bootstrap,
             client_id=c.client_id,
@@ -231,28 +394,39 @@ class KafkaSink:
             # aiokafka's own linger would never apply; ours is in _run_lane.
             linger_ms=0,
             request_timeout_ms=c.request_timeout_ms,
+            retry_backoff_ms=c.retry_backoff_ms,
         )
-        try:
-            partitions = await asyncio.wait_for(self._connect(producer), c.start_timeout_s)
-        except BaseException as exc:
-            await producer.stop()
-            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        self._count_produce_retries(producer)
+        return producer
+
+    def _count_produce_retries(self, producer: AIOKafkaProducer) -> None:
+        # aiokafka retries failed Produce requests inside its sender and says
+        # so only in its logs. Its client's send() is the one door every
+        # request goes through: a retriable failure there (no connection,
+        # timeout) or a retriable per-partition error in the answer (not
+        # leader, ...) means aiokafka sends those record batches again.
+        if self.metrics is None:
+            return
+        client = producer.client
+        send = client.send
+        retries = self.metrics.kafka_retries_total.labels(kind="produce")
+
+        async def send_and_count(node_id, request, **kwargs):
+            if getattr(request, "API_KEY", None) != 0:  # not a Produce request
+                return await send(node_id, request, **kwargs)
+            try:
+                response = await send(node_id, request, **kwargs)
+            except KafkaError as exc:
+                if exc.retriable:
+                    retries.inc()
                 raise
-            detail = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            raise SinkUnavailable(
-                f"cannot reach Kafka at {c.bootstrap} (topics {c.topic}, {c.dlq_topic}) within "
-                f"{c.start_timeout_s} s: {detail}", retry_after_s=5.0) from exc
-        self._producer = producer
-        for topic, count in partitions.items():
-            lanes = [_Lane(topic, p) for p in range(count)]
-            for lane in lanes:
-                lane.task = asyncio.create_task(self._run_lane(lane), name=f"kafka-lane-{topic}-{lane.partition}")
-                lane.task.add_done_callback(partial(self._lane_died, lane))
-            self._lanes[topic] = lanes
-        self._mark_ok()
-        self._probe_task = asyncio.create_task(self._probe(), name="kafka-probe")
-        log.info("kafka producer started", extra={"bootstrap": c.bootstrap, "partitions": partitions,
-                                                  "compression": c.compression})
+            for _, partitions in getattr(response, "topics", ()):
+                for partition_info in partitions:
+                    if partition_info[1] and getattr(for_code(partition_info[1]), "retriable", False):
+                        retries.inc()
+            return response
+
+        client.send = send_and_count
 
     async def _connect(self, producer: AIOKafkaProducer) -> dict[str, int]:
         await producer.start()
@@ -263,6 +437,14 @@ class KafkaSink:
                 raise SinkFailed(f"topic {topic} has partitions {sorted(partitions)}, expected 0..n-1")
             counts[topic] = len(partitions)
         return counts
+
+    def _install(self, producer: AIOKafkaProducer) -> None:
+        """Make `producer` the one the lanes hand record batches to."""
+        self._producer = producer
+        self._generation += 1
+        self._ready.set()
+        self._mark_ok()
+        self._publish_state()
 
     async def _create_topics(self) -> None:
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -298,31 +480,58 @@ class KafkaSink:
                 log.error("kafka records not acked at shutdown", extra={
                     "record_batches": len(pending), "records": sum(s.builder.record_count() for s in self._unsettled)})
         tasks = [lane.task for lanes in self._lanes.values() for lane in lanes if lane.task]
-        if self._probe_task is not None:
-            tasks.append(self._probe_task)
+        tasks += [t for t in (self._probe_task, self._replacement) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._producer is not None:
-            try:
-                # aiokafka's stop() waits for its queue to drain, which an
-                # idempotent producer never gives up on while brokers are down.
-                await asyncio.wait_for(self._producer.stop(), max(1.0, timeout_s / 2))
-            except TimeoutError:
-                log.error("kafka producer did not close in time; dropping its connections")
-                await self._producer.client.close()
         for segment in list(self._unsettled):
             self._settle(segment, ShuttingDown("the server stopped before Kafka acked these records"))
+        if self._producer is not None:
+            await self._retire(self._producer, max(1.0, timeout_s / 2))
+        self._ready.clear()
+        self._account_unavailable_time()
         log.info("kafka producer stopped")
+
+    async def _retire(self, producer: AIOKafkaProducer, timeout_s: float = 2.0) -> None:
+        """Close `producer` for good: no Produce request leaves it afterwards.
+
+        aiokafka's stop() first waits for every record batch it holds to be
+        delivered, which an idempotent producer never gives up on while the
+        brokers are down, and leaves its sender running when that wait is cut
+        short. So this uses two aiokafka 0.14 internals: it cancels the sender
+        task (which then sends nothing new and waits for its requests in
+        flight; a second cancel after timeout_s abandons those) and marks the
+        producer closed. The record batches it still holds never settle: the
+        caller settles their segments.
+        """
+        sender = getattr(producer._sender, "sender_task", None)
+        if sender is not None and not sender.done():
+            sender.cancel()
+            done, _ = await asyncio.wait({sender}, timeout=timeout_s)
+            if not done:
+                sender.cancel()
+                await asyncio.wait({sender}, timeout=1.0)
+        if sender is not None and sender.done() and not sender.cancelled() and sender.exception() is not None:
+            log.debug("kafka producer's sender had failed", extra={"error": repr(sender.exception())})
+        producer._closed = True  # what stop() sets; keeps aiokafka from warning about an unclosed producer
+        try:
+            await producer.client.close()
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            # A close interrupted earlier left its connections' futures
+            # cancelled; the connections themselves are closed.
+        except Exception as exc:  # a connection that was already broken
+            log.debug("kafka connections closed with an error", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     # -- health -------------------------------------------------------------------------
 
     @property
     def available(self) -> bool:
         """True while the cluster takes writes: the last delivery or metadata
-        probe succeeded, no send failed or timed out since, and the producer
-        is still usable (not fenced, its sequence numbers still accepted)."""
-        return (self._producer is not None and not self._stopping and self._broken is None
+        probe succeeded, no send failed or timed out since, no record batch is
+        overdue, and the producer is not being replaced."""
+        return (self._producer is not None and not self._stopping and self._replacement is None
                 and self._unavailable_since is None)
 
     @property
@@ -330,57 +539,199 @@ class KafkaSink:
         """time.monotonic() of the first failure since the cluster last took writes, or None."""
         return self._unavailable_since
 
+    @property
+    def state(self) -> str:
+        """One of PRODUCER_STATES: connected, unavailable, replacing."""
+        if self._replacement is not None:
+            return "replacing"
+        return "unavailable" if self._unavailable_since is not None or self._stopping else "connected"
+
+    @property
+    def retry_after_s(self) -> float:
+        """When a client should resend a batch that failed here: the sink's
+        current reconnect backoff, between 0.5 s and reconnect_backoff_max_s."""
+        return max(_MIN_RETRY_AFTER_S, min(self._backoff.ceiling_s, self.config.reconnect_backoff_max_s))
+
     def stats(self) -> dict[str, Any]:
         return {
             "available": self.available,
-            "broken": None if self._broken is None else f"{type(self._broken).__name__}: {self._broken}",
+            "state": self.state,
+            "producer_generation": self._generation,
+            "replacements": self.replacements,
             "buffered_bytes": self._buffered_bytes,
             "unsettled_record_batches": len(self._unsettled),
             "partitions": {topic: len(lanes) for topic, lanes in self._lanes.items()},
         }
 
+    def _oldest_handed_age_s(self) -> float:
+        """How long the oldest record batch a producer holds has waited for its ack."""
+        now = time.monotonic()
+        oldest = 0.0
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                if lane.handed:
+                    oldest = max(oldest, now - lane.handed[0].handed_at)
+        return oldest
+
     def _mark_ok(self) -> None:
         self._last_ok = time.monotonic()
-        if self._unavailable_since is not None:
-            log.info("kafka reachable again", extra={"after_s": round(self._last_ok - self._unavailable_since, 3)})
-            self._unavailable_since = None
+        if self._unavailable_since is None:
+            return
+        # One partition delivering does not end an outage of another.
+        if self._replacement is not None or self._oldest_handed_age_s() > self.config.send_timeout_s:
+            return
+        self._account_unavailable_time()
+        log.info("kafka reachable again", extra={"after_s": round(self._last_ok - self._unavailable_since, 3)})
+        self._unavailable_since = None
+        self._backoff.reset()
+        self._publish_state()
 
     def _mark_failed(self, reason: str) -> None:
-        if self._unavailable_since is None:
-            self._unavailable_since = time.monotonic()
+        if self._unavailable_since is None and not self._stopping:
+            self._unavailable_since = self._unavailable_counted_to = time.monotonic()
             log.warning("kafka unavailable", extra={"reason": reason})
+            self._publish_state()
+
+    def _account_unavailable_time(self) -> None:
+        if self._unavailable_since is None or self.metrics is None:
+            return
+        now = time.monotonic()
+        self.metrics.kafka_unavailable_seconds_total.inc(max(0.0, now - self._unavailable_counted_to))
+        self._unavailable_counted_to = now
+
+    def _publish_state(self) -> None:
+        if self.metrics is None:
+            return
+        current = self.state
+        for state in PRODUCER_STATES:
+            self.metrics.kafka_producer_state.labels(state=state).set(1 if state == current else 0)
 
     async def _probe(self) -> None:
-        # Wakes every probe_interval_s. When no delivery proved the cluster
-        # reachable since the last wake, asks for metadata: the only way to
-        # notice an outage (and its end) while no batch is being published.
+        # Wakes every probe_interval_s, or after the next backoff delay while
+        # Kafka is unavailable. Notices an outage (and its end) while nothing
+        # is being published, marks a partition whose record batch is overdue,
+        # and replaces a producer that is stuck.
         interval = self.config.probe_interval_s
-        assert self._producer is not None
-        client = self._producer.client
         while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self._last_ok < interval:
+            unavailable = self._unavailable_since is not None
+            await asyncio.sleep(self._backoff.next_delay_s() if unavailable else interval)
+            self._account_unavailable_time()
+            if self._replacement is not None:
+                continue  # the replacement retries on its own
+            waited_s = self._oldest_handed_age_s()
+            if waited_s > self.config.replace_after_s:
+                self._replace("stalled", f"a record batch has waited {waited_s:.1f} s for its ack")
                 continue
+            if waited_s > self.config.send_timeout_s:
+                self._mark_failed(f"a record batch has waited {waited_s:.1f} s for its ack")
+            elif time.monotonic() - self._last_ok < interval and not unavailable:
+                continue  # deliveries prove the cluster reachable
+            if unavailable:
+                self._count_retry("probe")
             try:
-                ok = await asyncio.wait_for(client.force_metadata_update(), max(5 * interval, 2.0))
-            except TimeoutError:
+                assert self._producer is not None
+                ok = await asyncio.wait_for(self._producer.client.force_metadata_update(), max(5 * interval, 2.0))
+            except (TimeoutError, KafkaError, OSError):
                 ok = False
             if ok:
                 self._mark_ok()
             else:
                 self._mark_failed("metadata request failed on every broker")
 
+    def _probe_ended(self, task: asyncio.Task) -> None:
+        # Only stop() ends the probe; anything else is a bug that would freeze
+        # health and stall detection, so it starts again.
+        if task.cancelled() or self._stopping:
+            return
+        log.error("kafka probe failed; restarting it", exc_info=task.exception())
+        self._probe_task = asyncio.get_running_loop().create_task(self._probe(), name="kafka-probe")
+        self._probe_task.add_done_callback(self._probe_ended)
+
+    # -- producer replacement -------------------------------------------------------------
+
+    def _replace(self, kind: str, reason: str) -> None:
+        """Start replacing the producer (once; later calls while it runs do nothing)."""
+        if self._stopping or self._replacement is not None or self._producer is None:
+            return
+        self._ready.clear()  # the lanes hand nothing more to the old producer
+        self._replacement = asyncio.create_task(self._replace_producer(kind, reason), name="kafka-replace-producer")
+        self._replacement.add_done_callback(self._replacement_ended)
+        self._mark_failed(f"replacing the producer: {reason}")
+        self._publish_state()
+
+    async def _replace_producer(self, kind: str, reason: str) -> None:
+        started = time.monotonic()
+        old, old_generation = self._producer, self._generation
+        assert old is not None
+        log.warning("replacing kafka producer", extra={"kind": kind, "reason": reason, "generation": old_generation})
+        if self.metrics is not None:
+            self.metrics.kafka_producer_replacements_total.labels(reason=kind).inc()
+        # 1. What the old producer holds may still be acked: give it a moment.
+        held = [s for lanes in self._lanes.values() for lane in lanes for s in lane.handed
+                if s.generation == old_generation]
+        if held:
+            await asyncio.wait({s.done for s in held}, timeout=self.config.replace_drain_s)
+        # 2. Nothing leaves the old producer any more. What it still holds
+        #    fails retriably (the broker may have appended some of it); the
+        #    client resends those batches.
+        await self._retire(old, timeout_s=0.1)  # its requests had their replace_drain_s
+        lost = [s for lanes in self._lanes.values() for lane in lanes for s in lane.handed
+                if s.generation == old_generation]
+        for segment in lost:
+            self._settle(segment, ProducerReplaced(
+                f"the Kafka producer was replaced ({reason}) before these records were acked; resend the batch",
+                retry_after_s=self.retry_after_s))
+        # 3. A new producer (a new producer id), retried until the cluster answers.
+        attempts = 0
+        while True:
+            attempts += 1
+            producer = self._new_producer()
+            try:
+                counts = await asyncio.wait_for(self._connect(producer), self.config.start_timeout_s)
+                lanes = {topic: len(lanes) for topic, lanes in self._lanes.items()}
+                if any(counts[t] < n for t, n in lanes.items()):
+                    raise SinkFailed(f"topics now have partitions {counts}, fewer than the {lanes} at start")
+            except asyncio.CancelledError:
+                await self._retire(producer)
+                raise
+            except Exception as exc:
+                await self._retire(producer)
+                self._count_retry("producer_start")
+                delay_s = self._backoff.next_delay_s()
+                # Up to one attempt a second for as long as Kafka is away: say so now and then.
+                log.log(logging.WARNING if attempts % 60 == 1 else logging.DEBUG,
+                        "kafka producer did not start; retrying", extra={
+                            "error": f"{type(exc).__name__}: {exc}", "attempts": attempts,
+                            "delay_s": round(delay_s, 3)})
+                await asyncio.sleep(delay_s)
+                continue
+            break
+        self.replacements += 1
+        self._replacement = None
+        self._install(producer)
+        log.warning("kafka producer replaced", extra={
+            "kind": kind, "generation": self._generation, "seconds": round(time.monotonic() - started, 3),
+            "record_batches_failed": len(lost), "records_failed": sum(s.builder.record_count() for s in lost)})
+
+    def _replacement_ended(self, task: asyncio.Task) -> None:
+        if self._replacement is task:
+            self._replacement = None
+        if not task.cancelled() and task.exception() is not None:
+            # A bug: without a producer nothing would ever be published again.
+            log.error("kafka producer replacement failed", exc_info=task.exception())
+            self._replace("bug", f"the previous replacement failed: {task.exception()!r}")
+
     # -- publishing ---------------------------------------------------------------------
 
     async def publish(self, batch: Batch) -> None:
         """Return when every accepted order of `batch` is acked on `topic` and
         every rejected one on `dlq_topic`; raise SinkUnavailable or SinkFailed."""
-        if self._producer is None or self._stopping:
+        if self._stopping or not self._lanes:
             raise ShuttingDown("the Kafka sink is stopped" if self._stopping else "the Kafka sink is not started")
         if self._buffered_bytes >= self.config.max_buffer_bytes:
             self._count_error("buffer_full")
-            raise SinkUnavailable(
-                f"Kafka send buffer full ({self._buffered_bytes} bytes not yet acked)", retry_after_s=1.0)
+            raise SinkUnavailable(f"Kafka send buffer full ({self._buffered_bytes} bytes not yet acked)",
+                                  retry_after_s=self.retry_after_s)
         # Everything up to the first await is synchronous: that is what keeps
         # concurrent publishes in call order on every partition.
         segments: set[_Segment] = set()
@@ -395,18 +746,46 @@ class KafkaSink:
             return
         for segment in segments:
             self._account(segment)
-        _, pending = await asyncio.wait({s.done for s in segments}, timeout=self.config.send_timeout_s)
+            segment.waiters += 1
+        started = time.monotonic()
+        try:
+            _, pending = await asyncio.wait({s.done for s in segments}, timeout=self.config.send_timeout_s)
+        except asyncio.CancelledError:
+            self._give_up(segments)
+            raise
+        if self.metrics is not None:
+            self.metrics.kafka_publish_seconds.observe(time.monotonic() - started)
         if pending:
+            self._give_up(s for s in segments if not s.done.done())
             self._count_error("send_timeout")
             self._mark_failed("send deadline passed")
-            raise SinkUnavailable(
-                f"Kafka did not ack batch {batch.batch_id!r} within {self.config.send_timeout_s} s", retry_after_s=1.0)
+            raise SinkUnavailable(f"Kafka did not ack batch {batch.batch_id!r} within {self.config.send_timeout_s} s",
+                                  retry_after_s=self.retry_after_s)
         for segment in segments:
             exc = segment.done.exception()
             if exc is not None:
+                self._count_error("producer_replaced" if isinstance(exc, ProducerReplaced) else type(exc).__name__)
                 error = classify(exc)
-                self._count_error(type(exc).__name__)
+                if error.retriable:  # a fresh error per publish, with the sink's current delay
+                    raise type(error)(error.message, retry_after_s=self.retry_after_s) from exc
                 raise error from exc
+
+    def _give_up(self, segments) -> None:
+        """A publish stops waiting for these segments. One that no publish
+        waits for any more and that no producer has taken is withdrawn: none
+        of its records ever reached Kafka, and the client resends them."""
+        for segment in segments:
+            segment.waiters -= 1
+            if segment.waiters > 0 or segment.handed_at or segment.done.done():
+                continue
+            lane = segment.lane
+            if lane.open is segment:
+                lane.open = None
+            elif segment in lane.full:
+                lane.full.remove(segment)
+            else:
+                continue  # lane.sending: being handed over right now; it checks its waiters itself
+            self._settle(segment, SinkUnavailable("withdrawn: every publish waiting for these records gave up"))
 
     def _append_orders(self, batch: Batch, timestamp_ms: int, common: list, segments: set[_Segment]) -> None:
         lanes = self._lanes[self.config.topic]
@@ -471,8 +850,11 @@ class KafkaSink:
 
     def _open_segment(self, lane: _Lane) -> _Segment:
         if lane.open is None:
+            # A builder belongs to no producer until one takes it (aiokafka
+            # stamps the producer id and sequence numbers when it first sends
+            # it), so a segment queued during a replacement goes to the next one.
             assert self._producer is not None
-            lane.open = _Segment(lane.topic, self._producer.create_batch(), asyncio.get_running_loop())
+            lane.open = _Segment(lane, self._producer.create_batch(), asyncio.get_running_loop())
             self._unsettled.add(lane.open)
         return lane.open
 
@@ -485,8 +867,9 @@ class KafkaSink:
         return self._open_segment(lane)
 
     def _account(self, segment: _Segment) -> None:
-        if segment.submitted:
-            return  # already handed over: its size is final and counted
+        if segment.builder.closed():
+            if segment.accounted:
+                return  # its size is final and counted
         size = segment.builder.size()
         self._buffered_bytes += size - segment.accounted
         segment.accounted = size
@@ -502,11 +885,9 @@ class KafkaSink:
 
     async def _run_lane(self, lane: _Lane) -> None:
         # Wakes when publish() put records in the lane. Hands its segments to
-        # aiokafka oldest first. send_batch() returns only once aiokafka took
-        # the partition's previous record batch for sending; meanwhile new
+        # the producer oldest first. send_batch() returns only once aiokafka
+        # took the partition's previous record batch for sending; meanwhile new
         # records collect in lane.open, which is what makes batches grow under load.
-        assert self._producer is not None
-        producer = self._producer
         linger_s = self.config.linger_ms / 1000
         while True:
             await lane.wakeup.wait()
@@ -520,18 +901,52 @@ class KafkaSink:
                 if segment is None:
                     break
                 lane.sending = segment
-                segment.builder.close()
-                self._account(segment)
-                segment.submitted = time.monotonic()
                 try:
-                    delivered = await producer.send_batch(segment.builder, lane.topic, partition=lane.partition)
-                except KafkaError as exc:  # no room in time (KafkaTimeoutError), producer closed, ...
-                    if not classify(exc).retriable:  # aiokafka's sender died: it refuses everything now
-                        self._mark_broken(exc)
-                    self._settle(segment, exc)
-                else:
-                    delivered.add_done_callback(partial(self._delivered, segment))
-                lane.sending = None
+                    await self._hand_over(lane, segment)
+                finally:
+                    lane.sending = None
+
+    async def _hand_over(self, lane: _Lane, segment: _Segment) -> None:
+        """Give `segment` to the current producer; across a replacement, to the next one."""
+        segment.builder.close()
+        self._account(segment)
+        while True:
+            if segment.waiters <= 0:
+                # Every publish waiting for it gave up while it waited for its turn.
+                self._settle(segment, SinkUnavailable("withdrawn: every publish waiting for these records gave up"))
+                return
+            if not self._ready.is_set():
+                await self._ready.wait()
+                continue
+            producer, generation = self._producer, self._generation
+            assert producer is not None
+            try:
+                delivered = await producer.send_batch(segment.builder, lane.topic, partition=lane.partition)
+            except KafkaError as exc:
+                # Refused before aiokafka took it: the builder is untouched and
+                # may go to this producer again, or to the next one.
+                self._count_retry("hand_over")
+                if generation != self._generation or not self._ready.is_set():
+                    continue  # replaced meanwhile
+                if isinstance(exc, KafkaTimeoutError):
+                    continue  # the partition's previous record batch is still not sent: wait on
+                if isinstance(exc, ProducerClosed) or not getattr(exc, "retriable", False):
+                    # aiokafka's sender died and the producer refuses everything
+                    # now, or the record batch ahead of this one failed for good.
+                    kind = "producer_state" if isinstance(exc, _PRODUCER_STATE_ERRORS) else "refused"
+                    self._replace(kind, f"the producer refused a record batch: {type(exc).__name__}: {exc}")
+                    if self._ready.is_set():  # no replacement while stopping
+                        self._settle(segment, exc)
+                        return
+                    continue
+                self._mark_failed(f"{type(exc).__name__}: {exc}")  # e.g. no metadata for the topic
+                await asyncio.sleep(self._backoff.next_delay_s())
+                continue
+            segment.handed_at = time.monotonic()
+            segment.generation = generation
+            lane.handed.append(segment)
+            delivered.add_done_callback(partial(self._delivered, segment))
+            return
 
     def _lane_died(self, lane: _Lane, task: asyncio.Task) -> None:
         # A lane ends only when stop() cancels it, or by a bug; either way
@@ -542,16 +957,33 @@ class KafkaSink:
         error = ShuttingDown("the Kafka sink stopped") if task.cancelled() else SinkUnavailable(
             f"Kafka lane {lane.topic}[{lane.partition}] failed: {task.exception()!r}")
         for segment in lane.segments():
-            if not segment.submitted or segment is lane.sending:
+            if not segment.handed_at:
                 self._settle(segment, error)
         lane.open, lane.sending = None, None
         lane.full.clear()
 
     def _delivered(self, segment: _Segment, fut: asyncio.Future) -> None:
-        if fut.cancelled():
-            self._settle(segment, SinkUnavailable("the Kafka send was cancelled"))
-        else:
-            self._settle(segment, fut.exception())
+        if segment.done.done():  # settled when its producer was replaced
+            return
+        exc = SinkUnavailable("the Kafka send was cancelled") if fut.cancelled() else fut.exception()
+        if exc is None:
+            self._settle(segment, None)
+            self._mark_ok()
+            return
+        if isinstance(exc, ProducerClosed):  # closed under it (replaced or stopping)
+            self._settle(segment, ProducerReplaced(
+                "the Kafka producer was closed before these records were acked; resend the batch",
+                retry_after_s=self.retry_after_s))
+            return
+        self._settle(segment, exc)
+        if segment.generation != self._generation or self._stopping:
+            return
+        # The producer gave this record batch sequence numbers that the broker
+        # never took: its later record batches on the partition would be refused.
+        kind = "producer_state" if isinstance(exc, _PRODUCER_STATE_ERRORS) else "failed_batch"
+        if classify(exc).retriable:
+            self._mark_failed(f"{type(exc).__name__}: {exc}")
+        self._replace(kind, f"a record batch failed: {type(exc).__name__}: {exc}")
 
     def _settle(self, segment: _Segment, exc: BaseException | None) -> None:
         if segment.done.done():
@@ -559,26 +991,23 @@ class KafkaSink:
         self._unsettled.discard(segment)
         self._buffered_bytes -= segment.accounted
         segment.accounted = 0
+        try:
+            segment.lane.handed.remove(segment)
+        except ValueError:
+            pass
         if exc is None:
-            self._mark_ok()
             m = self.metrics
             if m is not None:
-                m.kafka_send_seconds.observe(time.monotonic() - segment.submitted)
+                m.kafka_send_seconds.observe(time.monotonic() - segment.handed_at)
                 m.kafka_records_total.labels(topic=segment.topic).inc(segment.builder.record_count())
             segment.done.set_result(None)
         else:
-            if isinstance(exc, _PRODUCER_STATE_ERRORS):
-                self._mark_broken(exc)
-            elif classify(exc).retriable:
-                self._mark_failed(f"{type(exc).__name__}: {exc}")
             segment.done.set_exception(exc)
-
-    def _mark_broken(self, exc: BaseException) -> None:
-        if self._broken is None:
-            self._broken = exc
-            log.error("kafka producer unusable; it needs replacing (restart the server)",
-                      extra={"error": f"{type(exc).__name__}: {exc}"})
 
     def _count_error(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.kafka_errors_total.labels(kind=kind).inc()
+
+    def _count_retry(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.kafka_retries_total.labels(kind=kind).inc()

@@ -20,7 +20,7 @@ from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.devbroker import DevBroker
 from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavailable
 from keystone_ingest.server.metrics import Metrics
-from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink, classify
+from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink, ProducerReplaced, classify
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2
 def partition_for(key: bytes, partitions: int) -> int:
@@ -309,27 +309,201 @@ def test_produce_errors_are_retried_or_classified_by_their_retriable_flag(dev_br
     assert [r.header("event_id").decode() for r in records] == retried.orders.column("event_id").to_pylist()
 
 
-def test_a_producer_the_broker_no_longer_accepts_marks_the_sink_unavailable(dev_broker: DevBroker):
+def event_ids(batch: Batch) -> list[str]:
+    return batch.orders.column("event_id").to_pylist()
+
+
+def test_a_producer_the_broker_no_longer_accepts_is_replaced_and_the_resend_succeeds(dev_broker: DevBroker):
     # Against a real broker every later record batch of this producer would
-    # fail the same way (its sequence numbers are out of step), so health must
-    # say so. (The mock cluster checks sequences only for transactional
-    # producers, so here the next publish would still go through.)
+    # fail the same way (its sequence numbers are out of step; the mock
+    # cluster checks them only for transactional producers), so the sink
+    # replaces the producer and fails the batch retriably.
     topic, dlq = "fenced-orders", "fenced-orders.dlq"
     dev_broker.create_topic(topic, partitions=1)
     dev_broker.create_topic(dlq, partitions=1)
+    metrics = Metrics()
+    before, refused, after = (make_batch(seed=60 + k, orders=10) for k in range(3))
 
     async def scenario(sink: KafkaSink):
-        await sink.publish(make_batch(seed=60, orders=10))
+        await sink.publish(before)
         dev_broker.push_request_errors("Produce", ["OUT_OF_ORDER_SEQUENCE_NUMBER"])
-        with pytest.raises(SinkFailed, match="OutOfOrderSequenceNumber"):
-            await asyncio.wait_for(sink.publish(make_batch(seed=61, orders=10)), 10)
-        assert not sink.available
-        assert sink.stats()["broken"].startswith("OutOfOrderSequenceNumber")
+        with pytest.raises(SinkUnavailable, match="OutOfOrderSequenceNumber") as failure:
+            await asyncio.wait_for(sink.publish(refused), 10)
+        assert failure.value.retriable and 0.5 <= failure.value.retry_after_s <= 1.0
+        await asyncio.wait_for(sink.publish(after), 10)  # waits for the new producer
+        await asyncio.wait_for(sink.publish(refused), 10)  # the client's resend
+        assert sink.available
+        assert sink.stats()["replacements"] == 1 and sink.stats()["producer_generation"] == 2
+
+    try:
+        run_sink(KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq), scenario, metrics)
+    finally:
+        dev_broker.clear_request_errors("Produce")
+    sample = metrics.registry.get_sample_value
+    assert sample("keystone_ingest_kafka_producer_replacements_total", {"reason": "producer_state"}) == 1
+    assert sample("keystone_ingest_kafka_producer_state", {"state": "connected"}) == 1
+    records = read_all(dev_broker.bootstrap, topic)  # one partition: publish order
+    assert [r.header("event_id").decode() for r in records] == event_ids(before) + event_ids(after) + event_ids(refused)
+
+
+def test_records_queued_while_the_producer_is_replaced_go_to_the_new_one_once(dev_broker: DevBroker):
+    topic, dlq = "swap-orders", "swap-orders.dlq"
+    dev_broker.create_topic(topic, partitions=1)
+    dev_broker.create_topic(dlq, partitions=1)
+    batches = [make_batch(seed=70 + k, orders=20) for k in range(8)]
+
+    async def scenario(sink: KafkaSink):
+        dev_broker.push_request_errors("Produce", ["UNKNOWN_PRODUCER_ID"])
+        with pytest.raises(SinkUnavailable, match="UnknownProducerId"):
+            await asyncio.wait_for(sink.publish(batches[0]), 10)
+        assert sink.state == "replacing" and not sink.available
+        # Published while no producer takes records: they wait in their lane
+        # and go to the new producer, none of them fails.
+        await asyncio.wait_for(asyncio.gather(*(sink.publish(b) for b in batches[1:])), 10)
+        assert sink.stats()["replacements"] == 1 and sink.stats()["unsettled_record_batches"] == 0
+        assert sink.state == "connected"
 
     try:
         run_sink(KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq), scenario)
     finally:
         dev_broker.clear_request_errors("Produce")
+    records = read_all(dev_broker.bootstrap, topic)
+    assert [r.header("event_id").decode() for r in records] == [e for b in batches[1:] for e in event_ids(b)]
+
+
+def test_a_producer_stuck_on_a_dead_leader_is_replaced_and_resumes_when_it_is_back(dev_broker: DevBroker):
+    topic, dlq = "stuck-orders", "stuck-orders.dlq"
+    dev_broker.create_topic(topic, partitions=1)
+    dev_broker.create_topic(dlq, partitions=1)
+    dev_broker.set_leader(topic, 0, 2)
+    metrics = Metrics()
+    stuck, later = make_batch(seed=80, orders=20), make_batch(seed=81, orders=20)
+    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=0.5, replace_after_s=1.0,
+                         probe_interval_s=0.2)
+
+    async def scenario(sink: KafkaSink):
+        await sink.publish(make_batch(seed=79, orders=5))
+        dev_broker.broker_down(2)  # the mock keeps the partition's leadership on it
+        try:
+            with pytest.raises(SinkUnavailable, match="did not ack"):
+                await sink.publish(stuck)
+            started = time.monotonic()
+            while sink.stats()["replacements"] < 1:
+                assert time.monotonic() - started < 10, sink.stats()
+                await asyncio.sleep(0.05)
+        finally:
+            dev_broker.broker_up(2)
+        await asyncio.wait_for(sink.publish(stuck), 15)  # the client's resend
+        await asyncio.wait_for(sink.publish(later), 15)
+        assert sink.available
+
+    run_sink(config, scenario, metrics)
+    assert metrics.registry.get_sample_value("keystone_ingest_kafka_producer_replacements_total",
+                                             {"reason": "stalled"}) >= 1
+    got = [r.header("event_id").decode() for r in read_all(dev_broker.bootstrap, topic)]
+    # The stuck attempt never reached the dead leader: each order once.
+    assert got[5:] == event_ids(stuck) + event_ids(later)
+
+
+def test_a_replacement_during_a_full_outage_keeps_trying_and_publishes_within_2_s_of_the_brokers_return(
+        dev_broker: DevBroker):
+    topic, dlq = "outage-swap-orders", "outage-swap-orders.dlq"
+    dev_broker.create_topic(topic, partitions=3)
+    dev_broker.create_topic(dlq, partitions=1)
+    metrics = Metrics()
+    stuck, later = make_batch(seed=85, orders=30), make_batch(seed=86, orders=30)
+    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=3.0, replace_after_s=1.0,
+                         replace_drain_s=0.2, probe_interval_s=0.2, start_timeout_s=2.0)
+
+    async def scenario(sink: KafkaSink):
+        dev_broker.all_down()
+        try:
+            with pytest.raises(ProducerReplaced):
+                await sink.publish(stuck)
+            started = time.monotonic()
+            # Replaced, and the new producer cannot start while every broker is down.
+            while (metrics.registry.get_sample_value("keystone_ingest_kafka_retries_total",
+                                                     {"kind": "producer_start"}) or 0) < 3:
+                assert time.monotonic() - started < 15
+                await asyncio.sleep(0.05)
+            assert sink.state == "replacing"
+        finally:
+            dev_broker.all_up()
+        up_at = time.monotonic()
+        await asyncio.wait_for(sink.publish(later), 10)
+        resumed_s = time.monotonic() - up_at
+        print(f"published {resumed_s:.3f} s after the brokers' return, through a producer started meanwhile")
+        assert resumed_s < 2.0, resumed_s
+        await asyncio.wait_for(sink.publish(stuck), 10)  # the client's resend
+        assert sink.state == "connected" and sink.stats()["replacements"] == 1
+
+    run_sink(config, scenario, metrics)
+    got = [r.header("event_id").decode() for r in read_all(dev_broker.bootstrap, topic)]
+    assert sorted(got) == sorted(event_ids(stuck) + event_ids(later))  # the stuck attempt never reached Kafka
+
+
+def test_across_a_replacement_a_record_batch_the_old_producer_wrote_is_written_again_by_the_resend():
+    # The README's case: the old producer sent a record batch, the broker
+    # appended it, the answer did not come before the replacement's drain
+    # ended. The batch fails with ProducerReplaced; its resend goes through
+    # the new producer, whose id the broker cannot match against the old one:
+    # the records are in Kafka twice, same bytes, the resend's later timestamp.
+    topic, dlq = "resend-orders", "resend-orders.dlq"
+    raw = OrderGenerator(seed=95).batch(15).SerializeToString()
+    # A broker of its own: broker-level injected errors change how a broker
+    # treats cluster-level ones for good (see devbroker.py).
+    with DevBroker(brokers=3, partitions=1, topics=[topic, dlq]) as broker:
+        broker.set_leader(topic, 0, 3)
+        config = KafkaConfig(broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=10.0, replace_after_s=0.5,
+                             replace_drain_s=0.2, probe_interval_s=0.1)
+
+        async def scenario(sink: KafkaSink):
+            await sink.publish(make_batch(seed=94, orders=5))
+            broker.broker_push_request_error_rtts(3, "Produce", [("NO_ERROR", 3000)])  # appended, answered in 3 s
+            with pytest.raises(ProducerReplaced):
+                await asyncio.wait_for(sink.publish(Batch(raw, Core().process(raw))), 10)
+            await asyncio.sleep(0.005)  # a resend comes later
+            await asyncio.wait_for(sink.publish(Batch(raw, Core().process(raw))), 10)
+            assert sink.stats()["replacements"] == 1
+
+        run_sink(config, scenario)
+        records = read_all(broker.bootstrap, topic)[5:]
+    first, again = records[:15], records[15:]
+    assert len(again) == 15
+    assert [(r.key, r.value, r.headers) for r in first] == [(r.key, r.value, r.headers) for r in again]
+    assert first[0].timestamp_ms < again[0].timestamp_ms
+
+
+def test_records_nobody_waits_for_are_withdrawn_during_an_outage(dev_broker: DevBroker):
+    topic, dlq = "withdraw-orders", "withdraw-orders.dlq"
+    dev_broker.create_topic(topic, partitions=1)
+    dev_broker.create_topic(dlq, partitions=1)
+    batches = [make_batch(seed=90 + k, orders=10) for k in range(8)]
+    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=0.3)
+
+    async def scenario(sink: KafkaSink):
+        dev_broker.all_down()
+        try:
+            for batch in batches:
+                with pytest.raises(SinkUnavailable, match="did not ack"):
+                    await sink.publish(batch)
+            # What a producer holds stays; everything else was withdrawn.
+            assert sink.stats()["unsettled_record_batches"] <= 3
+        finally:
+            dev_broker.all_up()
+        started = time.monotonic()
+        while sink.stats()["unsettled_record_batches"]:
+            assert time.monotonic() - started < 10
+            await asyncio.sleep(0.05)
+        assert sink.stats()["buffered_bytes"] == 0
+
+    run_sink(config, scenario)
+    got = [r.header("event_id").decode() for r in read_all(dev_broker.bootstrap, topic)]
+    # Only the first record batches (at most three: one sent, one queued in
+    # the producer, one being handed over) reach Kafka after their publish failed.
+    delivered = [b for b in batches if set(event_ids(b)) & set(got)]
+    assert 1 <= len(delivered) <= 3 and delivered == batches[:len(delivered)]
+    assert got == [e for b in delivered for e in event_ids(b)]
 
 
 def test_start_fails_with_sink_unavailable_when_no_broker_answers():
