@@ -7,15 +7,23 @@
 `serve(config)` does both and installs the signal handlers; it is what
 `keystone-ingest serve` runs. Tests use `IngestServer` directly with port 0.
 
-Shutdown order, and why:
+Start: the write-ahead log recovers before anything is served (it cuts a torn
+tail and rebuilds the dedup and batch_id windows), Bronze starts with the log as
+its publish log, and the feed replays what the last run left unwritten while
+new batches are already taken.
+
+Shutdown order, and why (steps 2 to 6 share one deadline, --shutdown-grace-s):
   1. health NOT_SERVING    load balancers stop sending new streams first
   2. drain the service     stop reading batches, finish those already received, ack them
   3. stop gRPC             end what is left (clients resend unacked batches elsewhere)
   4. stop Kafka            flush the producer: every record handed to it is acked or failed
-  5. stop Bronze           roll open files so every handed-over row is in a visible file
-  6. embedded broker, executor, metrics endpoint
-Kafka stops before Bronze because the pipeline hands a batch to Bronze only
-after Kafka acked it; nothing can reach Bronze once step 2 is over.
+  5. stop the feed         hand Bronze the committed batches it has not seen yet
+  6. stop Bronze           roll open files and publish them, until the deadline
+  7. close the log         snapshot the windows, delete the segments now all in Bronze;
+                           what did not make it stays in the log for the next start
+  8. embedded broker, executor, metrics endpoint
+Kafka stops before Bronze because the pipeline commits a batch to the log only
+after Kafka acked it; nothing new reaches the log once step 2 is over.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from keystone_ingest.server.pipeline import Pipeline
 from keystone_ingest.server.service import SERVICE_NAME, IngestService
 from keystone_ingest.server.sinks.bronze import BronzeConfig, BronzeSink
 from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
+from keystone_ingest.server.wal import BronzeFeed, WalConfig, Windows, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,8 @@ class IngestServer:
         self._health_task: asyncio.Task | None = None
         self.kafka: KafkaSink | None = None
         self.bronze: BronzeSink | None = None
+        self.wal: WriteAheadLog | None = None
+        self.feed: BronzeFeed | None = None
         self.service: IngestService | None = None
 
     async def start(self) -> None:
@@ -100,6 +111,19 @@ class IngestServer:
             metrics=self.metrics,
         )
         await self.kafka.start()
+        self.wal = WriteAheadLog(
+            WalConfig(dir=c.wal_dir, max_bytes=c.wal_max_bytes, segment_bytes=c.wal_segment_bytes,
+                      commit_delay_ms=c.wal_commit_delay_ms, compression=c.wal_compression),
+            metrics=self.metrics,
+        )  # fmt: skip
+        recovery = await self.wal.open()
+        core = Core(dedup_max_keys=c.dedup_window, dedup_max_age_s=c.dedup_max_age_s)
+        batch_ids = BatchIdWindow(c.batch_id_window, c.batch_id_max_age_s)
+        windows = Windows(core, batch_ids)
+        windows.restore(recovery)  # before anything is served
+        self.wal.attach(windows)
+        self.metrics.dedup_keys.set(core.dedup_size)
+        self.metrics.batch_id_window.set(len(batch_ids))
         self.bronze = BronzeSink(
             BronzeConfig(
                 uri=c.bronze_uri,
@@ -110,17 +134,21 @@ class IngestServer:
                 spool_dir=c.spool_dir,
             ),
             metrics=self.metrics,
+            on_durable=self.wal.mark_durable,
+            publish_log=self.wal.manifest,
         )
         await self.bronze.start()
-        core = Core(dedup_max_keys=c.dedup_window, dedup_max_age_s=c.dedup_max_age_s)
+        self.feed = BronzeFeed(self.wal, self.bronze, self.metrics)
+        self.feed.start()
         pipeline = Pipeline(
             core,
             self.kafka,
             self.bronze,
-            BatchIdWindow(c.batch_id_window, c.batch_id_max_age_s),
+            batch_ids,
             self._executor,
             self.metrics,
             bronze_timeout_s=c.send_timeout_s,
+            wal=self.wal,
         )
         self.service = IngestService(
             pipeline,
@@ -173,20 +201,29 @@ class IngestServer:
 
     async def _watch_sinks(self) -> None:
         # Wakes every HEALTH_POLL_S to mirror the sinks' state into the health
-        # service: NOT_SERVING while Kafka is unreachable or Bronze is failing.
+        # service: NOT_SERVING while Kafka has been unable to take writes for
+        # longer than --kafka-unavailable-threshold-s (a leader moving or a
+        # producer being replaced is not worth draining traffic for) or
+        # Bronze is failing.
         serving = True
         while True:
             await asyncio.sleep(HEALTH_POLL_S)
             kafka_ok = self.kafka.available
+            since = self.kafka.unavailable_since
+            kafka_down_s = 0.0 if since is None else time.monotonic() - since
+            kafka_down = kafka_down_s >= self.config.kafka_unavailable_threshold_s
             bronze_error = self.bronze.error
+            # The log full (Bronze far behind) or failed refuses every batch.
+            wal_error = self.wal.error or ("wal over --wal-max-bytes" if self.wal.over_budget else None)
             self.metrics.kafka_available.set(1 if kafka_ok else 0)
-            if serving != (kafka_ok and bronze_error is None):
+            if serving != (not kafka_down and bronze_error is None and wal_error is None):
                 serving = not serving
                 if serving:
                     log.warning("sinks healthy again: health SERVING")
                 else:
                     log.warning("health NOT_SERVING", extra={
-                        "kafka_available": kafka_ok, "bronze_error": bronze_error and bronze_error.message})  # fmt: skip
+                        "kafka_available": kafka_ok, "kafka_unavailable_s": round(kafka_down_s, 1),
+                        "bronze_error": bronze_error and bronze_error.message, "wal_error": str(wal_error or "") or None})  # fmt: skip
                 await self._set_health(serving)
 
     def request_stop(self) -> None:
@@ -213,13 +250,24 @@ class IngestServer:
             await self._grpc.stop(grace=max(0.0, c.shutdown_grace_s - (time.monotonic() - started)))
         if self.kafka is not None:  # 4. flush Kafka
             await self.kafka.stop()
-        if self.bronze is not None:  # 5. close Bronze files
+
+        def left() -> float:
+            # A little is always allowed, so a drain that used up the grace
+            # still rolls what the writer holds; the log covers the rest.
+            return max(1.0, c.shutdown_grace_s - (time.monotonic() - started))
+
+        if self.feed is not None and not await self.feed.stop(left()):  # 5. hand Bronze what is committed
+            log.warning("shutdown deadline: committed batches not handed to Bronze stay in the write-ahead log",
+                        extra={"backlog": self.wal.backlog if self.wal else None})  # fmt: skip
+        if self.bronze is not None:  # 6. close Bronze files
             try:
-                await self.bronze.stop()
+                await self.bronze.stop(left())
             except IngestError as exc:
-                # Rows that could not be published stay in the spool for the next start.
+                # Rows not published stay in the log (and, on S3, complete files in the spool) for the next start.
                 log.error("bronze files not published at shutdown", extra={"error": exc.message})
-        self._executor.shutdown(wait=True)  # 6. the rest
+        if self.wal is not None:  # 7. snapshot, delete what is in Bronze
+            await self.wal.close()
+        self._executor.shutdown(wait=True)  # 8. the rest
         if self._dev_broker is not None:
             await asyncio.to_thread(self._dev_broker.close)
         self.metrics.close()

@@ -64,6 +64,10 @@ class ServeConfig:
     send_timeout_s: float = field(
         default=30.0, metadata={"help": "deadline for Kafka to ack a batch's records before the batch fails (retriable)"}
     )
+    kafka_unavailable_threshold_s: float = field(
+        default=5.0,
+        metadata={"help": "health NOT_SERVING once Kafka has been unable to take writes for this long, seconds"},
+    )
     create_topics: bool = field(
         default=False, metadata={"help": "create the topics at start if missing (needs CreateTopics permission)"}
     )
@@ -85,6 +89,26 @@ class ServeConfig:
     spool_dir: str = field(
         default="./data/bronze-spool",
         metadata={"metavar": "PATH", "help": "local directory where Bronze files wait for their S3 upload"},
+    )
+    # -- write-ahead log
+    wal_dir: str = field(
+        default="./data/wal",
+        metadata={"metavar": "PATH", "help": "write-ahead log directory: acked batches wait here until their Bronze files are durable; one server per directory"},
+    )
+    wal_max_bytes: int = field(
+        default=4 << 30,
+        metadata={"help": "disk budget of the write-ahead log, bytes; while it holds this much (Bronze or S3 behind) batches get UNAVAILABLE"},
+    )
+    wal_segment_bytes: int = field(
+        default=64 * MiB, metadata={"help": "write-ahead log segment size, bytes (segments are deleted whole)"}
+    )
+    wal_commit_delay_ms: float = field(
+        default=0.0,
+        metadata={"help": "group commit: how long the log waits for more batches before an fsync, ms (0: batches arriving during an fsync share the next one)"},
+    )
+    wal_compression: str = field(
+        default="none",
+        metadata={"help": "compression of the rows in the write-ahead log (CPU for disk bandwidth)", "choices": ("none", "lz4", "zstd")},
     )
     # -- dedup and idempotency
     dedup_window: int = field(default=1_000_000, metadata={"help": "event_ids remembered for order dedup"})
@@ -117,13 +141,17 @@ class ServeConfig:
             _host_port(self.metrics_listen)
         positive = ("max_message_bytes", "max_in_flight_per_stream", "max_stream_bytes_in_flight",
                     "max_bytes_in_flight", "max_batch_bytes", "roll_bytes", "bronze_max_buffered_bytes",
-                    "dedup_window", "batch_id_window", "core_threads", "topic_partitions", "replication_factor")  # fmt: skip
+                    "dedup_window", "batch_id_window", "core_threads", "topic_partitions", "replication_factor",
+                    "wal_max_bytes", "wal_segment_bytes")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("send_timeout_s", "roll_age_s", "dedup_max_age_s", "batch_id_max_age_s"):
+        for name in ("send_timeout_s", "kafka_unavailable_threshold_s", "roll_age_s", "dedup_max_age_s",
+                     "batch_id_max_age_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.wal_commit_delay_ms < 0:
+            raise ValueError(f"--wal-commit-delay-ms must not be negative, got {self.wal_commit_delay_ms}")
         if self.linger_ms < 0 or self.shutdown_grace_s < 0:
             raise ValueError("--linger-ms and --shutdown-grace-s must not be negative")
         if not (self.bronze_uri.startswith(("file://", "s3://", "/", "."))):

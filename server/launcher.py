@@ -34,13 +34,17 @@ class ServerProcess:
         self._dir = tempfile.TemporaryDirectory(prefix="keystone-server-")
         self.ready_path = Path(self._dir.name) / "ready.json"
         self.log_path = Path(log_path) if log_path else Path(self._dir.name) / "server.log"
+        # Each child gets a write-ahead log of its own unless told where to keep
+        # one: servers sharing the default ./data/wal would replay each other's
+        # batches (and the second could not lock it). Pass --wal-dir to keep the
+        # log across restarts, as crash tests do.
+        env = {**os.environ, **(env or {})}
+        own_wal = [] if "--wal-dir" in args or env.get("KEYSTONE_WAL_DIR") else ["--wal-dir", str(Path(self._dir.name) / "wal")]
         command = [sys.executable, "-m", "keystone_ingest.server.cli", "serve",
                    "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                   *args, "--ready-file", str(self.ready_path)]  # fmt: skip
+                   *own_wal, *args, "--ready-file", str(self.ready_path)]  # fmt: skip
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.info = self._wait_ready(start_timeout_s)
         self.port: int = self.info["port"]
         self.metrics_port: int | None = self.info["metrics_port"]

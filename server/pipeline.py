@@ -14,11 +14,21 @@ Kafka, with the same event_id (documented in the README).
 When a batch is not acked its effects on the windows are undone: the core
 forgets the batch's orders (so the resend is not taken for duplicates of
 itself) and the batch_id claim is released.
+
+With a write-ahead log (server/wal.py) the Bronze step is the log instead:
+check its disk budget before anything else (a refused batch was never
+published), and after Kafka append the batch's Bronze rows to it; the append's
+fsync is the commit point and the ack follows. The log feeds Bronze in its own
+order, so the ack no longer waits for the Bronze writer. At the commit (in
+`on_commit`, on the event loop, together with the log's committed seq) the
+batch_id is completed in its window and the batch leaves the set of in-flight
+core results the window snapshot excludes (see `Windows`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import Executor
@@ -30,6 +40,8 @@ from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.errors import SinkUnavailable
 from keystone_ingest.server.idempotency import AckCounts, BatchIdWindow
 from keystone_ingest.server.metrics import Metrics
+from keystone_ingest.server.sinks.bronze import BronzeRows
+from keystone_ingest.server.wal import WalRecord, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +70,10 @@ class Pipeline:
         metrics: Metrics,
         *,
         bronze_timeout_s: float = 30.0,
+        wal: WriteAheadLog | None = None,
     ) -> None:
         self.core = core
+        self.wal = wal
         self.bronze_timeout_s = bronze_timeout_s
         self.kafka = kafka
         self.bronze = bronze
@@ -93,41 +107,66 @@ class Pipeline:
         if first is not None:
             return _duplicate_batch_ack(batch_id, first)
         try:
-            ack = await self._process(raw)
+            ack = await self._process(raw, batch_id)
         except BaseException:
             self.batch_ids.release(batch_id)
             raise
         if ack.status == ingest_pb2.ACK_STATUS_ACCEPTED:
-            self.batch_ids.complete(batch_id, AckCounts(ack.accepted, ack.duplicates, ack.rejected))
+            if self.wal is None:  # with a log, completed at the commit
+                self.batch_ids.complete(batch_id, AckCounts(ack.accepted, ack.duplicates, ack.rejected))
             self.metrics.batch_id_window.set(len(self.batch_ids))
         else:
             # A rejected batch may come back corrected under the same id.
             self.batch_ids.release(batch_id)
         return ack
 
-    async def _process(self, raw: bytes) -> ingest_pb2.BatchAck:
+    async def _process(self, raw: bytes, batch_id: str | None = None) -> ingest_pb2.BatchAck:
         loop = asyncio.get_running_loop()
+        wal = self.wal
+        if wal is not None:
+            wal.check_budget()  # before any work: a refused batch is not in Kafka
+        now_ms = time.time_ns() // 1_000_000  # the dedup keys' insert time, kept in the log
+        # decode, validate, dedup, Arrow encode: native, GIL released.
+        processing = loop.run_in_executor(self.executor, functools.partial(self.core.process, raw, now_ms=now_ms))
+        if wal is not None:
+            wal.windows.track(processing)  # at submission, before any await (see Windows)
         try:
-            # decode, validate, dedup, Arrow encode: native, GIL released.
-            result = await loop.run_in_executor(self.executor, self.core.process, raw)
+            result = await processing
         except InvalidBatch as exc:
+            if wal is not None:
+                wal.windows.untrack(processing)
             log.info("batch rejected", extra={"code": exc.code, "offset": exc.offset, "detail": exc.message})
             return _rejected_batch_ack(batch_id_of(raw) or "", exc)
         batch = Batch(raw, result)
+        committed = False
+
+        def on_commit(seq: int) -> None:
+            nonlocal committed
+            committed = True
+            wal.windows.untrack(processing)
+            if batch_id is not None:
+                self.batch_ids.complete(batch_id, AckCounts(result.accepted, result.duplicates, result.rejected))
+
         try:
             await self.kafka.publish(batch)
-            try:
-                # The hand-off waits only while the writer's memory bound is reached.
-                async with asyncio.timeout(self.bronze_timeout_s):
-                    await self.bronze.write(batch)
-            except TimeoutError:
-                raise SinkUnavailable(
-                    f"the Bronze writer had no room for the batch within {self.bronze_timeout_s:g} s; resend it"
-                ) from None
+            if wal is not None:
+                await wal.append(WalRecord.of(batch, BronzeRows.from_batch(batch), now_ms), on_commit)
+            else:
+                try:
+                    # The hand-off waits only while the writer's memory bound is reached.
+                    async with asyncio.timeout(self.bronze_timeout_s):
+                        await self.bronze.write(batch)
+                except TimeoutError:
+                    raise SinkUnavailable(
+                        f"the Bronze writer had no room for the batch within {self.bronze_timeout_s:g} s; resend it"
+                    ) from None
         except BaseException:
-            # Not acked: the client resends, and the resend must not be taken
-            # for a duplicate of this attempt.
-            self.core.forget(result)
+            if not committed:
+                # Not acked: the client resends, and the resend must not be taken
+                # for a duplicate of this attempt.
+                self.core.forget(result)
+                if wal is not None:
+                    wal.windows.untrack(processing)
             raise
         m = self.metrics
         m.orders_total.labels("accepted").inc(result.accepted)

@@ -1,8 +1,10 @@
 """Bronze sink: the four tables and the quarantine as Hive-partitioned Parquet.
 
-    sink = BronzeSink(BronzeConfig(uri="s3://lake/bronze"), metrics, on_durable=wal.mark_durable)
+    sink = BronzeSink(BronzeConfig(uri="s3://lake/bronze"), metrics,
+                      on_durable=wal.mark_durable, publish_log=wal.manifest)
     await sink.start()
     await sink.write(batch)          # returns once the writer owns the rows
+    await sink.write_rows(rows)      # the same for rows the write-ahead log feeds (token = WAL seq)
     await sink.stop()                # every row written is in a visible Parquet file
 
 Layout: `<uri>/<table>/year=YYYY/month=MM/day=DD/part-<utc>-<host>-<pid>-<uuid>-<seq>.parquet`
@@ -21,6 +23,22 @@ Bronze writer"): durability comes later, and is reported through `on_durable`
 with the token given to `write()`. `BronzeRows` is the writer's whole input, so a
 write-ahead log can persist it before the ack and feed it again after a crash
 (`write_rows`).
+
+Exactly once across a crash (with the write-ahead log, server/wal.py): the log
+feeds rows in its sequence order, one `BronzeRows` per batch with the batch's
+seq as token, and the writer keeps that order per (table, day): rows are staged
+in arrival order, a stable sort by day keeps it within a day, and a partition's
+next file starts only once the previous one is rolled. One batch's rows of one
+partition are never split between two files (a file may exceed a row group by
+part of a batch instead). So every file holds, for its (table, day), all the
+rows of every token from its first to its last and nothing else, and
+`publish_log.intend()` records exactly that, durably, before the file is
+published: after a crash, a file that exists says which (token, table, day)
+rows are already in Bronze, whatever order the committers published in. (The
+price: with a publish log, a file rolls at the first batch boundary past
+`roll_bytes`, so it can exceed it by one batch's rows of its partition. Cutting
+inside a batch would need row positions in the log, and a replayed remainder
+of a batch would have to carry its original positions.)
 
 Threads: the event loop only builds `BronzeRows` (vectorised numpy, no Python
 per accepted row) and waits for buffer space. One writer thread owns all
@@ -74,6 +92,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
 import os
@@ -86,7 +105,7 @@ import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -456,14 +475,44 @@ class _Sealed:
     rows: int
     nbytes: int
     chunks: list[_Chunk]
+    day: int | None = None
+    tokens: tuple[Hashable, Hashable] | None = None
+    """(first, last) token of the rows in the file, in feed order; None: untracked."""
+
+
+@dataclass(frozen=True)
+class FileIntent:
+    """A file about to be published: it holds every row of (`dest`, `day`) of
+    each token from `first_token` to `last_token` (in feed order), and no other row."""
+
+    key: str
+    dest: str
+    day: int
+    first_token: Hashable
+    last_token: Hashable
+
+
+class PublishLog(Protocol):
+    """Where the sink records its files, so a crash can be resolved file by file
+    (server/wal.py's manifest). Called from the writer and committer threads."""
+
+    def opened(self, key: str) -> None:
+        """A spool file for `key` now exists (a hint: lets the next start remove it if unpublished)."""
+
+    def intend(self, files: list[FileIntent]) -> None:
+        """Durably record that these files are about to be published. Raises OSError if it cannot."""
+
+    def published(self, key: str) -> None:
+        """`key` is visible and durable (a hint: saves a lookup at the next start)."""
 
 
 class _Committer:
     """Publishes closed files on a small thread pool; the one place publishing is retried."""
 
     def __init__(self, store: ObjectStore, config: BronzeConfig, durability: _Durability, metrics: Any,
-                 on_error_change: Callable[[], None]) -> None:  # fmt: skip
+                 on_error_change: Callable[[], None], publish_log: PublishLog | None = None) -> None:  # fmt: skip
         self._store = store
+        self._publish_log = publish_log
         self._config = config
         self._durability = durability
         self._metrics = metrics
@@ -479,17 +528,23 @@ class _Committer:
         self.abort = threading.Event()
         self.files = self.bytes = self.rows = 0
 
-    def submit(self, sealed: _Sealed) -> None:
-        self._slots.acquire()
+    def submit(self, sealed: _Sealed, *, bounded: bool = True) -> None:
+        """Queue a file for publishing; waits while `max_pending_files` are
+        pending. `bounded=False` (files an earlier run left in the spool, which
+        are on disk already) never waits: start() must not block on them while
+        S3 is down."""
+        if bounded:
+            self._slots.acquire()
         future = self._pool.submit(self._commit, sealed)
         with self._lock:
             self._pending.add(future)
-        future.add_done_callback(self._done)
+        future.add_done_callback(functools.partial(self._done, bounded))
 
-    def _done(self, future: concurrent.futures.Future[None]) -> None:
+    def _done(self, bounded: bool, future: concurrent.futures.Future[None]) -> None:
         with self._lock:
             self._pending.discard(future)
-        self._slots.release()
+        if bounded:
+            self._slots.release()
 
     def pending(self) -> list[concurrent.futures.Future[None]]:
         with self._lock:
@@ -536,6 +591,8 @@ class _Committer:
             self._metrics.bronze_bytes_total.labels(table=sealed.dest).inc(sealed.nbytes)
             self._metrics.bronze_rows_total.labels(table=sealed.dest).inc(sealed.rows)
         log.debug("bronze: file published", extra={"key": url, "rows": sealed.rows, "bytes": sealed.nbytes})
+        if self._publish_log is not None:
+            self._publish_log.published(sealed.key)
         self._durability.release(sealed.chunks)
 
     def _keep(self, sealed: _Sealed, url: str) -> None:
@@ -585,7 +642,7 @@ class _PartitionFile:
     to be encoded and, once a row group's worth has been, an open ParquetWriter."""
 
     __slots__ = ("dest", "day", "key", "created_s", "slices", "slice_chunks", "pending_rows", "pending_bytes",
-                 "chunks", "spool_path", "sink", "writer", "rows", "written_bytes", "closed")  # fmt: skip
+                 "chunks", "spool_path", "sink", "writer", "rows", "written_bytes", "closed", "tokens")  # fmt: skip
 
     def __init__(self, dest: str, day: int, key: str, created_s: float) -> None:
         self.dest, self.day, self.key, self.created_s = dest, day, key, created_s
@@ -600,6 +657,7 @@ class _PartitionFile:
         self.rows = 0  # rows encoded into the file
         self.written_bytes = 0
         self.closed = False  # rolled or abandoned; a list of files taken earlier may still hold it
+        self.tokens: tuple[Hashable, Hashable] | None = None  # (first, last) token of its rows
 
 
 @dataclass(eq=False)
@@ -612,10 +670,15 @@ class _Writer:
     """Owns every buffer and open file; runs on one thread."""
 
     def __init__(self, config: BronzeConfig, store: ObjectStore, budget: _ByteBudget, durability: _Durability,
-                 committer: _Committer, fail: Callable[[IngestError], None]) -> None:  # fmt: skip
+                 committer: _Committer, fail: Callable[[IngestError], None],
+                 publish_log: PublishLog | None = None) -> None:  # fmt: skip
         self.config = config
         self.queue: queue.SimpleQueue[BronzeRows | _Flush | None] = queue.SimpleQueue()
         self._store = store
+        self._publish_log = publish_log
+        # Files rolled in this turn of the loop: their intents are recorded
+        # with one fsync, then they go to the committer (_submit_sealed).
+        self._sealed: list[_Sealed] = []
         self._budget = budget
         self._durability = durability
         self._committer = committer
@@ -669,6 +732,7 @@ class _Writer:
             elif isinstance(item, _Flush):
                 self._flushing = item
                 self._roll_all()
+                self._submit_sealed()
                 self._flushing = None
                 item.done.set_result(None)
                 if item.stop:
@@ -683,6 +747,7 @@ class _Writer:
             target = min(0.5 * limit, limit - wanted)
             if self.held_bytes > 0.75 * limit or (wanted and self.held_bytes > target):
                 self._relieve_memory(target)
+            self._submit_sealed()
 
     def _die(self, err: IngestError) -> None:
         self.dead = True
@@ -726,12 +791,17 @@ class _Writer:
             return
         table = pa.Table.from_batches([s.rows for s in staged])
         days = staged[0].days if len(staged) == 1 else np.concatenate([s.days for s in staged])
+        # Which staged batch each row came from: a file never splits one
+        # batch's rows of a partition (see "Exactly once" above).
+        groups = np.repeat(np.arange(len(staged), dtype=np.int32), [s.rows.num_rows for s in staged])
+        tokens = [s.token for s in staged]
         staged_bytes = sum(s.nbytes for s in staged)
         if len(days) > 1 and bool((days[1:] < days[:-1]).any()):
             # One stable sort keeps rows of a day in arrival order (children in
             # their orders' order) and makes each day contiguous.
             order = np.argsort(days, kind="stable")
             days = days[order]
+            groups = groups[order]
             table = table.take(order)
         else:
             # Already in day order (live traffic: one day). Copied all the same:
@@ -751,14 +821,21 @@ class _Writer:
         config = self.config
         for start, end in zip(starts, ends, strict=True):
             day = int(days[start])
-            # A day's rows go in pieces of at most a row group, so a file is
-            # checked against roll_bytes after each row group and the rest of
-            # the rows start the next file.
+            # A day's rows go in pieces of about a row group (never cutting a
+            # batch's rows), so a file is checked against roll_bytes after each
+            # piece and the rest of the rows start the next file.
             while start < end:
                 pf = self._files.get((dest, day))
                 if pf is None:
                     pf = self._files[(dest, day)] = self._new_file(dest, day, now)
-                rows = min(end - start, config.row_group_rows - pf.pending_rows)
+                stop = start + min(end - start, config.row_group_rows - pf.pending_rows)
+                if self._publish_log is not None and stop < end and groups[stop - 1] == groups[stop]:
+                    # Rows of one batch stay in one file: take the rest of its rows
+                    # too (groups are sorted within a day).
+                    stop = start + int(np.searchsorted(groups[start:end], groups[stop - 1], side="right"))
+                rows = stop - start
+                first, last = tokens[groups[start]], tokens[groups[stop - 1]]
+                pf.tokens = (first if pf.tokens is None else pf.tokens[0], last)
                 pf.slices.append(table.slice(start, rows))
                 pf.slice_chunks.append(chunk)
                 chunk.unencoded += 1
@@ -825,6 +902,8 @@ class _Writer:
             oldest = next(iter(self._writers.values()))
             self._guard(oldest, self._roll)
         pf.spool_path = self._store.spool_path(pf.key)
+        if self._publish_log is not None:
+            self._publish_log.opened(pf.key)
         pf.sink = pa.OSFile(pf.spool_path, "wb")
         codec = self.config.compression
         pf.writer = pq.ParquetWriter(
@@ -847,7 +926,38 @@ class _Writer:
         pf.writer.close()
         pf.written_bytes = pf.sink.tell()
         pf.sink.close()
-        self._committer.submit(_Sealed(pf.dest, pf.key, pf.spool_path, pf.rows, pf.written_bytes, pf.chunks))
+        self._sealed.append(
+            _Sealed(pf.dest, pf.key, pf.spool_path, pf.rows, pf.written_bytes, pf.chunks, pf.day, pf.tokens)
+        )
+
+    def _submit_sealed(self) -> None:
+        """Record the intents of the files rolled in this turn (one fsync for
+        all of them), then hand the files to the committer."""
+        if not self._sealed:
+            return
+        sealed, self._sealed = self._sealed, []
+        if self._publish_log is not None:
+            try:
+                self._publish_log.intend(
+                    [FileIntent(f.key, f.dest, f.day, *f.tokens)  # type: ignore[arg-type, misc]
+                     for f in sealed if f.tokens is not None and None not in f.tokens]
+                )
+            except OSError as exc:
+                err = classify_os_error(exc, "recording the files about to be published")
+                log.error(
+                    "bronze: could not record files before publishing them; they are NOT published and the sink is failed",
+                    extra={"files": len(sealed), "rows_lost": sum(f.rows for f in sealed), "error": err.message},
+                )
+                for f in sealed:
+                    try:
+                        self._store.discard(f.spool_path)
+                    except OSError:
+                        pass
+                # Their chunks are never released: their tokens never become durable.
+                self._fail(err)
+                return
+        for f in sealed:
+            self._committer.submit(f)
 
     def _abandon(self, pf: _PartitionFile, err: IngestError) -> None:
         lost = pf.rows + pf.pending_rows
@@ -908,6 +1018,8 @@ class BronzeSink:
     `on_durable(tokens)` is called on the event loop with the tokens passed to
     `write()` whose rows are all in published files (renamed locally, uploaded
     to S3). Tokens of rows that were lost (the sink failed) are never reported.
+    `publish_log` (optional) records each file before it is published, with the
+    tokens it holds; see "Exactly once across a crash" in the module docstring.
     """
 
     def __init__(
@@ -916,10 +1028,12 @@ class BronzeSink:
         metrics: Any = None,
         *,
         on_durable: Callable[[list[Hashable]], None] | None = None,
+        publish_log: PublishLog | None = None,
     ) -> None:
         self.config = config
         self._metrics = metrics
         self._on_durable = on_durable
+        self._publish_log = publish_log
         self._budget = _ByteBudget(config.max_buffered_bytes)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fatal: IngestError | None = None
@@ -961,11 +1075,15 @@ class BronzeSink:
         )
         await asyncio.to_thread(self._store.check)
         leftovers = await asyncio.to_thread(_describe_leftovers, self._store)
-        self._committer = _Committer(self._store, config, self._durability, self._metrics, self._signal_error)
-        self._writer = _Writer(config, self._store, self._budget, self._durability, self._committer, self._set_fatal)
+        self._committer = _Committer(
+            self._store, config, self._durability, self._metrics, self._signal_error, self._publish_log
+        )
+        self._writer = _Writer(
+            config, self._store, self._budget, self._durability, self._committer, self._set_fatal, self._publish_log
+        )
         for sealed in leftovers:
             log.warning("bronze: publishing a file left by an earlier run", extra={"key": self._store.url(sealed.key)})
-            self._committer.submit(sealed)
+            self._committer.submit(sealed, bounded=False)
         self._writer.thread.start()
         self._state = "running"
         log.info("bronze: sink started", extra={"uri": config.uri, "leftovers": len(leftovers)})
@@ -1003,11 +1121,12 @@ class BronzeSink:
         await self._wait_done(self._committer.pending(), timeout_s=None, raise_on_error=True)
         self._check_writable()
 
-    async def stop(self) -> None:
-        """Take no more rows, roll every file, and wait up to stop_timeout_s for
-        them to be published. After a clean stop every row written is in a
-        visible file. Files not published in time stay in the spool (S3) for the
-        next start; stop() then raises SinkUnavailable naming them."""
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Take no more rows, roll every file, and wait up to `timeout_s`
+        (default stop_timeout_s) for them to be published. After a clean stop
+        every row written is in a visible file. Files not published in time
+        stay in the spool (S3) for the next start; stop() then raises
+        SinkUnavailable naming them."""
         if self._state in ("stopping", "stopped"):
             return
         if self._state == "new":
@@ -1015,7 +1134,8 @@ class BronzeSink:
             return
         self._state = "stopping"
         assert self._writer is not None and self._committer is not None
-        deadline = time.monotonic() + self.config.stop_timeout_s
+        timeout_s = self.config.stop_timeout_s if timeout_s is None else max(0.0, timeout_s)
+        deadline = time.monotonic() + timeout_s
 
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
@@ -1030,7 +1150,7 @@ class BronzeSink:
             self._committer.abort.set()
         # The writer exits once it has rolled everything (with abort set, the
         # committer no longer holds it back), then the committers drain.
-        await asyncio.to_thread(self._writer.thread.join, self.config.stop_timeout_s + 5.0)
+        await asyncio.to_thread(self._writer.thread.join, timeout_s + 5.0)
         if self._writer.thread.is_alive():
             self._set_fatal(SinkFailed("bronze: the writer thread did not stop; buffered rows are lost"))
             log.error("bronze: writer thread still running at stop")
@@ -1039,7 +1159,7 @@ class BronzeSink:
         kept = self._committer.kept
         if kept:
             raise SinkUnavailable(
-                f"bronze: {len(kept)} file(s) not published within {self.config.stop_timeout_s}s, "
+                f"bronze: {len(kept)} file(s) not published within {timeout_s:g}s, "
                 f"kept for the next start: {', '.join(kept[:10])}{' ...' if len(kept) > 10 else ''}"
             )
         if self._fatal is not None:
@@ -1047,6 +1167,12 @@ class BronzeSink:
         log.info("bronze: sink stopped", extra={"files": self._committer.files, "rows": self._committer.rows})
 
     # -- state
+
+    @property
+    def store(self) -> ObjectStore:
+        """Where files land (after start()): for resolving a crash's files."""
+        assert self._store is not None, "BronzeSink.start() was not called"
+        return self._store
 
     @property
     def error(self) -> IngestError | None:

@@ -16,6 +16,11 @@ step and durable:
   spool file. A ready file left behind by a failed upload or a crash is found
   by `leftovers()` at the next start and uploaded then.
 
+After a crash, the write-ahead log asks about the files it had recorded as
+about to be published (server/wal.py): `exists` (is the file visible, and
+durable), `spooled` (is it complete and waiting for its upload) and
+`discard_key` (remove what is left of an unpublished file).
+
 `publish` is one attempt: it raises a classified `IngestError` and leaves the
 file where a second call picks it up (it is idempotent). Retrying, backoff and
 what the sink reports meanwhile live in one place, the committer of bronze.py.
@@ -122,6 +127,18 @@ class ObjectStore(Protocol):
     def check(self) -> None:
         """Fail fast at start on a destination that cannot work (SinkFailed)."""
 
+    def exists(self, key: str) -> bool:
+        """Whether `key` is visible. True means durable too (locally: the file
+        and its directories are fsynced first). Raises a classified IngestError
+        when the store cannot answer."""
+
+    def spooled(self, key: str) -> bool:
+        """Whether a complete file for `key` waits in the spool for its upload
+        (`leftovers()` will publish it). Local operations only."""
+
+    def discard_key(self, key: str) -> None:
+        """Remove whatever unpublished spool file `key` left (a crash mid-write)."""
+
 
 def _fsync_path(path: str, *, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
@@ -183,6 +200,26 @@ class LocalStore:
 
     def discard(self, spool_path: str) -> None:
         _unlink_if_present(spool_path)
+
+    def exists(self, key: str) -> bool:
+        final = os.path.join(self.root, key)
+        try:
+            if not os.path.exists(final):
+                return False
+            # Visible after a crash is not yet durable: the rename may still be
+            # only in the page cache. Make it so before anyone relies on it.
+            _fsync_path(final)
+            self._sync_dirs(os.path.dirname(final))
+        except OSError as exc:
+            raise classify_os_error(exc, f"checking {final}") from exc
+        return True
+
+    def spooled(self, key: str) -> bool:
+        return False  # a local file is published by one rename; there is no waiting state
+
+    def discard_key(self, key: str) -> None:
+        directory, name = os.path.split(os.path.join(self.root, key))
+        _unlink_if_present(os.path.join(directory, f".{name}{TMP_SUFFIX}"))
 
     def leftovers(self) -> list[tuple[str, str]]:
         # A local spool file is a hidden temp file that was never renamed: its
@@ -290,6 +327,23 @@ class S3Store:
 
     def discard(self, spool_path: str) -> None:
         _unlink_if_present(spool_path)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+        except Exception as exc:
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                return False
+            raise classify_s3_error(exc, f"checking {self.url(key)}") from exc
+        return True
+
+    def spooled(self, key: str) -> bool:
+        return os.path.exists(self._ready_path(key))
+
+    def discard_key(self, key: str) -> None:
+        directory, name = os.path.split(self._ready_path(key))
+        _unlink_if_present(os.path.join(directory, f".{name}{TMP_SUFFIX}"))
 
     def leftovers(self) -> list[tuple[str, str]]:
         found = []
