@@ -113,6 +113,9 @@ class ReferenceResult:
     accepted_indices: list[int] = field(default_factory=list)
     # Dedup keys this batch put into the window, for `ReferenceCore.forget`.
     inserted_keys: list[str | bytes] = field(repr=False, default_factory=list)
+    # The parsed batch, so a caller (the reference server) reaches the orders
+    # without parsing the bytes a second time.
+    message: ingest_pb2.OrderBatch | None = field(repr=False, default=None)
 
 
 class ReferenceCore:
@@ -165,6 +168,12 @@ class ReferenceCore:
             batch = ingest_pb2.OrderBatch.FromString(bytes(data))
         except DecodeError as exc:
             raise InvalidBatch("undecodable", None, str(exc)) from exc
+        return self.process_message(batch, now_ms=now_ms)
+
+    def process_message(self, batch: ingest_pb2.OrderBatch, *, now_ms: int | None = None) -> ReferenceResult:
+        """`process` for a batch already parsed with the official classes."""
+        if now_ms is None:
+            now_ms = time.time_ns() // 1_000_000
         self._check_sizes(batch)
         self._check_lineage(batch.batch_id, batch.source)
 
@@ -189,6 +198,7 @@ class ReferenceCore:
             errors=errors,
             accepted_indices=accepted_indices,
             inserted_keys=inserted_keys,
+            message=batch,
         )
 
     def forget(self, result: ReferenceResult) -> int:
