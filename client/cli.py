@@ -122,6 +122,33 @@ def _add_sending_flags(parser: argparse.ArgumentParser, *, default_source: str) 
     )
     add_argument_with_env(parser, "--json", action="store_true", help="print the summary as JSON, and nothing else")
     add_argument_with_env(parser, "--no-progress", action="store_true", help="no live progress line on stderr")
+    add_argument_with_env(parser, "--tls", action="store_true", help="connect with TLS (implied by --tls-ca and --tls-cert)")
+    add_argument_with_env(parser, "--tls-ca", metavar="PATH", help="CA certificates (PEM) to verify the server; unset: the system's")
+    add_argument_with_env(parser, "--tls-cert", metavar="PATH", help="client certificate (PEM) for mutual TLS")
+    add_argument_with_env(parser, "--tls-key", metavar="PATH", help="private key (PEM) of --tls-cert")
+    add_argument_with_env(parser, "--token-file", metavar="PATH", help="file holding the bearer token sent with every call")
+    add_argument_with_env(parser, "--token", metavar="SECRET", secret=True,
+                          help="bearer token sent with every call; prefer the environment variable or --token-file")
+
+
+def _transport(args: argparse.Namespace) -> dict:
+    """credentials and metadata for LoadOptions / ReplayOptions from the TLS and token flags."""
+    from keystone_ingest.client.security import bearer_metadata, channel_credentials, read_token_file
+
+    options: dict = {}
+    try:
+        if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+            options["credentials"] = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        token = read_token_file(args.token_file) if args.token_file else args.token
+        if token:
+            options["metadata"] = bearer_metadata(token)
+    except OSError as error:
+        print(f"{args.command}: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as error:
+        print(f"{args.command}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return options
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -216,6 +243,7 @@ def _run_load(args: argparse.Namespace) -> int:
         progress=_show_progress(args),
         retry_deadline_s=args.retry_deadline,
         ack_timeout_s=args.ack_timeout or None,
+        **_transport(args),
     )
     try:
         options.validate()
@@ -243,6 +271,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         progress=_show_progress(args),
         retry_deadline_s=args.retry_deadline,
         ack_timeout_s=args.ack_timeout or None,
+        **_transport(args),
     )
     try:
         summary = run_replay(options)

@@ -46,9 +46,11 @@ from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.idempotency import BatchIdWindow
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.pipeline import Pipeline
+from keystone_ingest.server.security import ServerSecurity
 from keystone_ingest.server.service import SERVICE_NAME, IngestService
 from keystone_ingest.server.sinks.bronze import BronzeConfig, BronzeSink
 from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
+from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
 from keystone_ingest.server.wal import BronzeFeed, WalConfig, Windows, WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -79,16 +81,19 @@ class IngestServer:
         c = self.config
         # Bind first: a taken address fails the start before any sink is up.
         # Nothing is served until the handlers are added and the server starts.
+        self.security = ServerSecurity(c)  # TLS files and tokens: bad ones fail the start here
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", 4 << 20),
                 ("grpc.so_reuseport", 0),
-            ]
+                *self.security.grpc_options(),
+            ],
+            interceptors=self.security.interceptors(),
         )
         host, port = c.listen_address
         try:
-            self.port = self._grpc.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            self.port = self.security.add_port(self._grpc, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {c.listen}: {exc}") from None
         if c.metrics_address:
@@ -107,6 +112,7 @@ class IngestServer:
                 create_topics=c.create_topics,
                 partitions=c.topic_partitions,
                 replication=c.replication_factor,
+                security=KafkaSecurity.from_config(c),
             ),
             metrics=self.metrics,
         )
@@ -117,7 +123,8 @@ class IngestServer:
             metrics=self.metrics,
         )  # fmt: skip
         recovery = await self.wal.open()
-        core = Core(dedup_max_keys=c.dedup_window, dedup_max_age_s=c.dedup_max_age_s)
+        core = Core(dedup_max_keys=c.dedup_window, dedup_max_age_s=c.dedup_max_age_s,
+                    max_orders_per_batch=c.max_orders_per_batch)
         batch_ids = BatchIdWindow(c.batch_id_window, c.batch_id_max_age_s)
         windows = Windows(core, batch_ids)
         windows.restore(recovery)  # before anything is served
@@ -156,6 +163,7 @@ class IngestServer:
             max_in_flight_per_stream=c.max_in_flight_per_stream,
             max_bytes_in_flight=c.max_bytes_in_flight,
             max_stream_bytes_in_flight=c.max_stream_bytes_in_flight,
+            gate=self.security.gate,
         )
 
         self._grpc.add_generic_rpc_handlers((self.service.handler(),))

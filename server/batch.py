@@ -23,6 +23,9 @@ class Batch:
     raw: bytes
     result: BatchResult
     received_ns: int = field(default_factory=time.time_ns)
+    # The authenticated caller that sent the batch (None without
+    # authentication); `source` is what the batch says about itself.
+    producer: str | None = None
 
     @property
     def batch_id(self) -> str:

@@ -130,12 +130,65 @@ class ServeConfig:
         default=None,
         metadata={"metavar": "PATH", "help": "once serving, write the bound ports and Kafka bootstrap to this file as JSON (for scripts)"},
     )
+    # -- security (README "Security"): checked in server/security.py
+    insecure: bool = field(
+        default=False, metadata={"help": "allow listening on a non-loopback address without TLS (logged as a warning)"}
+    )
+    tls_cert: str | None = field(
+        default=None, metadata={"metavar": "PATH", "help": "server certificate chain, PEM; with --tls-key serves TLS; reloaded when the file changes"}
+    )
+    tls_key: str | None = field(default=None, metadata={"metavar": "PATH", "help": "private key of --tls-cert, PEM"})
+    tls_client_ca: str | None = field(
+        default=None, metadata={"metavar": "PATH", "help": "CA certificates (PEM) that client certificates must chain to: mutual TLS"}
+    )
+    auth_tokens_file: str | None = field(
+        default=None,
+        metadata={"metavar": "PATH", "help": "callers, their permissions and the SHA-256 of their bearer tokens; every call then needs 'authorization: Bearer TOKEN'; reloaded when the file changes"},
+    )
+    max_orders_per_batch: int = field(default=100_000, metadata={"help": "orders one OrderBatch may hold (more: the batch is rejected)"})
+    max_streams_per_connection: int = field(default=100, metadata={"help": "concurrent calls one HTTP/2 connection may open"})
+    max_streams_per_caller: int = field(
+        default=64, metadata={"help": "concurrent StreamOrders calls of one caller (its name, or its address without authentication); more: RESOURCE_EXHAUSTED"}
+    )
+    caller_rate_batches_s: float = field(
+        default=0.0, metadata={"metavar": "PER_S", "help": "batches per second one caller may send, on average; more: RESOURCE_EXHAUSTED with RetryInfo; 0: no limit"}
+    )
+    caller_burst_batches: int = field(default=100, metadata={"help": "batches one caller may send at once above --caller-rate-batches-s"})
+    keepalive_time_s: float = field(default=60.0, metadata={"help": "ping a connection idle this long, seconds; one that does not answer is closed"})
+    keepalive_timeout_s: float = field(default=20.0, metadata={"help": "how long a keepalive ping may go unanswered, seconds"})
+    min_client_ping_interval_s: float = field(
+        default=10.0, metadata={"help": "clients pinging more often than this are disconnected (GOAWAY too_many_pings), seconds"}
+    )
+    kafka_security_protocol: str = field(
+        default="PLAINTEXT", metadata={"help": "how the producer talks to Kafka", "choices": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")}
+    )
+    kafka_sasl_mechanism: str | None = field(
+        default=None,
+        metadata={"help": "SASL mechanism; AWS_MSK_IAM is OAUTHBEARER with tokens signed from the AWS credential chain", "choices": ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM")},
+    )
+    kafka_sasl_username: str | None = field(default=None, metadata={"metavar": "NAME", "help": "SASL PLAIN/SCRAM user name"})
+    kafka_sasl_password: str | None = field(
+        default=None, repr=False,
+        metadata={"metavar": "SECRET", "secret": True, "help": "SASL PLAIN/SCRAM password; prefer the environment variable (a flag shows in ps)"},
+    )  # fmt: skip
+    kafka_ssl_ca: str | None = field(default=None, metadata={"metavar": "PATH", "help": "CA certificates (PEM) for the brokers' certificates; unset: the system's"})
+    kafka_ssl_cert: str | None = field(default=None, metadata={"metavar": "PATH", "help": "client certificate (PEM) for Kafka mutual TLS"})
+    kafka_ssl_key: str | None = field(default=None, metadata={"metavar": "PATH", "help": "private key (PEM) of --kafka-ssl-cert"})
+    kafka_msk_region: str | None = field(
+        default=None, metadata={"metavar": "REGION", "help": "AWS region of the MSK cluster for AWS_MSK_IAM; unset: AWS_REGION / the AWS config"}
+    )
+    s3_sse_kms_key_id: str | None = field(
+        default=None, metadata={"metavar": "KEY", "help": "encrypt Bronze objects with SSE-KMS under this KMS key id or ARN; unset: the bucket's default encryption"}
+    )
 
     def __post_init__(self) -> None:
         # An empty value (KEYSTONE_KAFKA_BOOTSTRAP= in a compose file) means unset.
         for name in ("kafka_bootstrap", "s3_endpoint_url", "ready_file"):
             if getattr(self, name) == "":
                 setattr(self, name, None)
+        from keystone_ingest.server.security import check_config  # noqa: PLC0415 (security imports this module)
+
+        check_config(self)
         _host_port(self.listen)
         if self.metrics_listen:
             _host_port(self.metrics_listen)
@@ -178,7 +231,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type = Ser
         help_text = f.metadata.get("help", "")
         if f.default is None:
             help_text += " (default: unset)"
-        add_argument_with_env(parser, "--" + f.name.replace("_", "-"), help=help_text, default=f.default, **options)
+        add_argument_with_env(parser, "--" + f.name.replace("_", "-"), help=help_text, default=f.default,
+                              secret=f.metadata.get("secret", False), **options)  # fmt: skip
 
 
 def _metavar(name: str, kind: type) -> str:

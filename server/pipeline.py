@@ -81,13 +81,13 @@ class Pipeline:
         self.executor = executor
         self.metrics = metrics
 
-    async def ingest(self, raw: bytes) -> ingest_pb2.BatchAck:
+    async def ingest(self, raw: bytes, producer: str | None = None) -> ingest_pb2.BatchAck:
         started = time.perf_counter()
         m = self.metrics
         m.batches_in_flight.inc()
         m.bytes_in_flight.inc(len(raw))
         try:
-            ack = await self._ingest(raw)
+            ack = await self._ingest(raw, producer)
         except BaseException:
             m.batches_total.labels("error").inc()
             raise
@@ -98,7 +98,7 @@ class Pipeline:
         m.batches_total.labels(ingest_pb2.AckStatus.Name(ack.status).removeprefix("ACK_STATUS_").lower()).inc()
         return ack
 
-    async def _ingest(self, raw: bytes) -> ingest_pb2.BatchAck:
+    async def _ingest(self, raw: bytes, producer: str | None = None) -> ingest_pb2.BatchAck:
         batch_id = batch_id_of(raw)
         if batch_id is None:
             # No usable id: the core will reject the batch with the exact reason.
@@ -107,7 +107,7 @@ class Pipeline:
         if first is not None:
             return _duplicate_batch_ack(batch_id, first)
         try:
-            ack = await self._process(raw, batch_id)
+            ack = await self._process(raw, batch_id, producer)
         except BaseException:
             self.batch_ids.release(batch_id)
             raise
@@ -120,7 +120,7 @@ class Pipeline:
             self.batch_ids.release(batch_id)
         return ack
 
-    async def _process(self, raw: bytes, batch_id: str | None = None) -> ingest_pb2.BatchAck:
+    async def _process(self, raw: bytes, batch_id: str | None = None, producer: str | None = None) -> ingest_pb2.BatchAck:
         loop = asyncio.get_running_loop()
         wal = self.wal
         if wal is not None:
@@ -137,7 +137,7 @@ class Pipeline:
                 wal.windows.untrack(processing)
             log.info("batch rejected", extra={"code": exc.code, "offset": exc.offset, "detail": exc.message})
             return _rejected_batch_ack(batch_id_of(raw) or "", exc)
-        batch = Batch(raw, result)
+        batch = Batch(raw, result, producer=producer)
         committed = False
 
         def on_commit(seq: int) -> None:

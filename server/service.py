@@ -22,10 +22,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.server.errors import ShuttingDown, to_rpc_status
+from keystone_ingest.server.errors import IngestError, ShuttingDown, to_rpc_status
 from keystone_ingest.server.limits import ByteBudget
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.pipeline import Pipeline
+from keystone_ingest.server.security import Gate
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,11 @@ class IngestService:
         max_in_flight_per_stream: int = 8,
         max_bytes_in_flight: int = 256 << 20,
         max_stream_bytes_in_flight: int = 64 << 20,
+        gate: Gate | None = None,
     ) -> None:
         self.pipeline = pipeline
+        # Authentication, permissions and per-caller quotas (server/security.py); None: none.
+        self.gate = gate
         self.metrics = metrics
         self.max_in_flight_per_stream = max_in_flight_per_stream
         self.max_stream_bytes_in_flight = max_stream_bytes_in_flight
@@ -71,9 +75,10 @@ class IngestService:
     async def ingest_orders(self, raw: bytes, context: grpc.aio.ServicerContext) -> ingest_pb2.BatchAck:
         if self._draining:
             await _abort(context, ShuttingDown("the server is shutting down; resend the batch to another replica"))
+        producer, caller = await self._admit(context)
         await self._take(self.bytes_in_flight, len(raw))
         try:
-            return await self._submit(raw)
+            return await self._submit(raw, producer, caller)
         except Exception as exc:
             await _abort(context, exc)
         finally:
@@ -84,6 +89,12 @@ class IngestService:
     ) -> AsyncIterator[ingest_pb2.BatchAck]:
         if self._draining:
             await _abort(context, ShuttingDown("the server is shutting down; reconnect and resend"))
+        producer, caller = await self._admit(context)
+        if self.gate is not None:
+            try:
+                self.gate.quotas.open_stream(caller)
+            except IngestError as exc:
+                await _abort(context, exc)
         slots = asyncio.Semaphore(self.max_in_flight_per_stream)
         stream_bytes = ByteBudget(self.max_stream_bytes_in_flight)
         answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
@@ -103,7 +114,7 @@ class IngestService:
                     except asyncio.CancelledError:
                         stream_bytes.release(len(raw))
                         raise
-                    answer = asyncio.ensure_future(self._submit(raw))
+                    answer = asyncio.ensure_future(self._submit(raw, producer, caller))
                     answer.add_done_callback(lambda _, n=len(raw): give_back(n))
                     answers.put_nowait(answer)
             finally:
@@ -126,13 +137,27 @@ class IngestService:
             reader.cancel()
             self._readers.discard(reader)
             self.metrics.streams_open.dec()
+            if self.gate is not None:
+                self.gate.quotas.close_stream(caller)
 
     async def _take(self, budget: ByteBudget, n: int) -> None:
         if await budget.acquire(n):
             self.metrics.backpressure_waits_total.inc()
 
-    async def _submit(self, raw: bytes) -> ingest_pb2.BatchAck:
-        task = asyncio.ensure_future(self.pipeline.ingest(raw))
+    async def _admit(self, context: grpc.aio.ServicerContext) -> tuple[str | None, str]:
+        """(authenticated caller or None, quota key); aborts the call with
+        UNAUTHENTICATED or PERMISSION_DENIED."""
+        if self.gate is None:
+            return None, ""
+        try:
+            return self.gate.admit(context)
+        except IngestError as exc:
+            await _abort(context, exc)
+
+    async def _submit(self, raw: bytes, producer: str | None = None, caller: str = "") -> ingest_pb2.BatchAck:
+        if self.gate is not None:
+            self.gate.quotas.take_batch(caller)  # over the caller's rate: Overloaded, with RetryInfo
+        task = asyncio.ensure_future(self.pipeline.ingest(raw, producer))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
         # Shielded: a caller that goes away must not cancel a half-published batch.

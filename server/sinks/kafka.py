@@ -186,6 +186,8 @@ class KafkaConfig:
     replication: int = 3
     # How often an idle sink asks the cluster for metadata to keep `available` true.
     probe_interval_s: float = 1.0
+    # TLS and SASL (sinks/kafka_security.KafkaSecurity); None: PLAINTEXT.
+    security: Any = None
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -395,6 +397,7 @@ class KafkaSink:
             linger_ms=0,
             request_timeout_ms=c.request_timeout_ms,
             retry_backoff_ms=c.retry_backoff_ms,
+            **(c.security.client_kwargs() if c.security is not None else {}),
         )
         self._count_produce_retries(producer)
         return producer
@@ -451,7 +454,8 @@ class KafkaSink:
 
         c = self.config
         admin = AIOKafkaAdminClient(bootstrap_servers=c.bootstrap, client_id=c.client_id,
-                                    request_timeout_ms=c.request_timeout_ms)
+                                    request_timeout_ms=c.request_timeout_ms,
+                                    **(c.security.client_kwargs() if c.security is not None else {}))
         try:
             await asyncio.wait_for(admin.start(), c.start_timeout_s)
             for topic in (c.topic, c.dlq_topic):
@@ -737,6 +741,8 @@ class KafkaSink:
         segments: set[_Segment] = set()
         common = [("batch_id", batch.batch_id.encode()), ("source", batch.source.encode()),
                   ("content-type", CONTENT_TYPE)]
+        if batch.producer is not None:  # the authenticated caller (server/auth.py)
+            common.append(("producer", batch.producer.encode()))
         timestamp_ms = batch.received_ns // 1_000_000
         if batch.spans.num_rows:
             self._append_orders(batch, timestamp_ms, common, segments)
