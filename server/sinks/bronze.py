@@ -131,6 +131,7 @@ QUARANTINE_SCHEMA = pa.schema(
     [
         ("batch_id", pa.string()),
         ("source", pa.string()),
+        ("producer", pa.string()),
         ("index", pa.int32()),
         ("event_id", pa.string()),
         ("reason", pa.string()),
@@ -141,7 +142,13 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 # What each destination's rows must look like: the core's export, and the quarantine.
-SCHEMAS: dict[str, pa.Schema] = {**{t: pa.schema(schema(t)) for t in TABLES}, QUARANTINE: QUARANTINE_SCHEMA}
+# Beside the core's `source` (what a batch says about itself), every row gets
+# `producer`: the authenticated caller that sent it (null without authentication).
+PRODUCER_FIELD = pa.field("producer", pa.string())
+SCHEMAS: dict[str, pa.Schema] = {
+    **{t: pa.schema(schema(t)).append(PRODUCER_FIELD) for t in TABLES},
+    QUARANTINE: QUARANTINE_SCHEMA,
+}
 
 # Child tables and the `spans` column that says how many of their rows each
 # order owns (children appear in the order of their orders).
@@ -253,7 +260,7 @@ class BronzeRows:
         orders = batch.orders
         if orders.num_rows:
             order_days = _purchase_days(orders, received_day)
-            tables["orders"], days["orders"] = orders, order_days
+            tables["orders"], days["orders"] = _with_producer(orders, batch.producer), order_days
             spans = batch.spans
             for table, count_column in _CHILD_COUNTS:
                 rows = batch.tables[table]
@@ -267,12 +274,23 @@ class BronzeRows:
                         f"bronze: batch {batch.batch_id!r}: spans.{count_column} sums to {len(child_days)} "
                         f"but {table} has {rows.num_rows} rows"
                     )
-                tables[table], days[table] = rows, child_days
+                tables[table], days[table] = _with_producer(rows, batch.producer), child_days
         if batch.rejects.num_rows:
             quarantine = quarantine_rows(batch)
             tables[QUARANTINE] = quarantine
             days[QUARANTINE] = np.full(quarantine.num_rows, received_day, dtype=np.int32)
         return cls(tables, days, token)
+
+
+def _producer_column(producer: str | None, n: int) -> pa.Array:
+    if producer is None:
+        return pa.nulls(n, pa.string())
+    return pa.repeat(pa.scalar(producer, pa.string()), n)
+
+
+def _with_producer(rows: pa.RecordBatch, producer: str | None) -> pa.RecordBatch:
+    """The core's rows (shared, not copied) plus the `producer` column."""
+    return rows.append_column(PRODUCER_FIELD, _producer_column(producer, rows.num_rows))
 
 
 def _purchase_days(orders: pa.RecordBatch, fallback_day: int) -> np.ndarray:
@@ -299,6 +317,7 @@ def quarantine_rows(batch: Batch) -> pa.RecordBatch:
         [
             pa.array([batch.batch_id] * n, pa.string()),
             pa.array([batch.source] * n, pa.string()),
+            _producer_column(batch.producer, n),
             rejects.column("index"),
             rejects.column("event_id"),
             rejects.column("reason"),

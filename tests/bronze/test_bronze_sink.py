@@ -89,8 +89,10 @@ def generate(
 
 
 def expected_table(sent: list[Sent], table: str) -> pa.Table:
-    """The rows the core produced for `table`, in the order they were sent."""
-    return pa.Table.from_batches([s.batch.tables[table] for s in sent])
+    """The rows the core produced for `table`, in the order they were sent,
+    with the sink's `producer` column (null: these batches had no authenticated caller)."""
+    rows = pa.Table.from_batches([s.batch.tables[table] for s in sent])
+    return rows.append_column(pa.field("producer", pa.string()), pa.nulls(rows.num_rows, pa.string()))
 
 
 def read_table(root: str, table: str, filesystem: pafs.FileSystem | None = None) -> pa.Table:
@@ -216,6 +218,7 @@ def test_quarantine_holds_each_rejected_order_with_its_exact_bytes(tmp_path):
                 {
                     "batch_id": s.proto.batch_id,
                     "source": s.proto.source,
+                    "producer": None,
                     "index": r["index"],
                     "event_id": original.event_id,
                     "reason": r["reason"],
@@ -609,7 +612,9 @@ def test_metrics_count_files_bytes_and_rows_per_table(tmp_path):
 
 def test_bronze_rows_refuse_days_or_columns_that_do_not_match():
     s = generate(1, 20)[0]
-    orders = s.batch.orders
+    orders = BronzeRows.from_batch(s.batch).tables["orders"]  # the core's columns and `producer`
+    with pytest.raises(ValueError, match="schema"):
+        BronzeRows({"orders": s.batch.orders}, {"orders": np.zeros(orders.num_rows, np.int32)})
     with pytest.raises(ValueError, match="partition days"):
         BronzeRows({"orders": orders}, {"orders": np.zeros(1, np.int32)})
     with pytest.raises(ValueError, match="schema"):
