@@ -3,7 +3,7 @@
 #
 #   make test      build, then run every test (C++ under sanitizers, Python suite)
 #   make demo      the main job end to end: server, 200,000 orders, what landed in Kafka and Bronze
-#   make bench     benchmarks of the native core against the pure-Python reference
+#   make bench     micro-benchmarks per stage, then the end-to-end harness against the pure-Python reference server
 #   make fuzz      libFuzzer on the native decoder: make fuzz FUZZ_SECONDS=600
 #   make soak      10 minutes of load with broker outages and server restarts: make soak SOAK_SECONDS=120
 
@@ -85,9 +85,16 @@ SOAK_SECONDS ?= 600
 soak: install
 	$(PY) tests/soak.py --seconds $(SOAK_SECONDS)
 
+# The per-stage micro-benchmarks (pytest-benchmark), then the end-to-end
+# harness: broker, real server, pure-Python reference server and load client as
+# separate processes; table, build/bench/results.json and PNG plots. A few
+# minutes; BENCH_ARGS passes flags to the harness (python -m benchmarks.harness --help),
+# e.g. make bench BENCH_ARGS=--quick.
+BENCH_ARGS ?=
 bench: install
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-only --benchmark-columns=median,iqr,ops \
 	    --benchmark-sort=name
+	$(PY) -m benchmarks.harness $(BENCH_ARGS)
 
 # Re-resolves every dependency to its newest allowed version and writes the
 # exact versions to $(CONSTRAINTS). Run after changing pyproject.toml.

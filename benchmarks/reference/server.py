@@ -26,7 +26,8 @@ What it does per batch, on one asyncio event loop:
     131,072 rows, the real writer's settings, to a hidden name, fsynced and renamed.
 
 Not here, on purpose, because they are not on the measured path: health, reflection,
-metrics, TLS, S3, the write-ahead log (so the reference acks without an fsync: an
+metrics, TLS and authentication (so the Bronze `producer` column is always null and
+records carry no `producer` header, as on the real server without authentication), S3, the write-ahead log (so the reference acks without an fsync: an
 advantage over the real server, whose figures include it), reconnection logic beyond
 aiokafka's own.
 """
@@ -71,6 +72,7 @@ QUARANTINE_SCHEMA = pa.schema(
     [
         ("batch_id", pa.string()),
         ("source", pa.string()),
+        ("producer", pa.string()),
         ("index", pa.int32()),
         ("event_id", pa.string()),
         ("reason", pa.string()),
@@ -102,6 +104,9 @@ class BronzeBuffer:
 
     def add(self, table: str, rows: pa.Table, days: np.ndarray) -> None:
         if rows.num_rows:
+            if "producer" not in rows.schema.names:
+                # Lineage: the authenticated caller; the reference has no authentication.
+                rows = rows.append_column(pa.field("producer", pa.string()), pa.nulls(rows.num_rows, pa.string()))
             self._tables[table].append((rows, days))
             self._bytes += rows.nbytes
 
@@ -166,6 +171,7 @@ class ReferenceServer:
         self.bronze = BronzeBuffer(Path(args.bronze_dir), args.bronze_max_buffered_bytes)
         self.producer: AIOKafkaProducer | None = None
         self.partitions: dict[str, int] = {}
+        self._partition_locks: dict[tuple[str, int], asyncio.Lock] = {}
         # batch_id -> counts of its first ack, or a future while it is in flight
         self.batch_ids: collections.OrderedDict[str, tuple[int, int, int] | asyncio.Future] = (
             collections.OrderedDict()
@@ -274,15 +280,18 @@ class ReferenceServer:
             raise RetryLater(f"Kafka did not take batch {result.batch_id!r}: {exc!r}") from exc
 
     async def _send(self, topic: str, partition: int, records: list, timestamp_ms: int) -> list[asyncio.Future]:
-        futures = []
-        builder = self.producer.create_batch()
+        builders = [self.producer.create_batch()]
         for key, value, headers in records:
-            if builder.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
-                futures.append(await self.producer.send_batch(builder, topic, partition=partition))
-                builder = self.producer.create_batch()
-                builder.append(key=key, value=value, timestamp=timestamp_ms, headers=headers)
-        futures.append(await self.producer.send_batch(builder, topic, partition=partition))
-        return futures
+            if builders[-1].append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
+                builders.append(self.producer.create_batch())
+                builders[-1].append(key=key, value=value, timestamp=timestamp_ms, headers=headers)
+        # aiokafka holds one record batch per partition and makes the others wait
+        # for it to drain; with many waiters its timeout bookkeeping (it subtracts
+        # the total time waited on every wake-up) fails them early with
+        # KafkaTimeoutError. One hand-off per partition at a time, in arrival order.
+        lock = self._partition_locks.setdefault((topic, partition), asyncio.Lock())
+        async with lock:
+            return [await self.producer.send_batch(b, topic, partition=partition) for b in builders]
 
     def _to_bronze(self, result: ReferenceResult, raw: bytes, received_ns: int) -> None:
         received_day = received_ns // (US_PER_DAY * 1000)
@@ -306,6 +315,7 @@ class ReferenceServer:
                 [
                     pa.array([result.batch_id] * n, pa.string()),
                     pa.array([result.source] * n, pa.string()),
+                    pa.nulls(n, pa.string()),
                     pa.array([e.index for e in result.errors], pa.int32()),
                     pa.array([e.event_id for e in result.errors], pa.string()),
                     pa.array([e.reason for e in result.errors], pa.string()),

@@ -1,0 +1,382 @@
+"""The end-to-end benchmark: `make bench` (or `python -m benchmarks.harness`).
+
+Starts the development broker (librdkafka's mock cluster, in its helper
+process), then for each server, the real one (`keystone-ingest serve`) and the
+pure-Python reference (benchmarks/reference/server.py), a server process with
+topics and a Bronze directory of its own, and drives it with the load client
+(benchmarks/driver.py), one process per run:
+
+  1. maximum sustainable rate: as fast as acks allow, `--repeats` runs, median;
+  2. fixed fractions of that rate (`--fractions`), open loop: ack latency under
+     a load the server keeps up with;
+  3. sweeps at full speed: batch size (`--batch-sizes`) and concurrent streams
+     (`--streams-sweep`).
+
+Per run: orders/s and batches/s (acked in the measured window), ack latency
+(p50/p90/p99/max of the batches sent in the window), server CPU seconds per
+million orders (user + system of the server process over the whole run,
+warm-up included, divided by the orders acked in it) and the server's peak RSS
+(VmHWM, reset before each run). Results go to `--out-dir` as results.json, and
+as PNG plots when matplotlib is installed (throughput against batch size and
+against streams, the ack-latency distribution of both servers).
+
+The broker, both servers and the load client share the machine: on a small
+machine the client's and the broker's CPU is CPU the server does not get, as
+it would not in production. Compare ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.corpus import load_pool
+from benchmarks.processes import REPO_ROOT, ReferenceProcess, reset_peak_rss, usage
+from keystone_ingest.server.devbroker import DevBroker
+from keystone_ingest.server.launcher import ServerProcess
+
+MiB = 1024 * 1024
+KINDS = ("real", "reference")
+
+
+@dataclass
+class Run:
+    kind: str
+    phase: str  # max, fraction, batch_size, streams
+    batch_size: int
+    streams: int
+    rate: float
+    result: dict
+    cpu_s: float
+    peak_rss_bytes: int
+
+    def row(self) -> dict:
+        r = self.result
+        orders = max(r["total_orders"], 1)
+        return {
+            "server": self.kind,
+            "phase": self.phase,
+            "batch_size": self.batch_size,
+            "streams": self.streams,
+            "rate": self.rate,
+            "orders_per_s": r["orders_per_s"],
+            "batches_per_s": r["batches_per_s"],
+            "latency_ms": r["latency_ms"],
+            "cpu_s_per_million_orders": self.cpu_s / orders * 1e6,
+            "peak_rss_mib": self.peak_rss_bytes / MiB,
+            "total_orders": r["total_orders"],
+            "errors": r["errors"],
+        }
+
+
+class Target:
+    """One server process under test, with its own topics and Bronze directory."""
+
+    def __init__(self, kind: str, broker: DevBroker, workdir: Path, server_args: list[str]) -> None:
+        self.kind = kind
+        suffix = uuid.uuid4().hex[:8]
+        self.topic, self.dlq_topic = f"bench-{kind}-{suffix}", f"bench-{kind}-{suffix}.dlq"
+        broker.create_topic(self.topic, partitions=6)
+        broker.create_topic(self.dlq_topic, partitions=3)
+        self.bronze = workdir / f"bronze-{kind}"
+        common = ["--kafka-bootstrap", broker.bootstrap, "--topic", self.topic, "--dlq-topic", self.dlq_topic]
+        log_path = workdir / f"{kind}.log"
+        if kind == "real":
+            self.process = ServerProcess([*common, "--bronze-uri", f"file://{self.bronze}", "--log-level", "warning",
+                                          "--wal-dir", str(workdir / "wal"), *server_args], log_path=log_path)  # fmt: skip
+        else:
+            self.process = ReferenceProcess([*common, "--bronze-dir", str(self.bronze)], log_path=log_path)
+        self.pid = self.process.process.pid
+        self.target = self.process.target
+
+    def wait_idle(self, timeout_s: float = 120.0) -> None:
+        """Until the server has used less than 5% of a core for half a second:
+        what an earlier run left in flight is done."""
+        deadline = time.monotonic() + timeout_s
+        before = usage(self.pid).cpu_s
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = usage(self.pid).cpu_s
+            if now - before < 0.025:
+                return
+            before = now
+
+    def stop(self) -> int:
+        code = self.process.stop()
+        self.process.close()
+        return code
+
+
+class Harness:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.runs: list[Run] = []
+        self._namespace = 0
+
+    def drive(self, target: Target, phase: str, *, batch_size: int, streams: int, rate: float = 0.0,
+              duration_s: float, warmup_s: float) -> Run:  # fmt: skip
+        a = self.args
+        target.wait_idle()
+        self._namespace += 1
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            command = [sys.executable, "-m", "benchmarks.driver", "--target", target.target,
+                       "--batch-size", str(batch_size), "--streams", str(streams),
+                       "--max-in-flight", str(a.max_in_flight), "--rate", str(rate),
+                       "--duration", str(duration_s), "--warmup", str(warmup_s),
+                       "--namespace", str(self._namespace), "--pool-orders", str(a.pool_orders),
+                       "--duplicate-ratio", str(a.duplicate_ratio), "--invalid-ratio", str(a.invalid_ratio),
+                       "--out", out.name, *(["--olist-days"] if a.olist_days else [])]  # fmt: skip
+            reset_peak_rss(target.pid)
+            before = usage(target.pid)
+            subprocess.run(command, check=False, cwd=REPO_ROOT)
+            after = usage(target.pid)
+            result = json.loads(Path(out.name).read_text() or "null")
+        if result is None:
+            raise RuntimeError(f"the load driver wrote no result for {target.kind} {phase}")
+        run = Run(target.kind, phase, batch_size, streams, rate, result, after.cpu_s - before.cpu_s,
+                  after.peak_rss_bytes)  # fmt: skip
+        self.runs.append(run)
+        row = run.row()
+        lat = row["latency_ms"]
+        print(f"  {target.kind:<9} {phase:<10} batch {batch_size:>5} streams {streams:>3} "
+              f"rate {rate:>9,.0f}: {row['orders_per_s']:>9,.0f} orders/s  p50 {lat['p50']:>7.1f} ms  "
+              f"p99 {lat['p99']:>7.1f} ms  cpu {row['cpu_s_per_million_orders']:>5.1f} s/M  "
+              f"rss {row['peak_rss_mib']:>5.0f} MiB" + (f"  errors {row['errors']}" if row["errors"] else ""),
+              flush=True)  # fmt: skip
+        return run
+
+    def bench(self, target: Target) -> None:
+        a = self.args
+        print(f"== {target.kind}: {target.target}", flush=True)
+        maxes = [self.drive(target, "max", batch_size=a.batch_size, streams=a.streams,
+                            duration_s=a.duration, warmup_s=a.warmup) for _ in range(a.repeats)]  # fmt: skip
+        max_rate = statistics.median(r.result["orders_per_s"] for r in maxes)
+        for fraction in a.fractions:
+            self.drive(target, f"{fraction:g}x", batch_size=a.batch_size, streams=a.streams,
+                       rate=fraction * max_rate, duration_s=a.duration, warmup_s=a.warmup)  # fmt: skip
+        for size in a.batch_sizes:
+            self.drive(target, "batch_size", batch_size=size, streams=a.streams,
+                       duration_s=a.sweep_duration, warmup_s=a.sweep_warmup)  # fmt: skip
+        for streams in a.streams_sweep:
+            self.drive(target, "streams", batch_size=a.batch_size, streams=streams,
+                       duration_s=a.sweep_duration, warmup_s=a.sweep_warmup)  # fmt: skip
+
+
+# -- reporting -----------------------------------------------------------------------------
+
+
+def _median_row(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
+    pick = sorted(rows, key=lambda r: r["orders_per_s"])[len(rows) // 2]
+    return {
+        **pick,
+        "orders_per_s": statistics.median(r["orders_per_s"] for r in rows),
+        "batches_per_s": statistics.median(r["batches_per_s"] for r in rows),
+        "latency_ms": {k: statistics.median(r["latency_ms"][k] for r in rows) for k in pick["latency_ms"]},
+        "cpu_s_per_million_orders": statistics.median(r["cpu_s_per_million_orders"] for r in rows),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
+        "runs": len(rows),
+    }
+
+
+def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
+    kinds = [k for k in KINDS if any(r["server"] == k for r in rows)]
+    phases = ["max", *[f"{f:g}x" for f in args.fractions]]
+    table = {k: {p: _median_row([r for r in rows if r["server"] == k and r["phase"] == p]) for p in phases}
+             for k in kinds}  # fmt: skip
+    ratios = {}
+    if "real" in table and "reference" in table:
+        real, ref = table["real"]["max"], table["reference"]["max"]
+        if real and ref:
+            ratios = {
+                "orders_per_s": real["orders_per_s"] / ref["orders_per_s"],
+                "cpu_per_order": ref["cpu_s_per_million_orders"] / real["cpu_s_per_million_orders"],
+                "p50_latency": ref["latency_ms"]["p50"] / real["latency_ms"]["p50"],
+            }
+    return {"table": table, "ratios": ratios}
+
+
+def print_table(summary: dict) -> None:
+    print("\nEnd to end (medians; batch %s, streams %s)" % (_first(summary, "batch_size"), _first(summary, "streams")))
+    print(f"{'server':<10}{'load':<7}{'orders/s':>11}{'batches/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+          f"{'max ms':>9}{'CPU s/M':>9}{'peak MiB':>10}")  # fmt: skip
+    for kind, phases in summary["table"].items():
+        for phase, row in phases.items():
+            if not row:
+                continue
+            lat = row["latency_ms"]
+            print(f"{kind:<10}{phase:<7}{row['orders_per_s']:>11,.0f}{row['batches_per_s']:>11,.1f}"
+                  f"{lat['p50']:>9.1f}{lat['p90']:>9.1f}{lat['p99']:>9.1f}{lat['max']:>9.1f}"
+                  f"{row['cpu_s_per_million_orders']:>9.2f}{row['peak_rss_mib']:>10.0f}")  # fmt: skip
+    if summary["ratios"]:
+        r = summary["ratios"]
+        print(f"real / reference: {r['orders_per_s']:.1f}x orders/s, {r['cpu_per_order']:.1f}x less CPU per order, "
+              f"{r['p50_latency']:.1f}x lower p50 ack latency (at each one's maximum rate)")
+
+
+def _first(summary: dict, key: str):
+    for phases in summary["table"].values():
+        if phases.get("max"):
+            return phases["max"][key]
+    return "?"
+
+
+def plot(rows: list[dict], runs: list[Run], out_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install '.[test]')")
+        return []
+    paths = []
+    colours = {"real": "tab:blue", "reference": "tab:orange"}
+    for phase, key, label, name in (("batch_size", "batch_size", "orders per batch", "throughput_vs_batch_size.png"),
+                                    ("streams", "streams", "concurrent streams", "throughput_vs_streams.png")):  # fmt: skip
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for kind in KINDS:
+            points = sorted((r[key], r["orders_per_s"]) for r in rows if r["server"] == kind and r["phase"] == phase)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=kind, color=colours[kind])
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("orders/s (acked)")
+        ax.set_title(f"Throughput against {label}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        paths.append(out_dir / name)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for run in runs:
+        if run.phase not in ("max", "0.5x"):
+            continue
+        sample = sorted(run.result["latency_sample_ms"])
+        if not sample:
+            continue
+        ys = [(i + 1) / len(sample) for i in range(len(sample))]
+        style = "-" if run.phase == "max" else "--"
+        label = f"{run.kind}, {'maximum rate' if run.phase == 'max' else 'half of maximum'}"
+        if label in {line.get_label() for line in ax.get_lines()}:
+            label = None  # one legend entry per server and load
+        ax.plot(sample, ys, style, color=colours[run.kind], label=label, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("ack latency, ms (log)")
+    ax.set_ylabel("fraction of batches")
+    ax.set_title("Ack-latency distribution (CDF)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "ack_latency.png", dpi=110)
+    plt.close(fig)
+    paths.append(out_dir / "ack_latency.png")
+    return paths
+
+
+def machine() -> dict:
+    info = {"uname": platform.uname()._asdict(), "python": platform.python_version()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        info["cpus"] = len([ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("processor")])
+        info["mem_gib"] = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    def floats(text: str) -> list[float]:
+        return [float(v) for v in text.split(",") if v]
+
+    def ints(text: str) -> list[int]:
+        return [int(v) for v in text.split(",") if v]
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--servers", default="real,reference", help="which servers to measure, comma-separated")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--streams", type=int, default=4)
+    p.add_argument("--max-in-flight", type=int, default=8, help="unacked batches per stream")
+    p.add_argument("--repeats", type=int, default=3, help="runs at the maximum rate (the median is reported)")
+    p.add_argument("--duration", type=float, default=8.0, help="measured seconds of each maximum/fraction run")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--fractions", type=floats, default=[0.25, 0.5, 0.75], help="of the maximum rate, e.g. 0.25,0.5")
+    p.add_argument("--batch-sizes", type=ints, default=[100, 250, 500, 1000, 2000, 5000])
+    p.add_argument("--streams-sweep", type=ints, default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--sweep-duration", type=float, default=4.0)
+    p.add_argument("--sweep-warmup", type=float, default=1.0)
+    p.add_argument("--pool-orders", type=int, default=100_000, help="distinct orders generated once and reused")
+    p.add_argument("--duplicate-ratio", type=float, default=0.01)
+    p.add_argument("--invalid-ratio", type=float, default=0.005)
+    p.add_argument("--olist-days", action="store_true",
+                   help="keep the generator's purchase days (2016-2018) instead of one live day")
+    p.add_argument("--server-arg", action="append", default=[], help="extra flag for keystone-ingest serve")
+    p.add_argument("--out-dir", default="build/bench")
+    p.add_argument("--quick", action="store_true", help="a smoke run: one repeat, 2 s runs, short sweeps")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.duration, args.warmup = 1, 2.0, 0.5
+        args.fractions, args.sweep_duration, args.sweep_warmup = [0.5], 1.5, 0.5
+        args.batch_sizes, args.streams_sweep = [100, 1000, 5000], [1, 4, 16]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    # Generated once and cached: the drivers only load it.
+    load_pool(args.pool_orders, duplicate_ratio=args.duplicate_ratio, invalid_ratio=args.invalid_ratio,
+              live=not args.olist_days)  # fmt: skip
+    harness = Harness(args)
+    exit_codes = {}
+    with tempfile.TemporaryDirectory(prefix="keystone-bench-") as tmp, DevBroker(brokers=3, partitions=6) as broker:
+        for kind in args.servers.split(","):
+            target = Target(kind, broker, Path(tmp), args.server_arg)
+            try:
+                harness.bench(target)
+            finally:
+                exit_codes[kind] = target.stop()
+    rows = [run.row() for run in harness.runs]
+    summary = summarise(rows, args)
+    print_table(summary)
+    plots = plot(rows, harness.runs, out_dir)
+    document = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_s": time.time() - started,
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items()},
+        "summary": summary,
+        "runs": [{**run.row(), "latency_sample_ms": run.result["latency_sample_ms"]} for run in harness.runs],
+        "server_exit_codes": exit_codes,
+        "plots": [str(p) for p in plots],
+    }
+    (out_dir / "results.json").write_text(json.dumps(document, indent=1) + "\n")
+    print(f"results: {out_dir / 'results.json'}" + (f"; plots: {', '.join(str(p) for p in plots)}" if plots else ""))
+    print(f"took {time.time() - started:.0f} s")
+    failed = {k: c for k, c in exit_codes.items() if c != 0}
+    errors = [r for r in rows if r["errors"]]
+    if failed or errors:
+        print(f"FAILED: server exit codes {failed}, runs with errors: {len(errors)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
