@@ -211,8 +211,10 @@ class IngestServer:
         # Wakes every HEALTH_POLL_S to mirror the sinks' state into the health
         # service: NOT_SERVING while Kafka has been unable to take writes for
         # longer than --kafka-unavailable-threshold-s (a leader moving or a
-        # producer being replaced is not worth draining traffic for) or
-        # Bronze is failing.
+        # producer being replaced is not worth draining traffic for), while
+        # Bronze has failed for good, or while the log refuses batches. Bronze
+        # files that fail to publish now (S3 down) do not count: the log holds
+        # their rows and batches are still acked safely until it is full.
         serving = True
         while True:
             await asyncio.sleep(HEALTH_POLL_S)
@@ -221,6 +223,9 @@ class IngestServer:
             kafka_down_s = 0.0 if since is None else time.monotonic() - since
             kafka_down = kafka_down_s >= self.config.kafka_unavailable_threshold_s
             bronze_error = self.bronze.error
+            self.metrics.bronze_publishing.set(0 if bronze_error is not None else 1)
+            if bronze_error is not None and bronze_error.retriable:
+                bronze_error = None  # absorbed by the log (its budget is checked below)
             # The log full (Bronze far behind) or failed refuses every batch.
             wal_error = self.wal.error or ("wal over --wal-max-bytes" if self.wal.over_budget else None)
             self.metrics.kafka_available.set(1 if kafka_ok else 0)

@@ -84,6 +84,15 @@ class Metrics:
         self.bronze_files_total = Counter(p + "bronze_files_total", "Bronze Parquet files made visible", ["table"], registry=r)
         self.bronze_bytes_total = Counter(p + "bronze_bytes_total", "Bytes of Bronze Parquet files", ["table"], registry=r)
         self.bronze_rows_total = Counter(p + "bronze_rows_total", "Rows in Bronze Parquet files", ["table"], registry=r)
+        self.bronze_publish_failures_total = Counter(
+            p + "bronze_publish_failures_total",
+            "Attempts to publish a Bronze file (local rename or S3 upload) that failed; each is retried with backoff",
+            registry=r,
+        )
+        self.bronze_publishing = Gauge(
+            p + "bronze_publishing", "1 while Bronze files publish; 0 while publishing fails (the log holds the rows)",
+            registry=r,
+        )
         # -- write-ahead log (server/wal.py)
         self.wal_bytes = Gauge(p + "wal_bytes", "Bytes held by write-ahead log segments", registry=r)
         self.wal_segments = Gauge(p + "wal_segments", "Write-ahead log segment files", registry=r)

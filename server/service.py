@@ -116,6 +116,10 @@ class IngestService:
                         raise
                     answer = asyncio.ensure_future(self._submit(raw, producer, caller))
                     answer.add_done_callback(lambda _, n=len(raw): give_back(n))
+                    # Once the call is aborted the answers behind the failed one
+                    # are never awaited; their outcome (the client resends them)
+                    # is not an "exception never retrieved".
+                    answer.add_done_callback(_consume_outcome)
                     answers.put_nowait(answer)
             finally:
                 answers.put_nowait(None)  # end of requests, or drained, or the call is gone
@@ -171,6 +175,11 @@ class IngestService:
             reader.cancel()
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
+
+
+def _consume_outcome(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:

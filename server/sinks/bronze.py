@@ -596,6 +596,8 @@ class _Committer:
                     "bronze: publish failed, will retry",
                     extra={"key": url, "attempt": attempt, "error": err.message, "retriable": err.retriable},
                 )
+                if self._metrics is not None:
+                    self._metrics.bronze_publish_failures_total.inc()
                 if attempt >= self._config.commit_attempts or not err.retriable:
                     self._set_failing(sealed.spool_path, err)
             delay = min(self._config.retry_max_s, self._config.retry_base_s * 2 ** (attempt - 1))

@@ -1,0 +1,156 @@
+"""The S3 endpoint stopped for 10 s under a sustained stream, for real: a
+`keystone-ingest serve` process writes Bronze to a moto S3 server over HTTP,
+the S3 server stops (connections refused) and starts again on the same port.
+
+What must happen: the write-ahead log absorbs the outage, so batches are still
+acked (their rows are fsynced in the log) and health stays SERVING while the
+log is under its budget; the metrics show uploads failing; once S3 is back the
+files go up by themselves and every acked order is in Kafka and in Bronze on
+S3, once. A log too small for the outage turns it into backpressure instead:
+batches refused with UNAVAILABLE, health NOT_SERVING, and nothing acked lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import zlib
+
+import pyarrow.dataset as ds
+import pytest
+from kafkautil import KafkaCluster
+from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from, health, metric, wait_until
+from s3util import AWS_ENV, S3Server, start_s3
+
+from keystone_ingest.client.client import RetryPolicy
+from keystone_ingest.client.generator import OrderGenerator
+from keystone_ingest.proto.v1 import ingest_pb2
+from keystone_ingest.server.launcher import ServerProcess
+
+OUTAGE_S = 10.0
+RATE = 20  # batches/s of 40 orders
+
+
+def batches_over_three_days(seed: int, count: int, **ratios: float) -> list[ingest_pb2.OrderBatch]:
+    """Generated batches whose purchase timestamps are moved into three UTC
+    days (time of day kept; an event_id always to the same day, so duplicates
+    stay identical): a dozen Bronze files per roll instead of thousands, as in
+    a live feed, so the uploads to the in-process S3 server keep up."""
+    generator = OrderGenerator(seed=seed, **ratios)
+    first_day = int(dt.datetime(2018, 3, 1, tzinfo=dt.UTC).timestamp())
+    batches = []
+    for _ in range(count):
+        batch = generator.batch(40)
+        for order in batch.orders:
+            if order.HasField("order_purchase_timestamp"):
+                ts = order.order_purchase_timestamp
+                ts.seconds = first_day + zlib.crc32(order.event_id.encode()) % 3 * 86_400 + ts.seconds % 86_400
+        batches.append(batch)
+    return batches
+
+
+@pytest.fixture
+def s3():
+    server = start_s3()
+    yield server
+    server.stop()
+
+
+class Deployment:
+    def __init__(self, cluster: KafkaCluster, s3: S3Server, tmp_path, *extra: str) -> None:
+        self.cluster, self.s3 = cluster, s3
+        self.topic = cluster.new_topic("orders", partitions=6)
+        self.dlq = cluster.new_topic("orders-dlq", partitions=3)
+        self.wal = tmp_path / "wal"
+        self.server = ServerProcess(
+            ["--kafka-bootstrap", cluster.bootstrap, "--topic", self.topic, "--dlq-topic", self.dlq,
+             "--bronze-uri", s3.uri("bronze"), "--s3-endpoint-url", s3.endpoint_url,
+             "--spool-dir", str(tmp_path / "spool"), "--wal-dir", str(self.wal),
+             "--roll-age-s", "1", "--linger-ms", "2", *extra],
+            env=AWS_ENV,
+        )  # fmt: skip
+
+    def bronze_table(self, name: str):
+        fs = self.s3.filesystem()
+        path = f"{self.s3.bucket}/bronze/{name}"
+        if not self.s3.objects(f"bronze/{name}/"):
+            return None
+        return ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table()
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric(self.server.metrics_port, name, **labels)
+
+
+@pytest.fixture
+def deploy(kafka_broker: KafkaCluster, s3: S3Server, tmp_path):
+    made: list[Deployment] = []
+
+    def make(*extra: str) -> Deployment:
+        d = Deployment(kafka_broker, s3, tmp_path, *extra)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.server.close()
+
+
+def test_s3_stopped_for_10_s_mid_stream_the_log_absorbs_it_and_every_acked_order_reaches_s3(deploy, s3):
+    d = deploy()
+    batches = batches_over_three_days(404, int(RATE * (OUTAGE_S + 8)), duplicate_ratio=0.02, invalid_ratio=0.01)
+    stream = Stream(d.server.target, batches, rate=RATE)
+    wait_until(lambda: d.metric("keystone_ingest_bronze_files_total", table="orders") > 0, 15, what="a first file on S3")
+
+    s3.stop()
+    stopped_at = time.monotonic()
+    acked_at_stop = len(stream.acks)
+    wait_until(lambda: d.metric("keystone_ingest_bronze_publish_failures_total") > 0, 10, what="an upload failing")
+    wait_until(lambda: d.metric("keystone_ingest_bronze_publishing") == 0, 5, what="bronze_publishing 0")
+    time.sleep(max(0.0, stopped_at + OUTAGE_S - time.monotonic()))
+    # Acked all along: the rows are in the log. Health says so too.
+    acked_in_outage = len(stream.acks) - acked_at_stop
+    assert acked_in_outage >= RATE * OUTAGE_S * 0.5, acked_in_outage
+    assert health(d.server.target) == "SERVING"
+    assert d.metric("keystone_ingest_wal_backlog_records") > 0
+    files_before = d.metric("keystone_ingest_bronze_files_total", table="orders")
+
+    s3.restart()
+    wait_until(lambda: d.metric("keystone_ingest_bronze_publishing") == 1, 30, what="uploads going through again")
+    assert d.metric("keystone_ingest_bronze_files_total", table="orders") > files_before
+    stream.wait(60)
+    assert not stream.failures, list(stream.failures.values())[:3]
+    assert all(a.status in ACKED for a in stream.acks.values())
+    assert len(stream.acks) == len(batches)
+    assert d.server.stop() == 0, d.server.logs()[-3000:]
+
+    report = check_kafka_and_bronze(d.cluster.bootstrap, d.topic, d.dlq, d.bronze_table,
+                                    expected_from(batches), expected_from(batches))  # fmt: skip
+    assert report["bronze_orders"] == report["acked_orders"]
+    # Everything reached S3, so a clean stop leaves no record for the next start.
+    closed = next(r for r in d.server.log_records() if r.get("msg") == "wal: closed")
+    assert closed["backlog"] == 0, closed
+
+
+def test_an_outage_longer_than_the_log_budget_becomes_backpressure_and_loses_nothing(deploy, s3):
+    # A 1 MiB log holds a few dozen batches: the outage outlasts it.
+    d = deploy("--wal-max-bytes", str(1 << 20), "--wal-segment-bytes", str(256 << 10))
+    batches = batches_over_three_days(405, 200, invalid_ratio=0.01)
+    stream = Stream(d.server.target, batches, rate=RATE, retry=RetryPolicy(initial_backoff_s=0.2, max_backoff_s=1.0))
+    wait_until(lambda: len(stream.acks) >= 10, 15, what="first acks")
+
+    s3.stop()
+    wait_until(lambda: d.metric("keystone_ingest_wal_refused_total") > 0, 30, what="the log refusing batches")
+    wait_until(lambda: health(d.server.target) == "NOT_SERVING", 5, what="health NOT_SERVING")
+    acked = len(stream.acks)
+    time.sleep(2)
+    assert len(stream.acks) - acked <= 2  # at most what was committed before the refusal showed
+
+    s3.restart()
+    wait_until(lambda: health(d.server.target) == "SERVING", 30, what="health SERVING again")
+    stream.wait(90)
+    assert not stream.failures, list(stream.failures.values())[:3]
+    assert len(stream.acks) == len(batches)
+    assert d.server.stop() == 0, d.server.logs()[-3000:]
+    report = check_kafka_and_bronze(d.cluster.bootstrap, d.topic, d.dlq, d.bronze_table,
+                                    expected_from(batches), expected_from(batches))  # fmt: skip
+    assert report["bronze_orders"] == report["acked_orders"]
