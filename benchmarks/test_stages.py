@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
-import shutil
+import struct
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -180,3 +181,29 @@ def test_stage_ack(benchmark, batches, record):
 
     benchmark.pedantic(run, rounds=300, warmup_rounds=10)
     _record(record, benchmark, "stage", ORDERS)
+
+
+def test_native_stages(benchmark, record_measured):
+    """Builds benchmarks/native/stage_bench (CMake, the core's own sources) and
+    runs it on batches of the benchmark pool: decode, validate, dedup (full
+    1,000,000-key window), Arrow encode and export, each timed on its own."""
+    build = REPO / "build" / "bench-native"
+    cmake = Path(sys.executable).with_name("cmake")
+    subprocess.run([str(cmake), "-S", str(REPO / "benchmarks" / "native"), "-B", str(build), "-G", "Ninja"],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run([str(cmake), "--build", str(build)], check=True, stdout=subprocess.DEVNULL)
+    maker = BatchMaker(load_pool(20_000), ORDERS)
+    header = b"\x0a\x0bstage-bench"  # batch_id; the tag goes into the event_ids
+    templates = [header + chunk for chunk, _ in maker.chunks]
+    templates_path = build / "templates.bin"
+    templates_path.write_bytes(b"".join(struct.pack("<I", len(t)) + t for t in templates))
+
+    def run():
+        return subprocess.run([str(build / "stage_bench"), str(templates_path), "400"], check=True,
+                              capture_output=True, text=True).stdout  # fmt: skip
+
+    out = benchmark.pedantic(run, rounds=1, iterations=1)
+    for line in out.splitlines():
+        stage = json.loads(line)
+        record_measured(f"native_{stage['stage']}", group="native-stage", role="stage",
+                        median_s=stage["ns_per_batch"] / 1e9, orders=stage["orders"])  # fmt: skip

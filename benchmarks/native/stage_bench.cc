@@ -1,0 +1,156 @@
+// The native core's stages timed one by one: decode, validate, dedup, Arrow
+// encode, Arrow export. The sum is what Core.process costs (less the GIL
+// release and the result object).
+//
+// Input: a file of template batches (u32 little-endian length, then the
+// bytes), whose event_ids carry the placeholder "~~~~~~~~" (benchmarks/corpus.py).
+// Every round copies a template and writes a fresh 8-hex-digit tag over its
+// placeholders, so every order is new to the dedup window. The window has the
+// server's default size (1,000,000 keys) and is filled before timing, so each
+// insert evicts the oldest key: the steady state of a long-running server.
+//
+// Output: one JSON object per stage: {"stage", "ns_per_batch" (median),
+// "ns_per_order", "orders"}.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "keystone/arrow.h"
+#include "keystone/arrow_abi.h"
+#include "keystone/decode.h"
+#include "keystone/dedup.h"
+#include "keystone/validate.h"
+
+using namespace keystone;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Template {
+  std::vector<uint8_t> bytes;
+  std::vector<size_t> tag_offsets;  // where "~~~~~~~~" starts
+};
+
+std::vector<Template> read_templates(const char* path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<Template> out;
+  static const char kPlaceholder[] = "~~~~~~~~";
+  for (size_t at = 0; at + 4 <= data.size();) {
+    uint32_t n;
+    std::memcpy(&n, data.data() + at, 4);
+    Template t;
+    t.bytes.assign(data.begin() + at + 4, data.begin() + at + 4 + n);
+    for (size_t i = 0; i + 8 <= t.bytes.size(); ++i) {
+      if (std::memcmp(t.bytes.data() + i, kPlaceholder, 8) == 0) {
+        t.tag_offsets.push_back(i);
+        i += 7;
+      }
+    }
+    out.push_back(std::move(t));
+    at += 4 + n;
+  }
+  return out;
+}
+
+void retag(Template& t, uint32_t round) {
+  char tag[9];
+  std::snprintf(tag, sizeof tag, "%08x", round);
+  for (size_t off : t.tag_offsets) std::memcpy(t.bytes.data() + off, tag, 8);
+}
+
+double ns_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::nano>(Clock::now() - start).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s TEMPLATES_FILE [ROUNDS]\n", argv[0]);
+    return 2;
+  }
+  std::vector<Template> templates = read_templates(argv[1]);
+  if (templates.empty()) {
+    std::fprintf(stderr, "no templates in %s\n", argv[1]);
+    return 2;
+  }
+  const int rounds = argc > 2 ? std::atoi(argv[2]) : 400;
+  DecodeLimits limits;
+  ValidationOptions validation;
+  DedupWindow window(DedupOptions{});
+  BatchView view;
+  Error error;
+  std::vector<double> t_decode, t_validate, t_dedup, t_encode, t_export;
+  uint32_t tag = 0;
+  size_t orders_per_batch = 0;
+  // Enough untimed rounds to fill the window first.
+  size_t orders_seen = 0;
+  for (int r = -1; r < rounds; ++r) {
+    const bool timed = r >= 0;
+    Template& t = templates[tag % templates.size()];
+    retag(t, tag++);
+    auto start = Clock::now();
+    if (decode_batch(t.bytes.data(), t.bytes.size(), limits, &view, &error) != Code::kOk) {
+      std::fprintf(stderr, "decode failed: %s\n", error.message.c_str());
+      return 1;
+    }
+    const double decode_ns = ns_since(start);
+    start = Clock::now();
+    std::vector<Verdict> verdicts;
+    std::vector<Rejection> rejections;
+    if (validate_batch(view, validation, &error) != Code::kOk) return 1;
+    validate_orders(view, validation, &verdicts, &rejections);
+    if (check_encodable(view, verdicts, &error) != Code::kOk) return 1;
+    const double validate_ns = ns_since(start);
+    start = Clock::now();
+    std::vector<Key128> inserted;
+    dedup_orders(view, &window, /*now_ms=*/1, &verdicts, &inserted);
+    const double dedup_ns = ns_since(start);
+    start = Clock::now();
+    EncodedBatch encoded;
+    encode_tables(view, verdicts, rejections, &encoded);
+    const double encode_ns = ns_since(start);
+    start = Clock::now();
+    for (const auto& table : encoded.tables) {
+      ArrowArray array;
+      export_table(table, &array);
+      array.release(&array);
+    }
+    const double export_ns = ns_since(start);
+    orders_seen += view.orders.size();
+    if (!timed && orders_seen < DedupOptions{}.max_keys + 10000) {
+      r = -2;  // keep filling
+      continue;
+    }
+    if (!timed) continue;
+    orders_per_batch = view.orders.size();
+    t_decode.push_back(decode_ns);
+    t_validate.push_back(validate_ns);
+    t_dedup.push_back(dedup_ns);
+    t_encode.push_back(encode_ns);
+    t_export.push_back(export_ns);
+  }
+  const struct {
+    const char* name;
+    std::vector<double>* times;
+  } stages[] = {{"decode", &t_decode}, {"validate", &t_validate}, {"dedup", &t_dedup},
+                {"arrow_encode", &t_encode}, {"arrow_export", &t_export}};
+  for (const auto& s : stages) {
+    const double m = median(*s.times);
+    std::printf("{\"stage\": \"%s\", \"ns_per_batch\": %.0f, \"ns_per_order\": %.2f, \"orders\": %zu}\n", s.name, m,
+                m / orders_per_batch, orders_per_batch);
+  }
+  return 0;
+}
