@@ -13,8 +13,7 @@ import collections
 import logging
 import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,16 +21,13 @@ import grpc
 import pyarrow.dataset as ds
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from kafkautil import Record, read_all
-from prometheus_client.parser import text_string_to_metric_families
+from reliabilityutil import expected_from, health, metric, metrics
 
 from keystone_ingest.client.client import IngestClient, IngestRpcError, RetryPolicy
 from keystone_ingest.client.generator import OrderGenerator
-from keystone_ingest.core import Core
 from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.server.config import ServeConfig
 from keystone_ingest.server.devbroker import DevBroker
 from keystone_ingest.server.errors import SinkFailed, SinkUnavailable, to_rpc_status
 from keystone_ingest.server.launcher import ServerProcess
@@ -57,21 +53,13 @@ class Deployment:
     bronze: Path
 
     def metrics(self) -> dict[tuple[str, frozenset], float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return metrics(self.server.metrics_port)
 
     def metric(self, name: str, **labels: str) -> float:
-        return self.metrics().get((name, frozenset(labels.items())), 0.0)
+        return metric(self.server.metrics_port, name, **labels)
 
     def health(self) -> str:
-        try:
-            with grpc.insecure_channel(self.server.target) as channel:
-                answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
-        except grpc.RpcError as error:
-            return f"error:{error.code().name}"
+        return health(self.server.target)
 
 
 @pytest.fixture
@@ -93,8 +81,7 @@ def deploy(tmp_path: Path):
                 "--send-timeout-s", str(SEND_TIMEOUT_S),
                 "--kafka-unavailable-threshold-s", str(UNAVAILABLE_THRESHOLD_S),
                 "--core-threads", "1", *extra_args]  # fmt: skip
-        if "wal_dir" in {f.name for f in fields(ServeConfig)}:  # keep a write-ahead log, when there is one, here
-            args += ["--wal-dir", str(tmp_path / "wal")]
+        args += ["--wal-dir", str(tmp_path / "wal")]
         try:
             server = ServerProcess(args)
         except BaseException:
@@ -230,26 +217,6 @@ def client_logs():
 
 
 # -- the verification -----------------------------------------------------------------
-
-
-@dataclass
-class Expected:
-    """What the acked batches must have put in Kafka and Bronze."""
-
-    order_bytes: dict[str, bytes] = field(default_factory=dict)  # event_id -> the client's Order bytes
-    rejects: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (batch_id, index) -> bytes
-
-
-def expected_from(batches: list[ingest_pb2.OrderBatch]) -> Expected:
-    expected = Expected()
-    for batch in batches:
-        rejected = {e.index for e in Core().process(batch.SerializeToString()).errors()}
-        for i, order in enumerate(batch.orders):
-            if i in rejected:
-                expected.rejects[(batch.batch_id, i)] = order.SerializeToString()
-            else:
-                expected.order_bytes[order.event_id] = order.SerializeToString()
-    return expected
 
 
 def check_copies(records: list[Record], key_of, *, same_attempt_copies_allowed: bool) -> tuple[int, int]:

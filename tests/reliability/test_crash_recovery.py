@@ -15,7 +15,7 @@ import time
 import pyarrow.dataset as ds
 import pytest
 from kafkautil import KafkaCluster
-from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from, metric, wait_until
+from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from, metric
 
 from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator
