@@ -67,7 +67,7 @@ def pytest_terminal_summary(terminalreporter):
     write("")
     write("Core and stages (medians, per batch of 1,000 orders unless named; ratio = native / pure-Python "
           "reference in this run)")
-    write(f"{'benchmark':<44} {'orders/s':>12} {'µs/order':>9} {'MB/s':>9} {'ratio':>8}")
+    write(f"{'benchmark':<56} {'orders/s':>12} {'µs/order':>9} {'MB/s':>9} {'ratio':>8}")
     reference = {m.group: m for m in _measured if m.role == "reference"}
     rows = []
     for m in _measured:
@@ -75,7 +75,7 @@ def pytest_terminal_summary(terminalreporter):
         ratio = ref.median_s / m.median_s if ref and m.role == "native" else None
         ratio_text = f"{ratio:7.1f}x" if ratio else ""
         mb = f"{m.mb_per_s:9.1f}" if m.input_bytes else ""
-        write(f"{m.name:<44} {m.orders_per_s:>12,.0f} {1e6 / m.orders_per_s:>9.3f} {mb:>9} {ratio_text:>8}")
+        write(f"{m.name:<56} {m.orders_per_s:>12,.0f} {1e6 / m.orders_per_s:>9.3f} {mb:>9} {ratio_text:>8}")
         rows.append({**asdict(m), "orders_per_s": m.orders_per_s, "mb_per_s": m.mb_per_s, "ratio": ratio})
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_PATH.write_text(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,8 @@ class Run:
     result: dict
     cpu_s: float
     peak_rss_bytes: int
+    client_cpu_s: float = 0.0
+    broker_cpu_s: float = 0.0
 
     def row(self) -> dict:
         r = self.result
@@ -72,6 +75,10 @@ class Run:
             "batches_per_s": r["batches_per_s"],
             "latency_ms": r["latency_ms"],
             "cpu_s_per_million_orders": self.cpu_s / orders * 1e6,
+            # Where the rest of the machine went: the load driver and the dev broker.
+            "client_cpu_s_per_million_orders": self.client_cpu_s / orders * 1e6,
+            "broker_cpu_s_per_million_orders": self.broker_cpu_s / orders * 1e6,
+            "server_cores": self.cpu_s / max(self.result["run_s"], 1e-9),
             "peak_rss_mib": self.peak_rss_bytes / MiB,
             "total_orders": r["total_orders"],
             "errors": r["errors"],
@@ -83,6 +90,7 @@ class Target:
 
     def __init__(self, kind: str, broker: DevBroker, workdir: Path, server_args: list[str]) -> None:
         self.kind = kind
+        self.broker_pid = broker.pid
         suffix = uuid.uuid4().hex[:8]
         self.topic, self.dlq_topic = f"bench-{kind}-{suffix}", f"bench-{kind}-{suffix}.dlq"
         broker.create_topic(self.topic, partitions=6)
@@ -136,14 +144,15 @@ class Harness:
                        "--duplicate-ratio", str(a.duplicate_ratio), "--invalid-ratio", str(a.invalid_ratio),
                        "--out", out.name, *(["--olist-days"] if a.olist_days else [])]  # fmt: skip
             reset_peak_rss(target.pid)
-            before = usage(target.pid)
+            before, broker_before, children_before = usage(target.pid), usage(target.broker_pid), _children_cpu_s()
             subprocess.run(command, check=False, cwd=REPO_ROOT)
-            after = usage(target.pid)
+            after, broker_after = usage(target.pid), usage(target.broker_pid)
+            client_cpu_s = _children_cpu_s() - children_before
             result = json.loads(Path(out.name).read_text() or "null")
         if result is None:
             raise RuntimeError(f"the load driver wrote no result for {target.kind} {phase}")
         run = Run(target.kind, phase, batch_size, streams, rate, result, after.cpu_s - before.cpu_s,
-                  after.peak_rss_bytes)  # fmt: skip
+                  after.peak_rss_bytes, client_cpu_s, broker_after.cpu_s - broker_before.cpu_s)  # fmt: skip
         self.runs.append(run)
         row = run.row()
         lat = row["latency_ms"]
@@ -171,6 +180,12 @@ class Harness:
                        duration_s=a.sweep_duration, warmup_s=a.sweep_warmup)  # fmt: skip
 
 
+def _children_cpu_s() -> float:
+    """CPU time of this process's finished children (the load drivers)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 # -- reporting -----------------------------------------------------------------------------
 
 
@@ -184,6 +199,9 @@ def _median_row(rows: list[dict]) -> dict:
         "batches_per_s": statistics.median(r["batches_per_s"] for r in rows),
         "latency_ms": {k: statistics.median(r["latency_ms"][k] for r in rows) for k in pick["latency_ms"]},
         "cpu_s_per_million_orders": statistics.median(r["cpu_s_per_million_orders"] for r in rows),
+        "client_cpu_s_per_million_orders": statistics.median(r["client_cpu_s_per_million_orders"] for r in rows),
+        "broker_cpu_s_per_million_orders": statistics.median(r["broker_cpu_s_per_million_orders"] for r in rows),
+        "server_cores": statistics.median(r["server_cores"] for r in rows),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
         "runs": len(rows),
     }
@@ -209,7 +227,7 @@ def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
 def print_table(summary: dict) -> None:
     print("\nEnd to end (medians; batch %s, streams %s)" % (_first(summary, "batch_size"), _first(summary, "streams")))
     print(f"{'server':<10}{'load':<7}{'orders/s':>11}{'batches/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-          f"{'max ms':>9}{'CPU s/M':>9}{'peak MiB':>10}")  # fmt: skip
+          f"{'max ms':>9}{'CPU s/M':>9}{'cores':>7}{'peak MiB':>10}{'client s/M':>12}")  # fmt: skip
     for kind, phases in summary["table"].items():
         for phase, row in phases.items():
             if not row:
@@ -217,7 +235,8 @@ def print_table(summary: dict) -> None:
             lat = row["latency_ms"]
             print(f"{kind:<10}{phase:<7}{row['orders_per_s']:>11,.0f}{row['batches_per_s']:>11,.1f}"
                   f"{lat['p50']:>9.1f}{lat['p90']:>9.1f}{lat['p99']:>9.1f}{lat['max']:>9.1f}"
-                  f"{row['cpu_s_per_million_orders']:>9.2f}{row['peak_rss_mib']:>10.0f}")  # fmt: skip
+                  f"{row['cpu_s_per_million_orders']:>9.2f}{row['server_cores']:>7.2f}{row['peak_rss_mib']:>10.0f}"
+                  f"{row['client_cpu_s_per_million_orders']:>12.2f}")  # fmt: skip
     if summary["ratios"]:
         r = summary["ratios"]
         print(f"real / reference: {r['orders_per_s']:.1f}x orders/s, {r['cpu_per_order']:.1f}x less CPU per order, "

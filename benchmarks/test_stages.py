@@ -125,20 +125,37 @@ def test_stage_bronze_rows(benchmark, batches, record):
     _record(record, benchmark, "stage", ORDERS)
 
 
-def test_stage_parquet_encoding(benchmark, batches, record):
+# Columns with few distinct values; ids and timestamps are nearly all distinct,
+# where a dictionary is built and then abandoned (pyarrow falls back to plain).
+LOW_CARDINALITY = ["order_status", "payment_type", "customer_city", "customer_state", "batch_id", "source",
+                   "producer"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({"compression_level": 3}, id="bronze-settings"),  # the Bronze writer's (zstd 3, dictionaries)
+        # What-if: cheaper settings, for the README's cost breakdown; not what Bronze writes.
+        pytest.param({"compression_level": 1, "use_dictionary": LOW_CARDINALITY}, id="whatif-zstd1-lowcard-dict"),
+    ],
+)
+def test_stage_parquet_encoding(benchmark, batches, record, settings):
     rows = [BronzeRows.from_batch(b) for b in batches]
     tables = {name: pa.Table.from_batches([r.tables[name] for r in rows if name in r.tables])
               for name in ("orders", "order_items", "order_payments", "customers")}  # fmt: skip
+    sizes = []
 
     def run():
         size = 0
         for table in tables.values():
             sink = io.BytesIO()
-            pq.write_table(table, sink, compression="zstd", compression_level=3, row_group_size=131_072)
+            pq.write_table(table, sink, compression="zstd", row_group_size=131_072, **settings)
             size += sink.tell()
+        sizes.append(size)
         return size
 
     benchmark.pedantic(run, rounds=10, warmup_rounds=1)
+    benchmark.extra_info["parquet_bytes_per_order"] = sizes[-1] / (ORDERS * len(batches))
     _record(record, benchmark, "stage", ORDERS * len(batches))
 
 
