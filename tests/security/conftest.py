@@ -7,6 +7,7 @@ import json
 import socket
 import ssl
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,3 +112,12 @@ def presented_serial(port: int, ca: Path, client: Issued | None = None) -> int:
 
 def read_json_logs(server: ServerProcess) -> list[dict]:
     return [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+
+
+def wait_until(condition, what: str, deadline_s: float = 60.0) -> None:
+    """Polls `condition` until true; fails after `deadline_s` (a bound, not a timing)."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {deadline_s} s: {what}")
+        time.sleep(0.05)

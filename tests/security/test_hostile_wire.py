@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
 import grpc
 import pytest
-from conftest import STREAM_METHOD, UNARY_METHOD
+from conftest import STREAM_METHOD, UNARY_METHOD, wait_until
 from h2raw import GOAWAY, RST_STREAM, RawH2, frame, grpc_message
 from kafkautil import read_all
 
@@ -22,15 +21,6 @@ from keystone_ingest.core import Core, InvalidBatch
 from keystone_ingest.proto.v1 import ingest_pb2
 
 MiB = 1 << 20
-
-
-def wait_until(condition, what: str, deadline_s: float = 60.0) -> None:
-    """Polls `condition` until true; fails after `deadline_s` (a bound, not a timing)."""
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {deadline_s} s: {what}")
-        time.sleep(0.05)
 
 
 def unary(channel: grpc.Channel):
