@@ -139,6 +139,7 @@ class IngestServer:
                 roll_age_s=c.roll_age_s,
                 max_buffered_bytes=c.bronze_max_buffered_bytes,
                 spool_dir=c.spool_dir,
+                s3_sse_kms_key_id=c.s3_sse_kms_key_id,
             ),
             metrics=self.metrics,
             on_durable=self.wal.mark_durable,

@@ -202,6 +202,8 @@ class BronzeConfig:
     s3_max_attempts: int = 3
     """botocore's per-request attempts (standard retry mode), inside each publish attempt."""
     s3_connect_timeout_s: float = 5.0
+    s3_sse_kms_key_id: str | None = None
+    """S3 only: encrypt objects with SSE-KMS under this key id or ARN (None: the bucket's default)."""
     s3_read_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -1088,6 +1090,7 @@ class BronzeSink:
                         connect_timeout_s=config.s3_connect_timeout_s,
                         read_timeout_s=config.s3_read_timeout_s,
                         max_pool_connections=max(10, config.commit_threads * 4),
+                        sse_kms_key_id=config.s3_sse_kms_key_id,
                     )
                     if config.uri.startswith("s3://")
                     else {}

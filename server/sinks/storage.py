@@ -252,6 +252,7 @@ class S3Store:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 60.0,
         max_pool_connections: int = 16,
+        sse_kms_key_id: str | None = None,
     ) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -263,6 +264,8 @@ class S3Store:
         # serve several sinks and leftovers go back where they belong.
         self.spool_root = os.path.join(os.path.abspath(spool_dir), bucket, *filter(None, self.prefix.split("/")))
         self.endpoint_url = endpoint_url
+        # SSE-KMS under this key for every object (None: the bucket's default encryption).
+        self._upload_args = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": sse_kms_key_id} if sse_kms_key_id else None
         # botocore's own retries (standard mode: throttling and transient
         # errors, per request, so one failed part does not restart a multipart
         # upload) stay short; outages are retried by the committer with backoff.
@@ -315,7 +318,8 @@ class S3Store:
         if not os.path.exists(ready):
             return  # an earlier attempt uploaded it and removed the spool file
         try:
-            self._client.upload_file(ready, self.bucket, self._object_key(key), Config=self._transfer)
+            self._client.upload_file(ready, self.bucket, self._object_key(key), Config=self._transfer,
+                                     ExtraArgs=self._upload_args)  # fmt: skip
         except Exception as exc:  # boto3 raises several unrelated types; all are classified
             raise classify_s3_error(exc, f"uploading {self.url(key)}") from exc
         try:

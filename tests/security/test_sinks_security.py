@@ -1,0 +1,140 @@
+"""How the sinks authenticate: Kafka TLS/SASL/MSK IAM settings reaching
+aiokafka, the MSK IAM token provider (real SigV4 signing from the AWS
+credential chain, offline), and S3 objects written with SSE-KMS.
+
+The development broker (librdkafka's mock cluster) speaks no SASL and no TLS,
+so no handshake with a broker is tested here: what is tested is that every
+setting reaches the producer aiokafka builds, and that the MSK IAM token is
+a presigned kafka-cluster:Connect request made from the credential chain,
+fresh on every call (aiokafka calls the provider on every new connection,
+which is how tokens are renewed: aiokafka has no SASL re-authentication)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import urllib.parse
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from certs import TestCA
+from kafkautil import KafkaCluster
+from s3util import AWS_ENV, s3_server
+
+from keystone_ingest.client.client import IngestClient
+from keystone_ingest.client.generator import OrderGenerator
+from keystone_ingest.server.config import ServeConfig
+from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
+from keystone_ingest.server.sinks.kafka_security import KafkaSecurity, MskIamTokenProvider
+
+
+def producer_of(security: KafkaSecurity) -> AIOKafkaProducer:
+    async def build() -> AIOKafkaProducer:
+        sink = KafkaSink(KafkaConfig(bootstrap="127.0.0.1:9", security=security))
+        return sink._new_producer()
+
+    return asyncio.run(build())
+
+
+def test_sasl_scram_over_tls_settings_reach_the_producer(tmp_path):
+    ca = TestCA(tmp_path, "kafka-ca")
+    client = ca.issue("keystone")
+    config = ServeConfig(kafka_bootstrap="b-1:9096", kafka_security_protocol="SASL_SSL",
+                         kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="keystone",
+                         kafka_sasl_password="s3cret", kafka_ssl_ca=str(ca.cert),
+                         kafka_ssl_cert=str(client.cert), kafka_ssl_key=str(client.key))  # fmt: skip
+    producer = producer_of(KafkaSecurity.from_config(config))
+    c = producer.client
+    assert (c._security_protocol, c._sasl_mechanism, c._sasl_plain_username, c._sasl_plain_password) == (
+        "SASL_SSL", "SCRAM-SHA-512", "keystone", "s3cret")
+    assert c._ssl_context is not None and c._ssl_context.verify_mode.name == "CERT_REQUIRED"
+    assert [cert["subject"] for cert in c._ssl_context.get_ca_certs()] == [((("commonName", "keystone test CA kafka-ca"),),)]
+
+
+def test_plain_and_ssl_only_settings_reach_the_producer():
+    plain = producer_of(KafkaSecurity.from_config(ServeConfig(
+        kafka_bootstrap="b:9092", kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="u", kafka_sasl_password="p")))  # fmt: skip
+    assert (plain.client._security_protocol, plain.client._sasl_mechanism) == ("SASL_PLAINTEXT", "PLAIN")
+    tls = producer_of(KafkaSecurity.from_config(ServeConfig(kafka_bootstrap="b:9094", kafka_security_protocol="SSL")))
+    assert (tls.client._security_protocol, tls.client._sasl_mechanism) == ("SSL", "PLAIN")  # aiokafka's unused default
+    assert tls.client._ssl_context is not None
+    default = producer_of(KafkaSecurity.from_config(ServeConfig(kafka_bootstrap="b:9092")))
+    assert default.client._security_protocol == "PLAINTEXT"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"kafka_security_protocol": "SASL_SSL"}, "--kafka-security-protocol SASL_SSL needs --kafka-sasl-mechanism"),
+        ({"kafka_sasl_mechanism": "PLAIN"}, "--kafka-sasl-mechanism PLAIN needs --kafka-security-protocol SASL_SSL (or SASL_PLAINTEXT)"),
+        ({"kafka_security_protocol": "SSL", "kafka_ssl_cert": "c.pem"}, "--kafka-ssl-cert and --kafka-ssl-key go together"),
+        ({"kafka_ssl_ca": "ca.pem"}, "--kafka-ssl-ca/--kafka-ssl-cert need --kafka-security-protocol SSL or SASL_SSL"),
+    ],
+)
+def test_kafka_security_settings_that_cannot_work_are_refused(settings, message):
+    with pytest.raises(ValueError) as refused:
+        ServeConfig(kafka_bootstrap="b:9092", **settings)
+    assert str(refused.value) == message
+
+
+def test_the_embedded_broker_refuses_kafka_security():
+    with pytest.raises(ValueError) as refused:
+        ServeConfig(kafka_security_protocol="SSL")
+    assert str(refused.value) == "the embedded development broker speaks PLAINTEXT only; set --kafka-bootstrap"
+
+
+def test_msk_iam_uses_oauthbearer_with_a_fresh_presigned_token_from_the_credential_chain(monkeypatch):
+    for key, value in {**AWS_ENV, "AWS_ACCESS_KEY_ID": "AKIAKEYSTONETEST", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}.items():
+        monkeypatch.setenv(key, value)
+    config = ServeConfig(kafka_bootstrap="b-1.msk:9098", kafka_security_protocol="SASL_SSL",
+                         kafka_sasl_mechanism="AWS_MSK_IAM", kafka_msk_region="eu-west-1")  # fmt: skip
+    security = KafkaSecurity.from_config(config)
+    producer = producer_of(security)
+    assert (producer.client._security_protocol, producer.client._sasl_mechanism) == ("SASL_SSL", "OAUTHBEARER")
+    provider = producer.client._sasl_oauth_token_provider
+    assert isinstance(provider, MskIamTokenProvider) and provider.region == "eu-west-1"
+
+    async def two_connections() -> list[str]:  # aiokafka asks once per connection it opens
+        return [await provider.token(), await provider.token()]
+
+    tokens = asyncio.run(two_connections())
+    assert provider.tokens_made == 2  # signed anew each time, never cached past its 15 minutes
+    for token in tokens:
+        url = urllib.parse.urlparse(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+        query = urllib.parse.parse_qs(url.query)
+        assert (url.scheme, url.netloc) == ("https", "kafka.eu-west-1.amazonaws.com")
+        assert query["Action"] == ["kafka-cluster:Connect"]
+        assert query["X-Amz-Credential"][0].startswith("AKIAKEYSTONETEST/")
+        assert query["X-Amz-Credential"][0].endswith("/eu-west-1/kafka-cluster/aws4_request")
+        assert query["X-Amz-Expires"] == ["900"]
+        assert "not-a-real-secret" not in base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+
+
+def test_msk_iam_without_a_region_is_refused(monkeypatch):
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    with pytest.raises(ValueError) as refused:
+        ServeConfig(kafka_bootstrap="b:9098", kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="AWS_MSK_IAM")
+    assert str(refused.value) == "--kafka-sasl-mechanism AWS_MSK_IAM needs a region: --kafka-msk-region or AWS_REGION"
+
+
+def test_bronze_objects_are_written_with_sse_kms(kafka_broker: KafkaCluster, tmp_path):
+    with s3_server() as s3:
+        with ServerProcess(
+            ["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", kafka_broker.new_topic("orders"),
+             "--dlq-topic", kafka_broker.new_topic("dlq"), "--bronze-uri", s3.uri("lake/bronze"),
+             "--s3-endpoint-url", s3.endpoint_url, "--s3-sse-kms-key-id", "alias/keystone-bronze",
+             "--spool-dir", str(tmp_path / "spool")],
+            env=AWS_ENV,
+        ) as server:  # fmt: skip
+            with IngestClient(server.target) as client:
+                assert client.ingest(OrderGenerator(seed=1).batch(50)).accepted == 50
+            assert server.stop() == 0
+        keys = list(s3.objects("lake/bronze"))
+        assert keys
+        for key in keys:
+            head = s3.client().head_object(Bucket=s3.bucket, Key=key)
+            assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", "alias/keystone-bronze"), key
