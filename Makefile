@@ -4,7 +4,7 @@
 #   make test      build, then run every test (C++ under sanitizers, Python suite)
 #   make demo      the main job end to end: server, 200,000 orders, what landed in Kafka and Bronze
 #   make bench     micro-benchmarks per stage, then the end-to-end harness against the pure-Python reference server
-#   make fuzz      libFuzzer on the native decoder: make fuzz FUZZ_SECONDS=600
+#   make fuzz      libFuzzer on the native decoder, then atheris on the Python request path, each FUZZ_SECONDS: make fuzz FUZZ_SECONDS=600
 #   make soak      10 minutes of load with broker outages and server restarts: make soak SOAK_SECONDS=120
 
 PYTHON        ?= python3.11
@@ -20,7 +20,7 @@ CLANGXX       ?= clang++-14
 SOURCES := $(shell find native proto server client -type f \( -name '*.cc' -o -name '*.h' -o -name '*.cpp' \
              -o -name '*.py' -o -name '*.pyi' -o -name '*.proto' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
-.PHONY: install test test-native test-python test-sanitize demo soak bench fuzz clean lock
+.PHONY: install test test-native test-python test-sanitize demo soak bench fuzz fuzz-python clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,16 @@ fuzz: install
 	mkdir -p build/fuzz/corpus build/fuzz/crashes
 	build/fuzz/fuzz_process_batch -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=2048 \
 	    -artifact_prefix=build/fuzz/crashes/ build/fuzz/corpus build/fuzz/seed
+	$(MAKE) fuzz-python
+
+# Atheris on the whole Python request path (gRPC, service, core, Kafka on a
+# development broker, write-ahead log, Bronze in a local directory), from the
+# same seed batches. Crashes land in build/fuzz/py-crashes/.
+fuzz-python: install
+	$(PY) native/fuzz/make_corpus.py build/fuzz/seed
+	mkdir -p build/fuzz/py-corpus build/fuzz/py-crashes
+	$(PY) tests/fuzz/fuzz_request_path.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=4096 \
+	    -artifact_prefix=build/fuzz/py-crashes/ build/fuzz/py-corpus build/fuzz/seed
 
 # The Python suite of the core against an ASan+UBSan build of the extension,
 # installed into build/asan-site and put first on the path.
