@@ -138,3 +138,57 @@ def test_bronze_objects_are_written_with_sse_kms(kafka_broker: KafkaCluster, tmp
         for key in keys:
             head = s3.client().head_object(Bucket=s3.bucket, Key=key)
             assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", "alias/keystone-bronze"), key
+
+
+def test_msk_iam_tokens_go_on_the_wire_and_every_reconnect_authenticates_with_a_new_one(monkeypatch):
+    """Against a broker that speaks SASL (a stand-in, fake_kafka.py): aiokafka,
+    configured by the sink, authenticates each connection with OAUTHBEARER and
+    a token from our provider before any other request; when the broker drops
+    the connections (as MSK does when a token's session expires) the next
+    request opens a new connection and authenticates again with a token
+    signed anew."""
+    from aiokafka.errors import KafkaConnectionError
+    from aiokafka.protocol.metadata import MetadataRequest
+    from fake_kafka import API_VERSIONS, METADATA, SASL_AUTHENTICATE, SASL_HANDSHAKE, FakeSaslBroker
+
+    for key, value in {**AWS_ENV, "AWS_ACCESS_KEY_ID": "AKIAKEYSTONETEST", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}.items():
+        monkeypatch.setenv(key, value)
+
+    async def scenario() -> tuple[FakeSaslBroker, MskIamTokenProvider]:
+        broker = FakeSaslBroker()
+        await broker.start()
+        config = ServeConfig(kafka_bootstrap=f"127.0.0.1:{broker.port}", kafka_security_protocol="SASL_PLAINTEXT",
+                             kafka_sasl_mechanism="AWS_MSK_IAM", kafka_msk_region="eu-west-1")  # fmt: skip
+        sink = KafkaSink(KafkaConfig(bootstrap=config.kafka_bootstrap, security=KafkaSecurity.from_config(config)))
+        client = sink._new_producer().client
+        try:
+            await client.bootstrap()  # connection 1: bootstrap
+            assert (await client.send(1, MetadataRequest([]))).brokers == [(1, "127.0.0.1", broker.port)]
+            before = len(broker.connections)
+            broker.drop_connections()  # the session expired
+            for _ in range(2):  # the first request may still find the dropped connection
+                try:
+                    response = await client.send(1, MetadataRequest([]))
+                    break
+                except KafkaConnectionError:
+                    continue
+            assert response.brokers == [(1, "127.0.0.1", broker.port)]
+            assert len(broker.connections) > before
+        finally:
+            await client.close()
+            await broker.stop()
+        return broker, client._sasl_oauth_token_provider
+
+    broker, provider = asyncio.run(scenario())
+    assert len(broker.connections) >= 3
+    assert provider.tokens_made == len(broker.connections)
+    for connection in broker.connections:
+        assert connection.requests[:3] == [(API_VERSIONS, 0), (SASL_HANDSHAKE, 1), (SASL_AUTHENTICATE, 0)]
+        assert all(key == METADATA for key, _ in connection.requests[3:])
+        assert connection.mechanism == "OAUTHBEARER"
+        # RFC 7628 initial client response: n,,^Aauth=Bearer <token>^A^A
+        assert connection.auth_bytes.startswith(b"n,,\x01auth=Bearer ") and connection.auth_bytes.endswith(b"\x01\x01")
+        token = connection.auth_bytes[len(b"n,,\x01auth=Bearer ") : -2].decode()
+        url = urllib.parse.urlparse(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+        assert url.netloc == "kafka.eu-west-1.amazonaws.com"
+        assert urllib.parse.parse_qs(url.query)["Action"] == ["kafka-cluster:Connect"]
