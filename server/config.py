@@ -148,7 +148,7 @@ class ServeConfig:
     max_orders_per_batch: int = field(default=100_000, metadata={"help": "orders one OrderBatch may hold (more: the batch is rejected)"})
     max_streams_per_connection: int = field(default=100, metadata={"help": "concurrent calls one HTTP/2 connection may open"})
     max_streams_per_caller: int = field(
-        default=64, metadata={"help": "concurrent StreamOrders calls of one caller (its name, or its address without authentication); more: RESOURCE_EXHAUSTED"}
+        default=256, metadata={"help": "concurrent StreamOrders calls of one caller (its name, or its address without authentication); more: RESOURCE_EXHAUSTED"}
     )
     caller_rate_batches_s: float = field(
         default=0.0, metadata={"metavar": "PER_S", "help": "batches per second one caller may send, on average; more: RESOURCE_EXHAUSTED with RetryInfo; 0: no limit"}
