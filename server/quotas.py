@@ -27,7 +27,7 @@ class CallerQuotas:
         *,
         rate_per_s: float = 0.0,
         burst: int = 100,
-        max_streams: int = 64,
+        max_streams: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate_per_s = rate_per_s
