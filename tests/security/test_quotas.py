@@ -122,3 +122,22 @@ def test_stream_counts_are_per_caller_and_given_back():
     quotas.close_stream("a")
     quotas.close_stream("b")
     assert quotas.streams == {}
+
+
+def test_a_connection_may_open_only_max_streams_per_connection(deploy):
+    from h2raw import RST_STREAM, SETTINGS
+
+    d = deploy("--max-streams-per-connection", "5", "--max-streams-per-caller", "100")
+    with RawH2(d.port) as h2:
+        # The limit applies once the server's SETTINGS (which announce it) are acknowledged.
+        wait_until(lambda: any(kind == SETTINGS and not flags for kind, flags, _, _ in h2.frames), "server SETTINGS")
+        advertised = [p for kind, flags, _, p in h2.frames if kind == SETTINGS and not flags][0]
+        settings = {int.from_bytes(advertised[i : i + 2], "big"): int.from_bytes(advertised[i + 2 : i + 6], "big")
+                    for i in range(0, len(advertised), 6)}  # fmt: skip
+        assert settings[0x3] == 5  # SETTINGS_MAX_CONCURRENT_STREAMS
+        for i in range(6):
+            h2.open(2 * i + 1, STREAM_METHOD)
+        wait_until(lambda: any(kind == RST_STREAM for kind, *_ in h2.frames), "the sixth stream refused")
+        refused = [(stream, int.from_bytes(p, "big")) for kind, _, stream, p in h2.frames if kind == RST_STREAM]
+        assert refused == [(11, 0x7)]  # REFUSED_STREAM
+        wait_until(lambda: d.metric("keystone_ingest_streams_open") == 5, "five streams open")
