@@ -11,7 +11,7 @@ import sys
 import grpc
 import pyarrow.dataset as ds
 import pytest
-from conftest import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text
+from secutil import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kafkautil import read_all

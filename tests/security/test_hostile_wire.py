@@ -11,7 +11,7 @@ import socket
 
 import grpc
 import pytest
-from conftest import STREAM_METHOD, UNARY_METHOD, wait_until
+from secutil import STREAM_METHOD, UNARY_METHOD, wait_until
 from h2raw import GOAWAY, RST_STREAM, RawH2, frame, grpc_message
 from kafkautil import read_all
 

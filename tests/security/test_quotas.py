@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text, wait_until
+from secutil import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text, wait_until
 from h2raw import RawH2
 
 from keystone_ingest.client.client import retry_delay_from_trailers

@@ -11,7 +11,7 @@ import sys
 import grpc
 import pytest
 from certs import TestCA
-from conftest import UNARY_METHOD, presented_serial
+from secutil import UNARY_METHOD, presented_serial
 
 from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator

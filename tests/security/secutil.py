@@ -1,0 +1,87 @@
+"""Helpers of the security tests: server processes on the session's Kafka
+cluster, tokens files, the certificate a server presents, waiting for a condition."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+import urllib.request
+from pathlib import Path
+
+from certs import Issued
+from kafkautil import KafkaCluster
+
+from keystone_ingest.server.auth import token_digest
+from keystone_ingest.server.launcher import ServerProcess
+
+UNARY_METHOD = "/keystone.ingest.v1.OrderIngest/IngestOrders"
+STREAM_METHOD = "/keystone.ingest.v1.OrderIngest/StreamOrders"
+
+TOKENS = {"checkout-api": "tok-checkout-2f7c9a", "backfill-job": "tok-backfill-88d1e0", "auditor": "tok-auditor-51aa3b"}
+
+
+def tokens_file_text(tokens: dict[str, str] = TOKENS, no_ingest: tuple[str, ...] = ("auditor",)) -> str:
+    lines = ["# caller  permissions  sha256 of the token"]
+    for name, token in tokens.items():
+        lines.append(f"{name} {'-' if name in no_ingest else 'ingest'} sha256:{token_digest(token)}")
+    return "\n".join(lines) + "\n"
+
+
+class Deployment:
+    """One server process with its own topics and Bronze directory."""
+
+    def __init__(self, cluster: KafkaCluster, bronze: Path, extra_args: list[str], env: dict[str, str] | None) -> None:
+        self.cluster = cluster
+        self.topic = cluster.new_topic("orders", partitions=3)
+        self.dlq_topic = cluster.new_topic("orders-dlq", partitions=1)
+        self.bronze = bronze
+        self.server = ServerProcess(
+            ["--kafka-bootstrap", cluster.bootstrap, "--topic", self.topic, "--dlq-topic", self.dlq_topic,
+             "--bronze-uri", f"file://{bronze}", *extra_args],
+            env=env,
+        )  # fmt: skip
+        self.target = self.server.target
+        self.port = self.server.port
+
+    def metric(self, name: str) -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.split(" ")[0] == name:
+                return float(line.rsplit(" ", 1)[1])
+        raise KeyError(name)
+
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        with open(f"/proc/{self.server.process.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field}")
+
+
+def presented_serial(port: int, ca: Path, client: Issued | None = None) -> int:
+    """The serial number of the certificate the server presents on a new connection."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])
+    if client is not None:
+        context.load_cert_chain(str(client.cert), str(client.key))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            der = tls.getpeercert(binary_form=True)
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def read_json_logs(server: ServerProcess) -> list[dict]:
+    return [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+
+
+def wait_until(condition, what: str, deadline_s: float = 60.0) -> None:
+    """Polls `condition` until true; fails after `deadline_s` (a bound, not a timing)."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {deadline_s} s: {what}")
+        time.sleep(0.05)
