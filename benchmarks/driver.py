@@ -35,6 +35,7 @@ class Recorder:
     def __init__(self, window_start: float, window_end: float) -> None:
         self.window_start, self.window_end = window_start, window_end
         self.latencies_s: list[float] = []
+        self.sent_at_s: list[float] = []  # beside latencies_s: when each batch left, for finding stalls
         self.window_orders = self.window_batches = 0
         self.total_orders = self.total_batches = 0
         self.errors: dict[str, int] = {}
@@ -61,6 +62,7 @@ class Recorder:
             self.window_batches += 1
         if self.window_start <= sent_at <= self.window_end:
             self.latencies_s.append(now - sent_at)
+            self.sent_at_s.append(sent_at - self.window_start)
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -101,6 +103,9 @@ async def run(args: argparse.Namespace) -> dict:
     window_s = args.duration
     lat_ms = np.sort(np.array(recorder.latencies_s) * 1000)
     pct = (lambda q: float(np.percentile(lat_ms, q))) if len(lat_ms) else (lambda q: float("nan"))
+    # The slowest 1% with when they were sent (seconds into the window): stalls show as clusters.
+    raw_ms = np.array(recorder.latencies_s) * 1000
+    slowest = np.argsort(raw_ms)[::-1][: max(1, len(raw_ms) // 100)] if len(raw_ms) else []
     sample = lat_ms if len(lat_ms) <= 20_000 else lat_ms[np.linspace(0, len(lat_ms) - 1, 20_000).astype(int)]
     return {
         "target": args.target,
@@ -122,6 +127,7 @@ async def run(args: argparse.Namespace) -> dict:
                        "max": float(lat_ms[-1]) if len(lat_ms) else float("nan"),
                        "mean": float(lat_ms.mean()) if len(lat_ms) else float("nan")},  # fmt: skip
         "latency_sample_ms": [round(float(v), 3) for v in sample],
+        "slowest": [[round(recorder.sent_at_s[i], 3), round(float(raw_ms[i]), 1)] for i in slowest],
         "total_orders": recorder.total_orders,
         "total_batches": recorder.total_batches,
         "accepted": recorder.accepted,
