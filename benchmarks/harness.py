@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -61,6 +62,7 @@ class Run:
     peak_rss_bytes: int
     client_cpu_s: float = 0.0
     broker_cpu_s: float = 0.0
+    load_average: float = 0.0  # the machine's 1-minute load average at the end of the run: others' work shows here
 
     def row(self) -> dict:
         r = self.result
@@ -79,6 +81,7 @@ class Run:
             "client_cpu_s_per_million_orders": self.client_cpu_s / orders * 1e6,
             "broker_cpu_s_per_million_orders": self.broker_cpu_s / orders * 1e6,
             "server_cores": self.cpu_s / max(self.result["run_s"], 1e-9),
+            "load_average": self.load_average,
             "peak_rss_mib": self.peak_rss_bytes / MiB,
             "total_orders": r["total_orders"],
             "errors": r["errors"],
@@ -152,14 +155,16 @@ class Harness:
         if result is None:
             raise RuntimeError(f"the load driver wrote no result for {target.kind} {phase}")
         run = Run(target.kind, phase, batch_size, streams, rate, result, after.cpu_s - before.cpu_s,
-                  after.peak_rss_bytes, client_cpu_s, broker_after.cpu_s - broker_before.cpu_s)  # fmt: skip
+                  after.peak_rss_bytes, client_cpu_s, broker_after.cpu_s - broker_before.cpu_s,
+                  os.getloadavg()[0])  # fmt: skip
         self.runs.append(run)
         row = run.row()
         lat = row["latency_ms"]
         print(f"  {target.kind:<9} {phase:<10} batch {batch_size:>5} streams {streams:>3} "
               f"rate {rate:>9,.0f}: {row['orders_per_s']:>9,.0f} orders/s  p50 {lat['p50']:>7.1f} ms  "
               f"p99 {lat['p99']:>7.1f} ms  cpu {row['cpu_s_per_million_orders']:>5.1f} s/M  "
-              f"rss {row['peak_rss_mib']:>5.0f} MiB" + (f"  errors {row['errors']}" if row["errors"] else ""),
+              f"rss {row['peak_rss_mib']:>5.0f} MiB  load {row['load_average']:4.1f}"
+              + (f"  errors {row['errors']}" if row["errors"] else ""),
               flush=True)  # fmt: skip
         return run
 
