@@ -206,7 +206,9 @@ def test_native_stages(benchmark, record_measured):
     1,000,000-key window), Arrow encode and export, each timed on its own."""
     build = REPO / "build" / "bench-native"
     cmake = Path(sys.executable).with_name("cmake")
-    subprocess.run([str(cmake), "-S", str(REPO / "benchmarks" / "native"), "-B", str(build), "-G", "Ninja"],
+    ninja = Path(sys.executable).with_name("ninja")  # the pinned wheel's, as the package build uses
+    generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja.exists() else []
+    subprocess.run([str(cmake), "-S", str(REPO / "benchmarks" / "native"), "-B", str(build), *generator],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     subprocess.run([str(cmake), "--build", str(build)], check=True, stdout=subprocess.DEVNULL)
     maker = BatchMaker(load_pool(20_000), ORDERS)
