@@ -97,7 +97,8 @@ soak: install
 
 # The per-stage micro-benchmarks (pytest-benchmark), then the end-to-end
 # harness: broker, real server, pure-Python reference server and load client as
-# separate processes; table, build/bench/results.json and PNG plots. A few
+# separate processes; table, build/bench/results.json and PNG plots; then the
+# py-spy profile of the server per stage (build/bench/profile.json). About 7
 # minutes; BENCH_ARGS passes flags to the harness (python -m benchmarks.harness --help),
 # e.g. make bench BENCH_ARGS=--quick.
 BENCH_ARGS ?=
@@ -105,6 +106,7 @@ bench: install
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-only --benchmark-columns=median,iqr,ops \
 	    --benchmark-sort=name
 	$(PY) -m benchmarks.harness $(BENCH_ARGS)
+	$(PY) -m benchmarks.profile
 
 # Re-resolves every dependency to its newest allowed version and writes the
 # exact versions to $(CONSTRAINTS). Run after changing pyproject.toml.
