@@ -136,11 +136,16 @@ def main(argv: list[str] | None = None) -> int:
             raw = out_dir / "profile-stacks.txt"
             before = usage(server.process.pid)
             acked_before = _acked(server)
-            subprocess.run([str(py_spy), "record", "-p", str(server.process.pid), "-d", str(int(args.seconds)),
-                            "-r", str(args.rate), "-f", "raw", "-o", str(raw),
-                            # native unwinding needs the process paused for each sample
-                            *(["--native"] if args.native else ["--nonblocking"])],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            spy = subprocess.run([str(py_spy), "record", "-p", str(server.process.pid), "-d", str(int(args.seconds)),
+                                  "-r", str(args.rate), "-f", "raw", "-o", str(raw),
+                                  # native unwinding needs the process paused for each sample
+                                  *(["--native"] if args.native else ["--nonblocking"])],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            if spy.returncode != 0:
+                # Typically no ptrace permission (containers without CAP_SYS_PTRACE).
+                driver.kill()
+                print(f"py-spy could not sample the server, so no profile: {spy.stderr.strip()[-500:]}")
+                return 0
             after = usage(server.process.pid)
             acked = _acked(server) - acked_before
             driver.wait()
