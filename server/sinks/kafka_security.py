@@ -31,6 +31,31 @@ log = logging.getLogger(__name__)
 MSK_IAM = "AWS_MSK_IAM"
 
 
+class RedactSaslBytes(logging.Filter):
+    """aiokafka logs every request and response at DEBUG, SaslAuthenticate
+    included: its bytes are the PLAIN password, the SCRAM proof or the MSK
+    token. This filter (on aiokafka's connection logger) replaces them, so
+    `--log-level debug` does not print credentials."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Sasl" not in str(record.msg) and not any("Sasl" in type(a).__name__ for a in record.args or ()):
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # a record that cannot be formatted is left to logging's own handling
+            return True
+        if "sasl_auth_bytes=" in text:
+            record.msg = text.split("sasl_auth_bytes=", 1)[0] + "sasl_auth_bytes=<redacted>)"
+            record.args = ()
+        return True
+
+
+_REDACT = RedactSaslBytes()
+for _name in ("aiokafka.conn", "aiokafka"):
+    if _REDACT not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_REDACT)
+
+
 class MskIamTokenProvider(AbstractTokenProvider):
     """SASL OAUTHBEARER tokens for Amazon MSK IAM, one per connection."""
 

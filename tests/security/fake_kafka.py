@@ -27,6 +27,7 @@ class Connection:
     mechanism: str | None = None
     auth_bytes: bytes | None = None
     writer: asyncio.StreamWriter | None = None
+    peer_certificate: dict | None = None  # the client's certificate, over mutual TLS
 
 
 class FakeSaslBroker:
@@ -36,8 +37,9 @@ class FakeSaslBroker:
         self._server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, ssl_context=None) -> None:
+        """Listens on 127.0.0.1 (with TLS when given a server SSLContext)."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -52,6 +54,9 @@ class FakeSaslBroker:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = Connection(writer=writer)
+        tls = writer.get_extra_info("ssl_object")
+        if tls is not None:
+            connection.peer_certificate = tls.getpeercert()
         self.connections.append(connection)
         try:
             while True:

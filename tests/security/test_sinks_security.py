@@ -140,7 +140,7 @@ def test_bronze_objects_are_written_with_sse_kms(kafka_broker: KafkaCluster, tmp
             assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", "alias/keystone-bronze"), key
 
 
-def test_msk_iam_tokens_go_on_the_wire_and_every_reconnect_authenticates_with_a_new_one(monkeypatch):
+def test_msk_iam_tokens_go_on_the_wire_and_every_reconnect_authenticates_with_a_new_one(monkeypatch, caplog):
     """Against a broker that speaks SASL (a stand-in, fake_kafka.py): aiokafka,
     configured by the sink, authenticates each connection with OAUTHBEARER and
     a token from our provider before any other request; when the broker drops
@@ -160,7 +160,8 @@ def test_msk_iam_tokens_go_on_the_wire_and_every_reconnect_authenticates_with_a_
         config = ServeConfig(kafka_bootstrap=f"127.0.0.1:{broker.port}", kafka_security_protocol="SASL_PLAINTEXT",
                              kafka_sasl_mechanism="AWS_MSK_IAM", kafka_msk_region="eu-west-1")  # fmt: skip
         sink = KafkaSink(KafkaConfig(bootstrap=config.kafka_bootstrap, security=KafkaSecurity.from_config(config)))
-        client = sink._new_producer().client
+        producer = sink._new_producer()
+        client = producer.client
         try:
             await client.bootstrap()  # connection 1: bootstrap
             assert (await client.send(1, MetadataRequest([]))).brokers == [(1, "127.0.0.1", broker.port)]
@@ -175,11 +176,12 @@ def test_msk_iam_tokens_go_on_the_wire_and_every_reconnect_authenticates_with_a_
             assert response.brokers == [(1, "127.0.0.1", broker.port)]
             assert len(broker.connections) > before
         finally:
-            await client.close()
+            await producer.stop()
             await broker.stop()
         return broker, client._sasl_oauth_token_provider
 
-    broker, provider = asyncio.run(scenario())
+    with caplog.at_level("DEBUG"):
+        broker, provider = asyncio.run(scenario())
     assert len(broker.connections) >= 3
     assert provider.tokens_made == len(broker.connections)
     for connection in broker.connections:
@@ -192,3 +194,46 @@ def test_msk_iam_tokens_go_on_the_wire_and_every_reconnect_authenticates_with_a_
         url = urllib.parse.urlparse(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
         assert url.netloc == "kafka.eu-west-1.amazonaws.com"
         assert urllib.parse.parse_qs(url.query)["Action"] == ["kafka-cluster:Connect"]
+        assert token not in caplog.text  # aiokafka's DEBUG request log is redacted
+
+
+def test_sasl_plain_over_mutual_tls_on_the_wire(tmp_path, caplog):
+    """SASL_SSL with PLAIN, the brokers' CA from --kafka-ssl-ca and a client
+    certificate from --kafka-ssl-cert/--kafka-ssl-key, against the stand-in
+    broker listening with TLS and requiring a client certificate."""
+    import ssl
+
+    from fake_kafka import FakeSaslBroker
+
+    ca = TestCA(tmp_path, "kafka-ca")
+    server = ca.issue("broker", server=True)
+    client_cert = ca.issue("keystone-producer")
+
+    async def scenario() -> FakeSaslBroker:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert))
+        context.load_cert_chain(str(server.cert), str(server.key))
+        context.verify_mode = ssl.CERT_REQUIRED
+        broker = FakeSaslBroker(mechanism="PLAIN")
+        await broker.start(context)
+        config = ServeConfig(kafka_bootstrap=f"localhost:{broker.port}", kafka_security_protocol="SASL_SSL",
+                             kafka_sasl_mechanism="PLAIN", kafka_sasl_username="keystone",
+                             kafka_sasl_password="plain-secret-77", kafka_ssl_ca=str(ca.cert),
+                             kafka_ssl_cert=str(client_cert.cert), kafka_ssl_key=str(client_cert.key))  # fmt: skip
+        sink = KafkaSink(KafkaConfig(bootstrap=config.kafka_bootstrap, security=KafkaSecurity.from_config(config)))
+        producer = sink._new_producer()
+        try:
+            await producer.client.bootstrap()
+        finally:
+            await producer.stop()
+            await broker.stop()
+        return broker
+
+    with caplog.at_level("DEBUG"):
+        broker = asyncio.run(scenario())
+    first = broker.connections[0]
+    assert first.mechanism == "PLAIN"
+    assert first.auth_bytes == b"keystone\x00keystone\x00plain-secret-77"  # RFC 4616: authzid, authcid, password
+    assert first.peer_certificate["subject"] == ((("commonName", "keystone-producer"),),)
+    # aiokafka logs its requests at DEBUG; the SASL bytes are redacted.
+    assert "Request to localhost:" in caplog.text and "sasl_auth_bytes=<redacted>)" in caplog.text
+    assert "plain-secret-77" not in caplog.text
