@@ -237,3 +237,33 @@ def test_sasl_plain_over_mutual_tls_on_the_wire(tmp_path, caplog):
     # aiokafka logs its requests at DEBUG; the SASL bytes are redacted.
     assert "Request to localhost:" in caplog.text and "sasl_auth_bytes=<redacted>)" in caplog.text
     assert "plain-secret-77" not in caplog.text
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_sasl_scram_exchange_on_the_wire(mechanism, caplog):
+    """The full SCRAM exchange against the stand-in broker, which checks the
+    client's proof against the password it knows; a wrong password fails."""
+    from aiokafka.errors import KafkaConnectionError
+    from fake_kafka import FakeSaslBroker
+
+    async def connect(password: str) -> FakeSaslBroker:
+        broker = FakeSaslBroker(mechanism=mechanism, scram_users={"keystone": "scram-secret-42"})
+        await broker.start()
+        config = ServeConfig(kafka_bootstrap=f"127.0.0.1:{broker.port}", kafka_security_protocol="SASL_PLAINTEXT",
+                             kafka_sasl_mechanism=mechanism, kafka_sasl_username="keystone",
+                             kafka_sasl_password=password)  # fmt: skip
+        producer = KafkaSink(KafkaConfig(bootstrap=config.kafka_bootstrap,
+                                         security=KafkaSecurity.from_config(config)))._new_producer()  # fmt: skip
+        try:
+            await producer.client.bootstrap()
+        finally:
+            await producer.stop()
+            await broker.stop()
+        return broker
+
+    with caplog.at_level("DEBUG"):
+        broker = asyncio.run(connect("scram-secret-42"))
+        assert [c.authenticated_as for c in broker.connections] == ["keystone"]
+        with pytest.raises(KafkaConnectionError):
+            asyncio.run(connect("wrong-password-13"))
+    assert "scram-secret-42" not in caplog.text and "wrong-password-13" not in caplog.text
