@@ -252,7 +252,6 @@ class ReferenceServer:
 
     async def _publish(self, result: ReferenceResult, received_ns: int) -> None:
         a = self.args
-        producer = self.producer
         timestamp_ms = received_ns // 1_000_000
         common = [("batch_id", result.batch_id.encode()), ("source", result.source.encode()),
                   ("content-type", CONTENT_TYPE)]  # fmt: skip
