@@ -59,6 +59,7 @@ from aiokafka.partitioner import murmur2
 from benchmarks.reference.core import ReferenceCore, ReferenceResult
 from keystone_ingest.core import InvalidBatch
 from keystone_ingest.proto.v1 import ingest_pb2
+from keystone_ingest.server.sinks.bronze import parquet_options
 
 log = logging.getLogger("reference-server")
 
@@ -144,8 +145,8 @@ class BronzeBuffer:
                 name = f"part-{utc}-{self._prefix}-{self._seq:06d}.parquet"
                 hidden = folder / f".{name}.tmp"
                 with open(hidden, "wb") as f:
-                    pq.write_table(rows.slice(start, end - start), f, compression="zstd", compression_level=3,
-                                   row_group_size=131_072)  # fmt: skip
+                    pq.write_table(rows.slice(start, end - start), f, row_group_size=131_072,
+                                   **parquet_options(rows.schema))  # the real server's settings
                     f.flush()
                     os.fsync(f.fileno())
                 os.rename(hidden, folder / name)

@@ -163,6 +163,25 @@ _STAGE_ROWS = 32_768
 # Compression codecs pyarrow's Parquet writer accepts.
 _CODECS = frozenset({"zstd", "snappy", "gzip", "brotli", "lz4", "none"})
 
+DICTIONARY_COLUMNS = frozenset({
+    "order_status", "payment_type", "customer_city", "customer_state", "customer_zip_code_prefix", "seller_id",
+    "batch_id", "source", "producer",
+})  # fmt: skip
+"""Columns Bronze dictionary-encodes: few distinct values per row group. Ids
+and timestamps are nearly all distinct; a dictionary for them is built, overflows
+and is abandoned for plain encoding, which cost about a third of the encoding
+time for no smaller file (benchmarks/test_stages.py)."""
+
+
+def parquet_options(schema: pa.Schema, compression: str = "zstd", compression_level: int | None = 1) -> dict:
+    """Keyword arguments for `pq.ParquetWriter` / `pq.write_table`: the one
+    definition of how Bronze encodes Parquet (the reference server uses it too)."""
+    return {
+        "compression": compression,
+        "compression_level": compression_level if compression in ("zstd", "gzip", "brotli") else None,
+        "use_dictionary": [name for name in schema.names if name in DICTIONARY_COLUMNS],
+    }
+
 
 @dataclass(frozen=True)
 class BronzeConfig:
@@ -175,7 +194,9 @@ class BronzeConfig:
     roll_age_s: float = 60.0
     """A file is closed this long after its first row arrived, however small."""
     compression: str = "zstd"
-    compression_level: int | None = 3
+    compression_level: int | None = 1
+    """zstd 1: files about the size level 3 gives on this data (dictionaries
+    do most of the work), at half the encoding time."""
     row_group_rows: int = 131_072
     """Rows per Parquet row group; also how many rows a partition buffers before
     its file is opened and written to."""
@@ -928,12 +949,8 @@ class _Writer:
         if self._publish_log is not None:
             self._publish_log.opened(pf.key)
         pf.sink = pa.OSFile(pf.spool_path, "wb")
-        codec = self.config.compression
         pf.writer = pq.ParquetWriter(
-            pf.sink,
-            schema,
-            compression=codec,
-            compression_level=self.config.compression_level if codec in ("zstd", "gzip", "brotli") else None,
+            pf.sink, schema, **parquet_options(schema, self.config.compression, self.config.compression_level)
         )
         self._writers[(pf.dest, pf.day)] = pf
 
