@@ -248,10 +248,24 @@ def decode_record(seq: int, payload: Any, *, with_rows: bool = True) -> WalRecor
             if batch.num_rows != num_rows or batch.schema.names[-1] != _DAY_COLUMN:
                 raise ValueError(f"record {seq}: {dest} holds {batch.num_rows} rows, metadata says {num_rows}")
             days[dest] = batch.column(batch.num_columns - 1).to_numpy().astype(np.int32, copy=False)
-            tables[dest] = pa.RecordBatch.from_arrays(batch.columns[:-1], schema=SCHEMAS[dest])
+            tables[dest] = _as_current_schema(seq, dest, batch)
         rows = BronzeRows(tables, days, seq)
     return WalRecord(meta["batch_id"], meta["accepted"], meta["duplicates"], meta["rejected"], meta["received_ns"],
                      meta["dedup_ms"], keys, rows, seq)  # fmt: skip
+
+
+def _as_current_schema(seq: int, dest: str, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A logged table (its day column dropped) in today's Bronze schema. A log
+    written by an older server lacks the columns added since (all nullable,
+    e.g. `producer`): they come back as nulls, so an upgrade over a non-empty
+    log loses no acked row. A column the schema no longer has is an error."""
+    schema = SCHEMAS[dest]
+    logged = {name: batch.column(i) for i, name in enumerate(batch.schema.names[:-1])}
+    unknown = set(logged) - set(schema.names)
+    if unknown:
+        raise ValueError(f"record {seq}: {dest} has columns Bronze does not know: {sorted(unknown)}")
+    columns = [logged[f.name] if f.name in logged else pa.nulls(batch.num_rows, f.type) for f in schema]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 def _parse_record(data: Any, pos: int) -> tuple[str, int, int]:
