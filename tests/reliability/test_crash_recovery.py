@@ -112,16 +112,26 @@ def test_sigkill_at_random_moments_loses_no_acked_order_and_writes_none_twice(si
         resolved += any(r.get("msg") == "wal: resolved the Bronze files of the last run" for r in server.log_records())
         server.close()
 
+    # The last server also gets 20 batches acked by servers that were killed,
+    # as a client that never saw those acks would resend them: each is answered
+    # from the batch_id window rebuilt from the log, with its first counts.
+    resent = {b.batch_id: acked[b.batch_id] for b in batches if b.batch_id in acked}
+    resent = dict(list(resent.items())[-20:])
     server = s.start()
-    stream = Stream(server.target, [b for b in batches if b.batch_id not in acked], rate=200)
+    stream = Stream(server.target, [b for b in batches if b.batch_id in resent or b.batch_id not in acked], rate=200)
     stream.wait(90)
     assert not stream.failures, list(stream.failures.values())[:3]
+    for batch_id, first in resent.items():
+        again = stream.acks[batch_id]
+        assert again.status == ingest_pb2.ACK_STATUS_DUPLICATE_BATCH, (batch_id, again)
+        assert (again.accepted, again.duplicates, again.rejected) == (first.accepted, first.duplicates, first.rejected)
+    duplicate_batches += len(resent)
+    stream.acks = {k: v for k, v in stream.acks.items() if k not in resent}
     acked.update(stream.acks)
     assert server.stop() == 0, server.logs()[-3000:]
-    # The runs did what the test is about: logs replayed after kills, batches
-    # acked before a kill answered DUPLICATE_BATCH from the restored window,
-    # files cut off by a kill resolved.
-    assert replayed > 0 and duplicate_batches > 0 and resolved > 0, (replayed, duplicate_batches, resolved)
+    # The runs did what the test is about: logs replayed after kills and files
+    # cut off by a kill resolved (DUPLICATE_BATCH answers are checked above).
+    assert replayed > 0 and resolved > 0, (replayed, resolved)
     report = s.check([b for b in batches if b.batch_id in acked], batches)
     assert report["acked_orders"] > 10_000
     assert [n for n in os.listdir(s.wal) if n.endswith(".wal")] == []  # all in Bronze after the clean stop
