@@ -44,6 +44,7 @@ from keystone_ingest.core import Core
 from keystone_ingest.server.config import ServeConfig
 from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.idempotency import BatchIdWindow
+from keystone_ingest.server.limits import MemoryLimiter
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.pipeline import Pipeline
 from keystone_ingest.server.security import ServerSecurity
@@ -76,6 +77,7 @@ class IngestServer:
         self.wal: WriteAheadLog | None = None
         self.feed: BronzeFeed | None = None
         self.service: IngestService | None = None
+        self.memory = MemoryLimiter(config.memory_limit_bytes, metrics=self.metrics)
 
     async def start(self) -> None:
         c = self.config
@@ -165,7 +167,9 @@ class IngestServer:
             max_bytes_in_flight=c.max_bytes_in_flight,
             max_stream_bytes_in_flight=c.max_stream_bytes_in_flight,
             gate=self.security.gate,
+            memory=self.memory,
         )
+        self.memory.start()
 
         self._grpc.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -260,6 +264,7 @@ class IngestServer:
                 await asyncio.wait_for(self.service.drain(), c.shutdown_grace_s)
             except TimeoutError:
                 log.error("batches still in flight at the shutdown deadline; they were not acked")
+        await self.memory.stop()  # nothing waits for memory once calls are drained
         if self._grpc is not None:  # 3. end the calls that are left
             await self._grpc.stop(grace=max(0.0, c.shutdown_grace_s - (time.monotonic() - started)))
         if self.kafka is not None:  # 4. flush Kafka

@@ -40,7 +40,11 @@ class ServeConfig:
         default=64 * MiB, metadata={"help": "request bytes one stream may have unanswered before it is no longer read"}
     )
     max_bytes_in_flight: int = field(
-        default=256 * MiB, metadata={"help": "request bytes all calls together may have unanswered (backpressure beyond)"}
+        default=64 * MiB, metadata={"help": "request bytes all calls together may have unanswered (backpressure beyond)"}
+    )
+    memory_limit_bytes: int = field(
+        default=1 << 30,
+        metadata={"help": "resident memory at which new batches wait (backpressure) until it falls a tenth below, bytes; 0 disables"},
     )
     # -- Kafka
     kafka_bootstrap: str | None = field(
@@ -83,7 +87,7 @@ class ServeConfig:
     roll_bytes: int = field(default=128 * MiB, metadata={"help": "roll a Bronze file when it reaches this size, bytes"})
     roll_age_s: float = field(default=60.0, metadata={"help": "roll a Bronze file when it is this old, seconds"})
     bronze_max_buffered_bytes: int = field(
-        default=256 * MiB,
+        default=128 * MiB,
         metadata={"help": "memory the Bronze writer may hold before write() waits (backpressure), bytes"},
     )
     spool_dir: str = field(
@@ -205,6 +209,8 @@ class ServeConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.wal_commit_delay_ms < 0:
             raise ValueError(f"--wal-commit-delay-ms must not be negative, got {self.wal_commit_delay_ms}")
+        if self.memory_limit_bytes < 0:
+            raise ValueError(f"--memory-limit-bytes must not be negative (0 disables it), got {self.memory_limit_bytes}")
         if self.linger_ms < 0 or self.shutdown_grace_s < 0:
             raise ValueError("--linger-ms and --shutdown-grace-s must not be negative")
         if not (self.bronze_uri.startswith(("file://", "s3://", "/", "."))):

@@ -36,6 +36,14 @@ class Metrics:
         self.batches_in_flight = Gauge(p + "batches_in_flight", "Batches received and not yet answered", registry=r)
         self.bytes_in_flight = Gauge(p + "bytes_in_flight", "Request bytes of batches not yet answered", registry=r)
         self.streams_open = Gauge(p + "streams_open", "Open StreamOrders calls", registry=r)
+        self.memory_rss_bytes = Gauge(p + "memory_rss_bytes", "Resident memory of the server process", registry=r)
+        self.memory_limited = Gauge(
+            p + "memory_limited", "1 while resident memory is at --memory-limit-bytes and admission waits", registry=r
+        )
+        self.memory_limit_waits_total = Counter(
+            p + "memory_limit_waits_total", "Batches that waited for memory to fall under --memory-limit-bytes",
+            registry=r,
+        )
         self.backpressure_waits_total = Counter(
             p + "backpressure_waits_total",
             "Times a call waited for a byte budget (per stream or server) before reading its next batch",

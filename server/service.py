@@ -23,7 +23,7 @@ import grpc
 
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.errors import IngestError, ShuttingDown, to_rpc_status
-from keystone_ingest.server.limits import ByteBudget
+from keystone_ingest.server.limits import ByteBudget, MemoryLimiter
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.pipeline import Pipeline
 from keystone_ingest.server.security import Gate
@@ -40,11 +40,14 @@ class IngestService:
         metrics: Metrics,
         *,
         max_in_flight_per_stream: int = 8,
-        max_bytes_in_flight: int = 256 << 20,
+        max_bytes_in_flight: int = 64 << 20,
         max_stream_bytes_in_flight: int = 64 << 20,
         gate: Gate | None = None,
+        memory: MemoryLimiter | None = None,
     ) -> None:
         self.pipeline = pipeline
+        # The process-wide backstop behind the byte budgets (server/limits.py).
+        self.memory = memory
         # Authentication, permissions and per-caller quotas (server/security.py); None: none.
         self.gate = gate
         self.metrics = metrics
@@ -76,6 +79,7 @@ class IngestService:
         if self._draining:
             await _abort(context, ShuttingDown("the server is shutting down; resend the batch to another replica"))
         producer, caller = await self._admit(context)
+        await self._wait_for_memory(len(raw))
         await self._take(self.bytes_in_flight, len(raw))
         try:
             return await self._submit(raw, producer, caller)
@@ -108,6 +112,7 @@ class IngestService:
                 async for raw in requests:
                     # Any limit reached: stop reading, and HTTP/2 flow control slows the sender.
                     await slots.acquire()
+                    await self._wait_for_memory(len(raw))
                     await self._take(stream_bytes, len(raw))
                     try:
                         await self._take(self.bytes_in_flight, len(raw))
@@ -143,6 +148,10 @@ class IngestService:
             self.metrics.streams_open.dec()
             if self.gate is not None:
                 self.gate.quotas.close_stream(caller)
+
+    async def _wait_for_memory(self, n: int) -> None:
+        if self.memory is not None:
+            await self.memory.admit(n, lambda: self.bytes_in_flight.used_bytes)
 
     async def _take(self, budget: ByteBudget, n: int) -> None:
         if await budget.acquire(n):

@@ -1,4 +1,4 @@
-"""The byte budget that bounds request bytes in flight."""
+"""The byte budget that bounds request bytes in flight, and the memory limiter behind it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from keystone_ingest.server.limits import ByteBudget
+from keystone_ingest.server.limits import ByteBudget, MemoryLimiter, resident_bytes
 
 
 def test_acquire_waits_while_the_limit_is_reached_and_serves_waiters_in_order():
@@ -65,3 +65,64 @@ def test_a_cancelled_waiter_takes_nothing_and_lets_the_next_one_in():
 def test_a_budget_needs_a_positive_limit():
     with pytest.raises(ValueError, match="positive"):
         ByteBudget(0)
+
+
+class Rss:
+    """A settable resident-memory reading for the limiter's logic."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __call__(self) -> int:
+        return self.value
+
+
+MiB = 1 << 20
+
+
+def test_the_memory_limit_pauses_at_the_limit_and_resumes_under_the_low_mark():
+    rss = Rss(100 * MiB)
+    limiter = MemoryLimiter(400 * MiB, read_rss=rss)
+    assert limiter.low_bytes == 360 * MiB  # a tenth below (at least 32 MiB)
+    for value, over in [(399, False), (400, True), (380, True), (359, False), (390, False), (401, True)]:
+        rss.value = value * MiB
+        limiter.check()
+        assert limiter.over is over, value
+
+
+def test_admission_waits_for_room_and_goes_ahead_when_nothing_else_is_in_flight():
+    async def body() -> None:
+        rss = Rss(300 * MiB)
+        limiter = MemoryLimiter(400 * MiB, check_interval_s=0.01, read_rss=rss)
+        held = {"bytes": 0}
+        # Room: 300 MiB resident + 2 x (in flight + this batch) must stay under the limit.
+        assert await limiter.admit(10 * MiB, lambda: held["bytes"]) is False
+        held["bytes"] = 40 * MiB  # 300 + 2 x 50 = 400: no room
+        waiting = asyncio.ensure_future(limiter.admit(10 * MiB, lambda: held["bytes"]))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        rss.value = 200 * MiB  # batches finished and memory went back
+        assert await asyncio.wait_for(waiting, 1) is True
+        # Over the limit with nothing in flight: one batch always goes ahead.
+        rss.value = 500 * MiB
+        limiter.check()
+        assert limiter.over
+        held["bytes"] = 0
+        assert await asyncio.wait_for(limiter.admit(10 * MiB, lambda: held["bytes"]), 1) is False
+
+    asyncio.run(body())
+
+
+def test_a_limit_of_zero_admits_everything_and_a_negative_one_is_refused():
+    async def body() -> None:
+        limiter = MemoryLimiter(0, read_rss=Rss(10 << 40))
+        assert not limiter.enabled
+        assert await limiter.admit(1 << 30, lambda: 1 << 40) is False
+
+    asyncio.run(body())
+    with pytest.raises(ValueError, match="a memory limit cannot be negative"):
+        MemoryLimiter(-1)
+
+
+def test_the_resident_set_size_is_read_from_the_process():
+    assert 10 * MiB < resident_bytes() < 4096 * MiB
