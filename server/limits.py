@@ -102,6 +102,9 @@ class MemoryLimiter:
         self._below = asyncio.Event()
         self._below.set()
         self._task: asyncio.Task | None = None
+        # Called (on the event loop) each time RSS reaches the limit: the parts
+        # of the server that hold memory past admission let go of what they can.
+        self.on_pressure: list[Callable[[], None]] = []
 
     @property
     def enabled(self) -> bool:
@@ -163,6 +166,8 @@ class MemoryLimiter:
                         extra={"rss_bytes": rss, "limit_bytes": self.limit_bytes})  # fmt: skip
             if self.over:
                 self._below.clear()
+                for relieve in self.on_pressure:
+                    relieve()
                 release_free_memory()
             else:
                 self._below.set()

@@ -1162,6 +1162,14 @@ class BronzeSink:
         await self._wait_done(self._committer.pending(), timeout_s=None, raise_on_error=True)
         self._check_writable()
 
+    def relieve_memory(self) -> None:
+        """Memory pressure (the server's memory limit reached): roll every open
+        file now instead of at its age or size, so the rows buffered for them
+        are encoded and freed. Returns at once; smaller files are the cost."""
+        if self._state != "running" or self._writer is None:
+            return
+        self._request_roll(stop=False).add_done_callback(lambda f: f.exception())
+
     async def stop(self, timeout_s: float | None = None) -> None:
         """Take no more rows, roll every file, and wait up to `timeout_s`
         (default stop_timeout_s) for them to be published. After a clean stop
