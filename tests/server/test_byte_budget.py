@@ -126,3 +126,14 @@ def test_a_limit_of_zero_admits_everything_and_a_negative_one_is_refused():
 
 def test_the_resident_set_size_is_read_from_the_process():
     assert 10 * MiB < resident_bytes() < 4096 * MiB
+
+
+def test_reaching_the_limit_asks_each_holder_of_memory_once_to_let_go():
+    rss = Rss(100 * MiB)
+    limiter = MemoryLimiter(400 * MiB, read_rss=rss)
+    calls: list[str] = []
+    limiter.on_pressure.append(lambda: calls.append("bronze"))
+    for value in (100, 420, 450, 390, 300, 410):  # over at 420, still over, under the low mark, over again
+        rss.value = value * MiB
+        limiter.check()
+    assert calls == ["bronze", "bronze"]
