@@ -80,6 +80,8 @@ class Pipeline:
         self.batch_ids = batch_ids
         self.executor = executor
         self.metrics = metrics
+        # The last batch's place in line for the Kafka hand-off (see _Turn).
+        self._last_turn: asyncio.Future[None] | None = None
 
     async def ingest(self, raw: bytes, producer: str | None = None) -> ingest_pb2.BatchAck:
         started = time.perf_counter()
@@ -103,7 +105,7 @@ class Pipeline:
         if batch_id is None:
             # No usable id: the core will reject the batch with the exact reason.
             return await self._process(raw)
-        first = await self.batch_ids.claim(batch_id)
+        first = await self.batch_ids.claim(batch_id)  # no suspension for an id not in flight
         if first is not None:
             return _duplicate_batch_ack(batch_id, first)
         try:
@@ -121,6 +123,16 @@ class Pipeline:
         return ack
 
     async def _process(self, raw: bytes, batch_id: str | None = None, producer: str | None = None) -> ingest_pb2.BatchAck:
+        # Before any await: batches take their turn in the order they arrived.
+        turn = _Turn(self._last_turn)
+        self._last_turn = turn.mine
+        try:
+            return await self._process_in_turn(raw, batch_id, producer, turn)
+        finally:
+            turn.close()
+
+    async def _process_in_turn(self, raw: bytes, batch_id: str | None, producer: str | None,
+                               turn: _Turn) -> ingest_pb2.BatchAck:  # fmt: skip
         loop = asyncio.get_running_loop()
         wal = self.wal
         if wal is not None:
@@ -148,6 +160,12 @@ class Pipeline:
                 self.batch_ids.complete(batch_id, AckCounts(result.accepted, result.duplicates, result.rejected))
 
         try:
+            # The cores run batches side by side and finish in any order; Kafka
+            # must get them in arrival order (one order_id's records in the
+            # order they came). The hand-off itself is synchronous, so waiting
+            # for the batch before us to have made it is enough.
+            await turn.wait()
+            turn.pass_on()
             await self.kafka.publish(batch)
             if wal is not None:
                 await wal.append(WalRecord.of(batch, BronzeRows.from_batch(batch), now_ms), on_commit)
@@ -204,3 +222,39 @@ def _rejected_batch_ack(batch_id: str, exc: InvalidBatch) -> ingest_pb2.BatchAck
         status=ingest_pb2.ACK_STATUS_REJECTED,
         errors=[ingest_pb2.RecordError(index=0, reason=f"{exc.code}: {exc.message}")],
     )
+
+
+class _Turn:
+    """A batch's place in line for the Kafka hand-off.
+
+    `mine` is done once this batch has handed its records to the Kafka sink,
+    or will not (rejected, failed, cancelled): the next batch waits for it.
+    `pass_on()` is called right before the hand-off, which runs without
+    suspending (KafkaSink.publish appends every record before its first
+    await), and schedules `mine` for the loop's next turn, so the next batch
+    can only run after our records are in their partitions' lanes. A batch
+    that leaves early never lets the next one overtake the one before it.
+    """
+
+    def __init__(self, previous: asyncio.Future[None] | None) -> None:
+        self.previous = previous
+        self.mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> None:
+        if self.previous is not None and not self.previous.done():
+            await asyncio.shield(self.previous)  # our cancellation must not cancel theirs
+
+    def pass_on(self) -> None:
+        asyncio.get_running_loop().call_soon(self._release)
+
+    def close(self) -> None:
+        if self.mine.done():
+            return
+        if self.previous is None or self.previous.done():
+            self._release()
+        else:
+            self.previous.add_done_callback(lambda _: self._release())
+
+    def _release(self) -> None:
+        if not self.mine.done():
+            self.mine.set_result(None)

@@ -160,3 +160,28 @@ def test_a_batch_that_is_not_an_order_batch_is_rejected_and_the_stream_stays_ope
     assert acks[1].batch_id == ""  # the cut batch's id is not trusted
     assert (acks[3].batch_id, acks[3].accepted) == ("after-garbage", 10)
     assert len(read_all(d.cluster.bootstrap, d.topic)) == 10
+
+
+def test_records_of_one_order_id_reach_kafka_in_arrival_order_when_batches_overtake_each_other(deploy):
+    # Big and small batches alternate on one stream with many in flight, so the
+    # two core threads finish them out of order. Each batch carries one event
+    # of order "K-1" (a status update, say); Kafka must hold them in the order
+    # the batches arrived.
+    d = deploy("--core-threads", "2", "--max-in-flight-per-stream", "16")
+    generator = OrderGenerator(seed=77)
+    batches = []
+    for i in range(40):
+        batch = generator.batch(3000 if i % 2 == 0 else 1)
+        batch.orders[0].order_id = "K-1"
+        batch.orders[0].event_id = f"k-event-{i:03d}"
+        batches.append(batch)
+
+    async def send() -> list[ingest_pb2.BatchAck]:
+        async with AsyncIngestClient(d.target, max_in_flight=16) as client:
+            futures = [await client.send(b) for b in batches]
+            return [await f for f in futures]
+
+    acks = asyncio.run(send())
+    assert all(a.status == ingest_pb2.ACK_STATUS_ACCEPTED for a in acks)
+    records = [r for r in read_all(d.cluster.bootstrap, d.topic) if r.key == b"K-1"]
+    assert [r.header("event_id").decode() for r in records] == [f"k-event-{i:03d}" for i in range(40)]
