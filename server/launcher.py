@@ -22,52 +22,49 @@ import time
 from pathlib import Path
 
 
-class ServerProcess:
-    def __init__(
-        self,
-        args: list[str] = (),
-        *,
-        env: dict[str, str] | None = None,
-        log_path: str | os.PathLike | None = None,
-        start_timeout_s: float = 60.0,
-    ) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="keystone-server-")
-        self.ready_path = Path(self._dir.name) / "ready.json"
-        self.log_path = Path(log_path) if log_path else Path(self._dir.name) / "server.log"
-        # Each child gets a write-ahead log of its own unless told where to keep
-        # one: servers sharing the default ./data/wal would replay each other's
-        # batches (and the second could not lock it). Pass --wal-dir to keep the
-        # log across restarts, as crash tests do.
-        env = {**os.environ, **(env or {})}
-        own_wal = [] if "--wal-dir" in args or env.get("KEYSTONE_WAL_DIR") else ["--wal-dir", str(Path(self._dir.name) / "wal")]
-        command = [sys.executable, "-m", "keystone_ingest.server.cli", "serve",
-                   "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                   *own_wal, *args, "--ready-file", str(self.ready_path)]  # fmt: skip
+class ChildProcess:
+    """A child that reports where it listens through `--ready-file` (JSON with
+    at least `port`) once it serves; logs go to `log_path`. The lifecycle shared
+    by `ServerProcess` and the benchmark's reference server."""
+
+    name = "process"
+
+    def __init__(self, command: list[str], *, env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None,
+                 log_path: str | os.PathLike | None = None, start_timeout_s: float = 60.0) -> None:  # fmt: skip
+        self.log_path = Path(log_path) if log_path else Path(self._dir.name) / f"{self.name}.log"
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen([*command, "--ready-file", str(self.ready_path)], stdout=self._log,
+                                        stderr=subprocess.STDOUT, env=env, cwd=cwd)  # fmt: skip
         self.info = self._wait_ready(start_timeout_s)
         self.port: int = self.info["port"]
-        self.metrics_port: int | None = self.info["metrics_port"]
-        self.kafka_bootstrap: str = self.info["kafka_bootstrap"]
         self.target = f"127.0.0.1:{self.port}"
+
+    def _make_dir(self) -> Path:
+        """A private directory for the ready file, the log and what the child keeps."""
+        self._dir = tempfile.TemporaryDirectory(prefix=f"keystone-{self.name}-")
+        self.ready_path = Path(self._dir.name) / "ready.json"
+        return Path(self._dir.name)
 
     def _wait_ready(self, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.ready_path.exists():
-                return json.loads(self.ready_path.read_text())
+                try:
+                    return json.loads(self.ready_path.read_text())
+                except ValueError:
+                    pass  # caught while being written; look again
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode} before serving:\n{self.logs()}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode} before serving:\n{self.logs()}")
             time.sleep(0.05)
         self.kill()
-        raise TimeoutError(f"server not serving after {timeout_s} s:\n{self.logs()}")
+        raise TimeoutError(f"{self.name} not serving after {timeout_s} s:\n{self.logs()}")
 
     def logs(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def log_records(self) -> list[dict]:
-        """The server's JSON log lines, parsed (other lines are skipped)."""
+        """The child's JSON log lines, parsed (other lines are skipped)."""
         records = []
         for line in self.logs().splitlines():
             if line.startswith("{"):
@@ -78,14 +75,14 @@ class ServerProcess:
         return records
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
-        """Signals the server and waits for it to exit; returns its exit code."""
+        """Signals the child and waits for it to exit; returns its exit code."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
             return self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise TimeoutError(f"server did not exit {timeout_s} s after {signal.Signals(sig).name}:\n{self.logs()}")
+            raise TimeoutError(f"{self.name} did not exit {timeout_s} s after {signal.Signals(sig).name}:\n{self.logs()}")
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -97,8 +94,33 @@ class ServerProcess:
         self._log.close()
         self._dir.cleanup()
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ServerProcess(ChildProcess):
+    name = "server"
+
+    def __init__(
+        self,
+        args: list[str] = (),
+        *,
+        env: dict[str, str] | None = None,
+        log_path: str | os.PathLike | None = None,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        home = self._make_dir()
+        # Each child gets a write-ahead log of its own unless told where to keep
+        # one: servers sharing the default ./data/wal would replay each other's
+        # batches (and the second could not lock it). Pass --wal-dir to keep the
+        # log across restarts, as crash tests do.
+        env = {**os.environ, **(env or {})}
+        own_wal = [] if "--wal-dir" in args or env.get("KEYSTONE_WAL_DIR") else ["--wal-dir", str(home / "wal")]
+        command = [sys.executable, "-m", "keystone_ingest.server.cli", "serve",
+                   "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *own_wal, *args]  # fmt: skip
+        super().__init__(command, env=env, log_path=log_path, start_timeout_s=start_timeout_s)
+        self.metrics_port: int | None = self.info["metrics_port"]
+        self.kafka_bootstrap: str = self.info["kafka_bootstrap"]
