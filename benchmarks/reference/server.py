@@ -59,7 +59,8 @@ from aiokafka.partitioner import murmur2
 from benchmarks.reference.core import ReferenceCore, ReferenceResult
 from keystone_ingest.core import InvalidBatch
 from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.server.sinks.bronze import parquet_options
+# The Bronze layout is the contract both servers fulfil: the real sink's quarantine and Parquet settings.
+from keystone_ingest.server.sinks.bronze import QUARANTINE, QUARANTINE_SCHEMA, parquet_options
 
 log = logging.getLogger("reference-server")
 
@@ -67,21 +68,6 @@ SERVICE_NAME = "keystone.ingest.v1.OrderIngest"
 CONTENT_TYPE = b"application/x-protobuf; messageType=keystone.ingest.v1.Order"
 MAX_ERRORS_PER_ACK = 100
 US_PER_DAY = 86_400_000_000
-TABLES = ("orders", "order_items", "order_payments", "customers")
-QUARANTINE = "_quarantine"
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("batch_id", pa.string()),
-        ("source", pa.string()),
-        ("producer", pa.string()),
-        ("index", pa.int32()),
-        ("event_id", pa.string()),
-        ("reason", pa.string()),
-        ("message", pa.string()),
-        ("raw", pa.binary()),
-        ("received_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 
 class RetryLater(Exception):
