@@ -676,23 +676,9 @@ class Manifest:
 
 
 @dataclass
-class RecoveredBatch:
-    """What the windows need of a record after the snapshot."""
-
-    seq: int
-    batch_id: str
-    accepted: int
-    duplicates: int
-    rejected: int
-    received_ns: int
-    dedup_ms: int
-    dedup_keys: bytes
-
-
-@dataclass
 class Recovery:
     snapshot: WindowState | None
-    records: list[RecoveredBatch]  # after the snapshot, in seq order
+    records: list[WalRecord]  # after the snapshot, in seq order, without rows
     segments: int = 0
     records_total: int = 0
     truncated_bytes: int = 0
@@ -1237,9 +1223,8 @@ class WriteAheadLog:
                 segment.records += 1
                 if seq > snapshot_seq:
                     start = offset + _RECORD_HEADER.size
-                    r = decode_record(seq, memoryview(data)[start : start + length], with_rows=False)
-                    recovery.records.append(RecoveredBatch(seq, r.batch_id, r.accepted, r.duplicates, r.rejected,
-                                                           r.received_ns, r.dedup_ms, r.dedup_keys))  # fmt: skip
+                    # What the windows need: the metadata and dedup keys, not the rows.
+                    recovery.records.append(decode_record(seq, memoryview(data)[start : start + length], with_rows=False))
             self._segments.append(segment)
         _fsync_dir(self.dir)
         recovery.segments = len(self._segments)
