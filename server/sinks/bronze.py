@@ -966,6 +966,10 @@ class _Writer:
         pf.writer.close()
         pf.written_bytes = pf.sink.tell()
         pf.sink.close()
+        # A closed writer still holds the file's whole footer (schema, row
+        # group metadata): ~15 KiB a file, and a roll of every open file can
+        # seal thousands at once.
+        pf.writer = pf.sink = None
         self._sealed.append(
             _Sealed(pf.dest, pf.key, pf.spool_path, pf.rows, pf.written_bytes, pf.chunks, pf.day, pf.tokens)
         )
