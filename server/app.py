@@ -148,7 +148,7 @@ class IngestServer:
             publish_log=self.wal.manifest,
         )
         await self.bronze.start()
-        self.memory.on_pressure.append(self.bronze.relieve_memory)
+        self.memory.on_pressure += [self.wal.relieve_memory, self.bronze.relieve_memory]
         self.feed = BronzeFeed(self.wal, self.bronze, self.metrics)
         self.feed.start()
         pipeline = Pipeline(

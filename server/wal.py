@@ -1052,6 +1052,14 @@ class WriteAheadLog:
             self._memory_bytes -= rows.nbytes
         return rows
 
+    def relieve_memory(self) -> None:
+        """Memory pressure (the server's memory limit reached): let go of the
+        rows kept for the Bronze feed. They are views that keep each batch's
+        whole core result alive; the feed reads them back from the log instead,
+        compact, as it does after falling behind."""
+        self._memory.clear()
+        self._memory_bytes = 0
+
     def read_record(self, seq: int) -> WalRecord:
         """Read a record back from its segment, checksum verified. Blocking: call in a thread."""
         segment, offset, length = self._index[seq]
