@@ -9,7 +9,7 @@ into backpressure, never into unbounded queues. Waiters are served first come,
 first served, so a stream with large batches is not starved by small ones.
 
 `MemoryLimiter` is the backstop behind them: admission also waits while the
-process's resident memory is at `--memory-limit-bytes`.
+process's resident memory nears `--memory-limit-bytes`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import collections
 import ctypes
 import logging
 import os
+import time
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -72,29 +73,38 @@ class ByteBudget:
 
 
 class MemoryLimiter:
-    """The process-wide guard behind the byte budgets: admission waits while
-    the server's resident memory is at `limit_bytes`.
+    """The process-wide guard behind the byte budgets: keeps the server's
+    resident memory under `limit_bytes`.
 
     The budgets bound what the server itself holds per batch; they cannot see
     gRPC's transport buffers, allocator slack or rows parked behind a slow
-    Bronze writer. This reads the real figure (RSS) every `check_interval_s`.
-    Once it reaches the limit, new batches wait (their streams are not read,
-    so HTTP/2 flow control slows the senders) until RSS is back under the low
-    mark (`limit - max(10%, 32 MiB)`: hysteresis, so admission does not flap).
-    Crossing the limit also asks the allocators to give freed memory back
-    (Arrow's pool, glibc's `malloc_trim`), since RSS otherwise keeps pages that
-    are free. One rule keeps it from ever wedging the server: a batch is
-    always admitted when nothing else is in flight, so a limit set below what
-    the process needs at rest slows it to one batch at a time, never to zero.
+    Bronze writer. This reads the real figure (RSS) every `check_interval_s`
+    and acts in three steps:
+      - from the low mark up, it hands freed memory back to the OS (Arrow's
+        pool, glibc's `malloc_trim`, in a worker thread) every `trim_interval_s`:
+        glibc keeps freed pages of its arenas resident until trimmed, and under
+        churn they are a quarter of RSS;
+      - at the high mark, new batches wait (their streams are not read, so
+        HTTP/2 flow control slows the senders) until RSS is back under the low
+        mark, and the holders in `on_pressure` let go of what they can;
+      - the high mark sits a fifth below the limit (at least 32 MiB): what is
+        inside the process when admission pauses (batches being processed,
+        transport buffers, the Bronze writer's copies) still grows it, and
+        that headroom is what keeps RSS under the limit itself.
+    One rule keeps it from ever wedging the server: a batch is always admitted
+    when nothing else is in flight, so a limit set below what the process
+    needs at rest slows it to one batch at a time, never to zero.
     """
 
-    def __init__(self, limit_bytes: int, *, check_interval_s: float = 0.1, metrics=None,
-                 read_rss: Callable[[], int] | None = None) -> None:  # fmt: skip
+    def __init__(self, limit_bytes: int, *, check_interval_s: float = 0.1, trim_interval_s: float = 0.5,
+                 metrics=None, read_rss: Callable[[], int] | None = None) -> None:  # fmt: skip
         if limit_bytes < 0:
             raise ValueError("a memory limit cannot be negative")
         self.limit_bytes = limit_bytes
-        self.low_bytes = limit_bytes - max(limit_bytes // 10, 32 << 20)
+        self.high_bytes = limit_bytes - max(limit_bytes // 5, 32 << 20)
+        self.low_bytes = self.high_bytes - max(limit_bytes // 10, 16 << 20)
         self.check_interval_s = check_interval_s
+        self.trim_interval_s = trim_interval_s
         self.over = False
         self.rss_bytes = 0
         self._metrics = metrics
@@ -102,8 +112,9 @@ class MemoryLimiter:
         self._below = asyncio.Event()
         self._below.set()
         self._task: asyncio.Task | None = None
-        # Called (on the event loop) each time RSS reaches the limit: the parts
-        # of the server that hold memory past admission let go of what they can.
+        self._trimmed_at = float("-inf")
+        # Called (on the event loop) each time RSS reaches the high mark: the
+        # parts of the server that hold memory past admission let go of what they can.
         self.on_pressure: list[Callable[[], None]] = []
 
     @property
@@ -150,35 +161,42 @@ class MemoryLimiter:
             return True
         if self.over:
             return False
-        return self._read_rss() + _AMPLIFICATION * (held + n) < self.limit_bytes
+        return self._read_rss() + _AMPLIFICATION * (held + n) < self.high_bytes
 
-    def check(self) -> None:
-        """One sample; `_watch` calls it every interval (tests call it directly)."""
+    def check(self, now: float | None = None) -> bool:
+        """One sample; returns whether freed memory should be handed back now
+        (`_watch` does it in a thread; tests call this directly)."""
         rss = self._read_rss()
         self.rss_bytes = rss
         was_over = self.over
-        if rss >= self.limit_bytes:
+        if rss >= self.high_bytes:
             self.over = True
         elif rss < self.low_bytes:
             self.over = False
         if self.over != was_over:
             log.warning("memory limit: admission paused" if self.over else "memory limit: admission resumed",
-                        extra={"rss_bytes": rss, "limit_bytes": self.limit_bytes})  # fmt: skip
+                        extra={"rss_bytes": rss, "limit_bytes": self.limit_bytes, "high_bytes": self.high_bytes})  # fmt: skip
             if self.over:
                 self._below.clear()
                 for relieve in self.on_pressure:
                     relieve()
-                release_free_memory()
             else:
                 self._below.set()
         if self._metrics is not None:
             self._metrics.memory_rss_bytes.set(rss)
             self._metrics.memory_limited.set(1 if self.over else 0)
+        now = time.monotonic() if now is None else now
+        if rss >= self.low_bytes and (self.over != was_over or now - self._trimmed_at >= self.trim_interval_s):
+            self._trimmed_at = now
+            return True
+        return False
 
     async def _watch(self) -> None:
-        # Wakes every check_interval_s; reading statm costs a few microseconds.
+        # Wakes every check_interval_s; reading statm costs a few microseconds,
+        # a trim 1 to 10 ms (hence the thread, and the interval between them).
         while True:
-            self.check()
+            if self.check():
+                await asyncio.to_thread(release_free_memory)
             await asyncio.sleep(self.check_interval_s)
 
 

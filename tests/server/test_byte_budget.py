@@ -80,14 +80,31 @@ class Rss:
 MiB = 1 << 20
 
 
-def test_the_memory_limit_pauses_at_the_limit_and_resumes_under_the_low_mark():
+def test_the_memory_limit_pauses_at_the_high_mark_and_resumes_under_the_low_mark():
     rss = Rss(100 * MiB)
     limiter = MemoryLimiter(400 * MiB, read_rss=rss)
-    assert limiter.low_bytes == 360 * MiB  # a tenth below (at least 32 MiB)
-    for value, over in [(399, False), (400, True), (380, True), (359, False), (390, False), (401, True)]:
+    assert limiter.high_bytes == 320 * MiB  # a fifth below the limit (at least 32 MiB)
+    assert limiter.low_bytes == 280 * MiB  # a tenth of the limit below that (at least 16 MiB)
+    for value, over in [(319, False), (320, True), (300, True), (279, False), (310, False), (321, True)]:
         rss.value = value * MiB
         limiter.check()
         assert limiter.over is over, value
+    small = MemoryLimiter(100 * MiB, read_rss=rss)
+    assert (small.high_bytes, small.low_bytes) == (68 * MiB, 52 * MiB)
+
+
+def test_freed_memory_is_handed_back_from_the_low_mark_up_at_most_every_trim_interval():
+    rss = Rss(100 * MiB)
+    limiter = MemoryLimiter(400 * MiB, trim_interval_s=0.5, read_rss=rss)
+    trims = []
+    for t, value in [(0.0, 100), (0.1, 290), (0.2, 295), (0.6, 300), (0.7, 320), (0.8, 330), (1.3, 250), (1.4, 290),
+                     (1.5, 295)]:  # fmt: skip
+        rss.value = value * MiB
+        if limiter.check(now=t):
+            trims.append(t)
+    # At 0.1 (first time past the low mark), 0.6 (an interval later), 0.7
+    # (admission just paused: at once) and 1.4 (an interval later); never under the low mark.
+    assert trims == [0.1, 0.6, 0.7, 1.4]
 
 
 def test_admission_waits_for_room_and_goes_ahead_when_nothing_else_is_in_flight():
@@ -95,13 +112,16 @@ def test_admission_waits_for_room_and_goes_ahead_when_nothing_else_is_in_flight(
         rss = Rss(300 * MiB)
         limiter = MemoryLimiter(400 * MiB, check_interval_s=0.01, read_rss=rss)
         held = {"bytes": 0}
-        # Room: 300 MiB resident + 2 x (in flight + this batch) must stay under the limit.
-        assert await limiter.admit(10 * MiB, lambda: held["bytes"]) is False
+        # Room: 300 MiB resident + 2 x (in flight + this batch) must stay under
+        # the high mark (320 MiB for a 400 MiB limit).
+        rss.value = 200 * MiB
+        assert await limiter.admit(50 * MiB, lambda: held["bytes"]) is False
+        rss.value = 300 * MiB
         held["bytes"] = 40 * MiB  # 300 + 2 x 50 = 400: no room
         waiting = asyncio.ensure_future(limiter.admit(10 * MiB, lambda: held["bytes"]))
         await asyncio.sleep(0.05)
         assert not waiting.done()
-        rss.value = 200 * MiB  # batches finished and memory went back
+        rss.value = 200 * MiB  # batches finished and memory went back: 200 + 100 < 320
         assert await asyncio.wait_for(waiting, 1) is True
         # Over the limit with nothing in flight: one batch always goes ahead.
         rss.value = 500 * MiB
@@ -133,7 +153,7 @@ def test_reaching_the_limit_asks_each_holder_of_memory_once_to_let_go():
     limiter = MemoryLimiter(400 * MiB, read_rss=rss)
     calls: list[str] = []
     limiter.on_pressure.append(lambda: calls.append("bronze"))
-    for value in (100, 420, 450, 390, 300, 410):  # over at 420, still over, under the low mark, over again
+    for value in (100, 330, 350, 300, 270, 325):  # over at 330, still over, under the low mark, over again
         rss.value = value * MiB
         limiter.check()
     assert calls == ["bronze", "bronze"]
