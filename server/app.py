@@ -121,7 +121,8 @@ class IngestServer:
         await self.kafka.start()
         self.wal = WriteAheadLog(
             WalConfig(dir=c.wal_dir, max_bytes=c.wal_max_bytes, segment_bytes=c.wal_segment_bytes,
-                      commit_delay_ms=c.wal_commit_delay_ms, compression=c.wal_compression),
+                      commit_delay_ms=c.wal_commit_delay_ms, compression=c.wal_compression,
+                      feed_memory_bytes=c.wal_feed_memory_bytes),
             metrics=self.metrics,
         )  # fmt: skip
         recovery = await self.wal.open()

@@ -39,12 +39,13 @@ class ServeConfig:
     max_stream_bytes_in_flight: int = field(
         default=64 * MiB, metadata={"help": "request bytes one stream may have unanswered before it is no longer read"}
     )
-    max_bytes_in_flight: int = field(
-        default=64 * MiB, metadata={"help": "request bytes all calls together may have unanswered (backpressure beyond)"}
+    max_bytes_in_flight: int | None = field(
+        default=None,
+        metadata={"derived": True, "help": "request bytes all calls together may have unanswered (backpressure beyond); default: a sixteenth of --memory-limit-bytes"},
     )
     memory_limit_bytes: int = field(
         default=1 << 30,
-        metadata={"help": "resident memory at which new batches wait (backpressure) until it falls a tenth below, bytes; 0 disables"},
+        metadata={"help": "resident memory the server stays under: the default budgets are shares of it, and new batches wait (backpressure) while resident memory nears it, bytes; 0 disables"},
     )
     # -- Kafka
     kafka_bootstrap: str | None = field(
@@ -86,9 +87,9 @@ class ServeConfig:
     )
     roll_bytes: int = field(default=128 * MiB, metadata={"help": "roll a Bronze file when it reaches this size, bytes"})
     roll_age_s: float = field(default=60.0, metadata={"help": "roll a Bronze file when it is this old, seconds"})
-    bronze_max_buffered_bytes: int = field(
-        default=128 * MiB,
-        metadata={"help": "memory the Bronze writer may hold before write() waits (backpressure), bytes"},
+    bronze_max_buffered_bytes: int | None = field(
+        default=None,
+        metadata={"derived": True, "help": "memory the Bronze writer may hold before write() waits (backpressure), bytes; default: an eighth of --memory-limit-bytes"},
     )
     spool_dir: str = field(
         default="./data/bronze-spool",
@@ -190,6 +191,17 @@ class ServeConfig:
         for name in ("kafka_bootstrap", "s3_endpoint_url", "ready_file"):
             if getattr(self, name) == "":
                 setattr(self, name, None)
+        if self.memory_limit_bytes < 0:
+            raise ValueError(f"--memory-limit-bytes must not be negative (0 disables it), got {self.memory_limit_bytes}")
+        # The memory plan: the budgets that hold batches' data default to
+        # shares of the memory limit, so one number sizes them together.
+        # Together they are a third of it; the rest is the process at rest (~95
+        # MiB), the dedup window, and what no budget sees (gRPC's transport
+        # buffers, allocator slack), which the limiter's watch of RSS covers.
+        if self.max_bytes_in_flight is None:
+            self.max_bytes_in_flight = self.planned_bytes(16)
+        if self.bronze_max_buffered_bytes is None:
+            self.bronze_max_buffered_bytes = self.planned_bytes(8)
         from keystone_ingest.server.security import check_config  # noqa: PLC0415 (security imports this module)
 
         check_config(self)
@@ -209,12 +221,20 @@ class ServeConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.wal_commit_delay_ms < 0:
             raise ValueError(f"--wal-commit-delay-ms must not be negative, got {self.wal_commit_delay_ms}")
-        if self.memory_limit_bytes < 0:
-            raise ValueError(f"--memory-limit-bytes must not be negative (0 disables it), got {self.memory_limit_bytes}")
         if self.linger_ms < 0 or self.shutdown_grace_s < 0:
             raise ValueError("--linger-ms and --shutdown-grace-s must not be negative")
         if not (self.bronze_uri.startswith(("file://", "s3://", "/", "."))):
             raise ValueError(f"--bronze-uri must be file://PATH, s3://BUCKET/PREFIX or a path, got {self.bronze_uri!r}")
+
+    def planned_bytes(self, share: int) -> int:
+        """1/share of the memory limit (of 1 GiB when there is none), at least 1 MiB."""
+        return max(MiB, (self.memory_limit_bytes or 1 << 30) // share)
+
+    @property
+    def wal_feed_memory_bytes(self) -> int:
+        """Rows the write-ahead log keeps in memory for the Bronze feed (beyond
+        them it reads records back from disk): a sixteenth of the limit."""
+        return self.planned_bytes(16)
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -235,7 +255,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type = Ser
             "metavar": None if "choices" in f.metadata else f.metadata.get("metavar", _metavar(f.name, kind)),
         }  # fmt: skip
         help_text = f.metadata.get("help", "")
-        if f.default is None:
+        if f.default is None and not f.metadata.get("derived"):
             help_text += " (default: unset)"
         add_argument_with_env(parser, "--" + f.name.replace("_", "-"), help=help_text, default=f.default,
                               secret=f.metadata.get("secret", False), **options)  # fmt: skip
