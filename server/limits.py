@@ -91,9 +91,14 @@ class MemoryLimiter:
         inside the process when admission pauses (batches being processed,
         transport buffers, the Bronze writer's copies) still grows it, and
         that headroom is what keeps RSS under the limit itself.
-    One rule keeps it from ever wedging the server: a batch is always admitted
-    when nothing else is in flight, so a limit set below what the process
-    needs at rest slows it to one batch at a time, never to zero.
+    One rule keeps a paused server working: batches are admitted regardless
+    while the request bytes in flight stay under `floor_bytes` (1/128 of the
+    limit: ~10 batches of 1,000 orders at 400 MiB), and a batch always is when
+    nothing else is in flight. Memory grows with concurrency, not with the
+    rate, so at that floor the server keeps close to its full rate (measured:
+    40 overloading streams at a 400 MiB limit, 103k orders/s; one batch at a
+    time, as before the floor, gave 24k), and a limit set below what the
+    process needs at rest slows it down, never to zero.
     """
 
     def __init__(self, limit_bytes: int, *, check_interval_s: float = 0.1, trim_interval_s: float = 0.5,
@@ -103,6 +108,7 @@ class MemoryLimiter:
         self.limit_bytes = limit_bytes
         self.high_bytes = limit_bytes - max(limit_bytes // 5, 32 << 20)
         self.low_bytes = self.high_bytes - max(limit_bytes // 10, 16 << 20)
+        self.floor_bytes = limit_bytes // 128
         self.check_interval_s = check_interval_s
         self.trim_interval_s = trim_interval_s
         self.over = False
@@ -143,11 +149,11 @@ class MemoryLimiter:
         (about twice their request bytes: the core's result, the Kafka
         records), since a burst of admissions lands long before RSS shows it."""
         held = in_flight_bytes()
-        if not held or self._has_room(n, held):
-            return False  # room, or nothing else in flight: never wedge the server
+        if self._has_room(n, held):
+            return False
         if self._metrics is not None:
             self._metrics.memory_limit_waits_total.inc()
-        while (held := in_flight_bytes()) and not self._has_room(n, held):
+        while not self._has_room(n, (held := in_flight_bytes())):
             # Wakes when the sampler sees RSS fall under the low mark, or
             # after one interval to look again (batches finishing free memory).
             try:
@@ -157,8 +163,8 @@ class MemoryLimiter:
         return True
 
     def _has_room(self, n: int, held: int) -> bool:
-        if not self.enabled:
-            return True
+        if not self.enabled or held + n <= self.floor_bytes or not held:
+            return True  # the floor: a paused server keeps working, more slowly
         if self.over:
             return False
         return self._read_rss() + _AMPLIFICATION * (held + n) < self.high_bytes

@@ -129,6 +129,17 @@ def test_admission_waits_for_room_and_goes_ahead_when_nothing_else_is_in_flight(
         assert limiter.over
         held["bytes"] = 0
         assert await asyncio.wait_for(limiter.admit(10 * MiB, lambda: held["bytes"]), 1) is False
+        # Under the floor (1/128 of the limit: 3.125 MiB) batches go ahead even
+        # while paused; past it they wait.
+        assert limiter.floor_bytes == 400 * MiB // 128
+        held["bytes"] = 2 * MiB
+        assert await asyncio.wait_for(limiter.admit(MiB, lambda: held["bytes"]), 1) is False
+        held["bytes"] = 3 * MiB
+        waiting = asyncio.ensure_future(limiter.admit(MiB, lambda: held["bytes"]))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        held["bytes"] = 2 * MiB  # a batch answered: 2 + 1 fits under the floor
+        assert await asyncio.wait_for(waiting, 1) is True
 
     asyncio.run(body())
 
