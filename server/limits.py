@@ -101,7 +101,7 @@ class MemoryLimiter:
     process needs at rest slows it down, never to zero.
     """
 
-    def __init__(self, limit_bytes: int, *, check_interval_s: float = 0.1, trim_interval_s: float = 0.5,
+    def __init__(self, limit_bytes: int, *, check_interval_s: float = 0.1, trim_interval_s: float = 0.25,
                  metrics=None, read_rss: Callable[[], int] | None = None) -> None:  # fmt: skip
         if limit_bytes < 0:
             raise ValueError("a memory limit cannot be negative")
