@@ -4,6 +4,7 @@
 #   make test      build, then run every test (C++ under sanitizers, Python suite)
 #   make demo      the main job end to end: server, 200,000 orders, what landed in Kafka and Bronze
 #   make bench     micro-benchmarks per stage, then the end-to-end harness against the pure-Python reference server
+#   make bench-overload  4 against 40 streams at a 400 MiB memory limit: throughput and peak RSS
 #   make fuzz      libFuzzer on the native decoder, then atheris on the Python request path, each FUZZ_SECONDS: make fuzz FUZZ_SECONDS=600
 #   make soak      10 minutes of load with broker outages and server restarts: make soak SOAK_SECONDS=120
 
@@ -20,7 +21,7 @@ CLANGXX       ?= clang++-14
 SOURCES := $(shell find native proto server client -type f \( -name '*.cc' -o -name '*.h' -o -name '*.cpp' \
              -o -name '*.py' -o -name '*.pyi' -o -name '*.proto' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
-.PHONY: install test test-native test-python test-sanitize demo soak bench fuzz fuzz-python clean lock
+.PHONY: install test test-native test-python test-sanitize demo soak bench bench-overload fuzz fuzz-python clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -107,6 +108,15 @@ bench: install
 	    --benchmark-sort=name
 	$(PY) -m benchmarks.harness $(BENCH_ARGS)
 	$(PY) -m benchmarks.profile
+
+# Overload against a memory limit: the real server with --memory-limit-bytes
+# 400 MiB, 4 streams against 40 (ten times the batches offered), 16 batches in
+# flight each, three runs of each; throughput, ack latency and peak RSS per run
+# in build/bench-overload/results.json. About 2 minutes.
+bench-overload: install
+	$(PY) -m benchmarks.harness --servers real --server-arg=--memory-limit-bytes=419430400 --max-in-flight 16 \
+	    --repeats 1 --fractions= --batch-sizes= --streams-sweep 4,40,4,40,4,40 --sweep-duration 8 --sweep-warmup 2 \
+	    --out-dir build/bench-overload
 
 # Re-resolves every dependency to its newest allowed version and writes the
 # exact versions to $(CONSTRAINTS). Run after changing pyproject.toml.
