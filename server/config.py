@@ -195,9 +195,11 @@ class ServeConfig:
             raise ValueError(f"--memory-limit-bytes must not be negative (0 disables it), got {self.memory_limit_bytes}")
         # The memory plan: the budgets that hold batches' data default to
         # shares of the memory limit, so one number sizes them together.
-        # Together they are a third of it; the rest is the process at rest (~95
-        # MiB), the dedup window, and what no budget sees (gRPC's transport
-        # buffers, allocator slack), which the limiter's watch of RSS covers.
+        # Together they are a quarter of it, about half with what their bytes
+        # really hold (the core's results, Arrow copies); the rest is the
+        # process at rest (~95 MiB), the dedup window, and what no budget sees
+        # (gRPC's transport buffers, allocator slack), which the limiter's
+        # watch of RSS covers.
         if self.max_bytes_in_flight is None:
             self.max_bytes_in_flight = self.planned_bytes(16)
         if self.bronze_max_buffered_bytes is None:

@@ -79,18 +79,19 @@ class MemoryLimiter:
     The budgets bound what the server itself holds per batch; they cannot see
     gRPC's transport buffers, allocator slack or rows parked behind a slow
     Bronze writer. This reads the real figure (RSS) every `check_interval_s`
-    and acts in three steps:
+    and acts at two marks:
       - from the low mark up, it hands freed memory back to the OS (Arrow's
         pool, glibc's `malloc_trim`, in a worker thread) every `trim_interval_s`:
         glibc keeps freed pages of its arenas resident until trimmed, and under
         churn they are a quarter of RSS;
       - at the high mark, new batches wait (their streams are not read, so
         HTTP/2 flow control slows the senders) until RSS is back under the low
-        mark, and the holders in `on_pressure` let go of what they can;
-      - the high mark sits a fifth below the limit (at least 32 MiB): what is
-        inside the process when admission pauses (batches being processed,
-        transport buffers, the Bronze writer's copies) still grows it, and
-        that headroom is what keeps RSS under the limit itself.
+        mark, and the holders in `on_pressure` let go of what they can.
+    The high mark sits a fifth below the limit (at least 32 MiB): what is
+    inside the process when admission pauses (batches being processed,
+    transport buffers, the Bronze writer's copies) still grows it, and that
+    headroom is what keeps RSS under the limit itself. The low mark is a tenth
+    of the limit lower (at least 16 MiB), so admission does not flap.
     One rule keeps a paused server working: batches are admitted regardless
     while the request bytes in flight stay under `floor_bytes` (1/128 of the
     limit: ~10 batches of 1,000 orders at 400 MiB), and a batch always is when
