@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import fields
 
 import grpc
+import pytest
 import pyarrow.dataset as ds
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -207,6 +208,24 @@ def test_flags_come_from_the_environment_and_bad_values_are_named(tmp_path):
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2
     assert "--roll-age-s must be positive, got 0.0" in bad.stderr
+
+
+def test_the_budgets_default_to_shares_of_the_memory_limit_and_set_ones_are_kept():
+    MiB = 1 << 20
+    default = ServeConfig()
+    assert (default.memory_limit_bytes, default.max_bytes_in_flight, default.bronze_max_buffered_bytes,
+            default.wal_feed_memory_bytes) == (1024 * MiB, 64 * MiB, 128 * MiB, 64 * MiB)  # fmt: skip
+    small = ServeConfig(memory_limit_bytes=400 * MiB)
+    assert (small.max_bytes_in_flight, small.bronze_max_buffered_bytes, small.wal_feed_memory_bytes) == (
+        25 * MiB, 50 * MiB, 25 * MiB)  # fmt: skip
+    unlimited = ServeConfig(memory_limit_bytes=0)  # no limit: the shares of 1 GiB
+    assert (unlimited.max_bytes_in_flight, unlimited.bronze_max_buffered_bytes) == (64 * MiB, 128 * MiB)
+    tiny = ServeConfig(memory_limit_bytes=8 * MiB)  # never under 1 MiB
+    assert (tiny.max_bytes_in_flight, tiny.bronze_max_buffered_bytes) == (MiB, MiB)
+    chosen = ServeConfig(memory_limit_bytes=400 * MiB, max_bytes_in_flight=7 * MiB, bronze_max_buffered_bytes=9 * MiB)
+    assert (chosen.max_bytes_in_flight, chosen.bronze_max_buffered_bytes) == (7 * MiB, 9 * MiB)
+    with pytest.raises(ValueError, match=r"--memory-limit-bytes must not be negative \(0 disables it\), got -1"):
+        ServeConfig(memory_limit_bytes=-1)
 
 
 def test_an_unreachable_kafka_at_start_exits_1_with_the_reason(tmp_path):
