@@ -15,8 +15,8 @@ import urllib.request
 from dataclasses import fields
 
 import grpc
-import pytest
 import pyarrow.dataset as ds
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kafkautil import KafkaCluster, read_all
