@@ -10,21 +10,13 @@ from pathlib import Path
 import pytest
 from certs import TestCA
 from kafkautil import KafkaCluster
-from secutil import Deployment
+from serverutil import Deployment, deployments
 
 
 @pytest.fixture
 def deploy(kafka_broker: KafkaCluster, tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
-    started: list[Deployment] = []
-
-    def start(*extra_args: str, env: dict[str, str] | None = None) -> Deployment:
-        d = Deployment(kafka_broker, tmp_path / f"bronze{len(started)}", list(extra_args), env)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.server.close()
+    with deployments(kafka_broker, tmp_path, partitions=3, dlq_partitions=1) as start:
+        yield start
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Helpers of the security tests: server processes on the session's Kafka
-cluster, tokens files, the certificate a server presents, waiting for a condition."""
+"""Helpers of the security tests: tokens files, the certificate a server
+presents, waiting for a condition (server processes: serverutil.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import json
 import socket
 import ssl
 import time
-import urllib.request
 from pathlib import Path
 
 from certs import Issued
-from kafkautil import KafkaCluster
 
 from keystone_ingest.server.auth import token_digest
 from keystone_ingest.server.launcher import ServerProcess
@@ -27,37 +25,6 @@ def tokens_file_text(tokens: dict[str, str] = TOKENS, no_ingest: tuple[str, ...]
     for name, token in tokens.items():
         lines.append(f"{name} {'-' if name in no_ingest else 'ingest'} sha256:{token_digest(token)}")
     return "\n".join(lines) + "\n"
-
-
-class Deployment:
-    """One server process with its own topics and Bronze directory."""
-
-    def __init__(self, cluster: KafkaCluster, bronze: Path, extra_args: list[str], env: dict[str, str] | None) -> None:
-        self.cluster = cluster
-        self.topic = cluster.new_topic("orders", partitions=3)
-        self.dlq_topic = cluster.new_topic("orders-dlq", partitions=1)
-        self.bronze = bronze
-        self.server = ServerProcess(
-            ["--kafka-bootstrap", cluster.bootstrap, "--topic", self.topic, "--dlq-topic", self.dlq_topic,
-             "--bronze-uri", f"file://{bronze}", *extra_args],
-            env=env,
-        )  # fmt: skip
-        self.target = self.server.target
-        self.port = self.server.port
-
-    def metric(self, name: str) -> float:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics", timeout=5).read().decode()
-        for line in text.splitlines():
-            if line.split(" ")[0] == name:
-                return float(line.rsplit(" ", 1)[1])
-        raise KeyError(name)
-
-    def rss_bytes(self, field: str = "VmRSS") -> int:
-        with open(f"/proc/{self.server.process.pid}/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no {field}")
 
 
 def presented_serial(port: int, ca: Path, client: Issued | None = None) -> int:

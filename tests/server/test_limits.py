@@ -14,24 +14,6 @@ from keystone_ingest.proto.v1 import ingest_pb2
 UNARY_METHOD = "/keystone.ingest.v1.OrderIngest/IngestOrders"
 
 
-def peak_rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
-
-
-def metric(server, name: str) -> float:
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.split(" ")[0] == name:
-            return float(line.rsplit(" ", 1)[1])
-    raise KeyError(name)
-
-
 def test_a_batch_over_max_message_bytes_gets_resource_exhausted_and_the_server_goes_on(deploy):
     d = deploy("--max-message-bytes", str(256 * 1024))
     big = OrderGenerator(seed=1).batch(1500, batch_id="too-big").SerializeToString()
@@ -79,9 +61,9 @@ def test_overload_becomes_backpressure_with_memory_bounded_by_configuration(depl
     acked, failures = overload(d.target)
     assert not failures
     assert len(acked) == 144 and sum(acked) == 144_000
-    assert metric(d.server, "keystone_ingest_backpressure_waits_total") > 0
-    assert metric(d.server, "keystone_ingest_bytes_in_flight") == 0
-    rss = peak_rss_bytes(d.server.process.pid)
+    assert d.metric("keystone_ingest_backpressure_waits_total") > 0
+    assert d.metric("keystone_ingest_bytes_in_flight") == 0
+    rss = d.rss_bytes("VmHWM")
     print(f"peak RSS {rss / 2**20:.0f} MiB")
     # What the budgets allow: ~125 MiB idle, 40 MiB of dedup window, 6 MiB of requests (x3:
     # request, Arrow result, Kafka records), 32 MiB of Bronze buffer (x1.6), 64 MiB of rows the
@@ -103,9 +85,9 @@ def test_the_memory_limit_keeps_resident_memory_under_it_and_the_server_keeps_se
     acked, failures = overload(d.target, streams=24)
     assert not failures
     assert len(acked) == 288 and sum(acked) == 288_000
-    rss = peak_rss_bytes(d.server.process.pid)
+    rss = d.rss_bytes("VmHWM")
     print(f"peak RSS {rss / 2**20:.0f} MiB, limit {limit >> 20} MiB")
-    assert metric(d.server, "keystone_ingest_memory_limit_waits_total") > 0
+    assert d.metric("keystone_ingest_memory_limit_waits_total") > 0
     # Measured 335 to 387 MiB (48 connections: 364 to 398 MiB); 500 to 610 MiB before
     # the budgets were shares of the limit, admission paused short of it and
     # freed memory went back to the OS (README, "Crashes, the write-ahead log

@@ -1,0 +1,67 @@
+"""Real `keystone-ingest serve` processes for tests: one per `Deployment`, with
+topics and a Bronze directory of its own on a shared Kafka cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from kafkautil import KafkaCluster
+
+from keystone_ingest.server.launcher import ServerProcess
+
+
+class Deployment:
+    """One server process with its own topics and Bronze directory."""
+
+    def __init__(self, cluster: KafkaCluster, bronze: Path, extra_args: list[str], env: dict[str, str] | None = None,
+                 *, partitions: int = 6, dlq_partitions: int = 3) -> None:  # fmt: skip
+        self.cluster = cluster
+        self.topic = cluster.new_topic("orders", partitions=partitions)
+        self.dlq_topic = cluster.new_topic("orders-dlq", partitions=dlq_partitions)
+        self.bronze = bronze
+        self.server = ServerProcess(
+            ["--kafka-bootstrap", cluster.bootstrap, "--topic", self.topic, "--dlq-topic", self.dlq_topic,
+             "--bronze-uri", f"file://{bronze}", *extra_args],
+            env=env,
+        )  # fmt: skip
+        self.target = self.server.target
+        self.port = self.server.port
+
+    def metric(self, name: str) -> float:
+        """An unlabelled metric's value from /metrics; KeyError if the server has none of that name."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.split(" ")[0] == name:
+                return float(line.rsplit(" ", 1)[1])
+        raise KeyError(name)
+
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        """The server's resident memory now (VmRSS) or at its peak (VmHWM)."""
+        with open(f"/proc/{self.server.process.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field}")
+
+
+@contextlib.contextmanager
+def deployments(cluster: KafkaCluster, tmp_path: Path, *common_args: str, partitions: int = 6,
+                dlq_partitions: int = 3) -> Iterator[Callable[..., Deployment]]:  # fmt: skip
+    """Yields `start(*extra_args, env=None, bronze=None)`, which starts a
+    Deployment (with `common_args` first); every one is killed on exit."""
+    started: list[Deployment] = []
+
+    def start(*extra_args: str, env: dict[str, str] | None = None, bronze: Path | None = None) -> Deployment:
+        d = Deployment(cluster, bronze or tmp_path / f"bronze{len(started)}", [*common_args, *extra_args], env,
+                       partitions=partitions, dlq_partitions=dlq_partitions)  # fmt: skip
+        started.append(d)
+        return d
+
+    try:
+        yield start
+    finally:
+        for d in started:
+            d.server.close()
