@@ -37,6 +37,20 @@ def producer_of(security: KafkaSecurity) -> AIOKafkaProducer:
     return asyncio.run(build())
 
 
+async def connect_once(broker, config: ServeConfig):
+    """The sink's producer for `config` connects to the stand-in `broker` (TLS
+    handshake, SASL authentication, metadata); then both stop. Returns the
+    broker, which remembers the connections."""
+    producer = KafkaSink(KafkaConfig(bootstrap=config.kafka_bootstrap,
+                                     security=KafkaSecurity.from_config(config)))._new_producer()  # fmt: skip
+    try:
+        await producer.client.bootstrap()
+    finally:
+        await producer.stop()
+        await broker.stop()
+    return broker
+
+
 def test_sasl_scram_over_tls_settings_reach_the_producer(tmp_path):
     ca = TestCA(tmp_path, "kafka-ca")
     client = ca.issue("keystone")
@@ -219,14 +233,7 @@ def test_sasl_plain_over_mutual_tls_on_the_wire(tmp_path, caplog):
                              kafka_sasl_mechanism="PLAIN", kafka_sasl_username="keystone",
                              kafka_sasl_password="plain-secret-77", kafka_ssl_ca=str(ca.cert),
                              kafka_ssl_cert=str(client_cert.cert), kafka_ssl_key=str(client_cert.key))  # fmt: skip
-        sink = KafkaSink(KafkaConfig(bootstrap=config.kafka_bootstrap, security=KafkaSecurity.from_config(config)))
-        producer = sink._new_producer()
-        try:
-            await producer.client.bootstrap()
-        finally:
-            await producer.stop()
-            await broker.stop()
-        return broker
+        return await connect_once(broker, config)
 
     with caplog.at_level("DEBUG"):
         broker = asyncio.run(scenario())
@@ -252,14 +259,7 @@ def test_sasl_scram_exchange_on_the_wire(mechanism, caplog):
         config = ServeConfig(kafka_bootstrap=f"127.0.0.1:{broker.port}", kafka_security_protocol="SASL_PLAINTEXT",
                              kafka_sasl_mechanism=mechanism, kafka_sasl_username="keystone",
                              kafka_sasl_password=password)  # fmt: skip
-        producer = KafkaSink(KafkaConfig(bootstrap=config.kafka_bootstrap,
-                                         security=KafkaSecurity.from_config(config)))._new_producer()  # fmt: skip
-        try:
-            await producer.client.bootstrap()
-        finally:
-            await producer.stop()
-            await broker.stop()
-        return broker
+        return await connect_once(broker, config)
 
     with caplog.at_level("DEBUG"):
         broker = asyncio.run(connect("scram-secret-42"))
