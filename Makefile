@@ -16,12 +16,16 @@ CONSTRAINTS   := .ci/constraints.txt
 BUILD_DEPS    := scikit-build-core pybind11 grpcio-tools cmake ninja
 FUZZ_SECONDS  ?= 60
 JOBS          ?= $(shell nproc)
+# Apache Kafka's runtime classpath, resolved from Maven Central by dev/kafka/pom.xml.
+KAFKA_POM     := dev/kafka/pom.xml
+KAFKA_LIBS    := .cache/kafka/libs
+export KEYSTONE_KAFKA_LIBS := $(CURDIR)/$(KAFKA_LIBS)
 CLANGXX       ?= clang++-14
 
-SOURCES := $(shell find native proto server client -type f \( -name '*.cc' -o -name '*.h' -o -name '*.cpp' \
+SOURCES := $(shell find native proto server client dev -type f \( -name '*.cc' -o -name '*.h' -o -name '*.cpp' \
              -o -name '*.py' -o -name '*.pyi' -o -name '*.proto' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
-.PHONY: install test test-native test-python test-sanitize demo soak bench bench-overload fuzz fuzz-python clean lock
+.PHONY: install kafka java-check test test-native test-python test-sanitize demo soak bench bench-overload fuzz fuzz-python clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +44,27 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES) CMakeLists.txt pyproject.toml
 
 install: $(VENV)/.installed
 
+# The broker's jars: kafka_2.13 and its runtime dependencies plus a log4j2
+# backend, into an ignored cache folder (replaced whole, so a version change
+# leaves no stale jar on the classpath). Maven keeps its own copy in ~/.m2.
+kafka: $(KAFKA_LIBS)/.complete
+
+$(KAFKA_LIBS)/.complete: $(KAFKA_POM) | java-check
+	rm -rf $(KAFKA_LIBS).tmp
+	mvn -q -B -Dstyle.color=never -f $(KAFKA_POM) dependency:copy-dependencies -DincludeScope=runtime \
+	    -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS).tmp
+	rm -rf $(KAFKA_LIBS) && mv $(KAFKA_LIBS).tmp $(KAFKA_LIBS)
+	touch $@
+
+java-check:
+	@command -v java >/dev/null || { echo "make: Java 17 or newer is needed to run Apache Kafka (Debian: apt-get install openjdk-17-jdk-headless)" >&2; exit 1; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); [ "$${v:-0}" -ge 17 ] || \
+	    { echo "make: java is version $$v; Apache Kafka needs Java 17 or newer" >&2; exit 1; }
+	@command -v mvn >/dev/null || { echo "make: Maven is needed to fetch Apache Kafka from Maven Central (Debian: apt-get install maven)" >&2; exit 1; }
+
 test: test-native test-python
 
-test-python: install
+test-python: install kafka
 	$(PY) -m pytest
 
 # The C++ unit tests, built with AddressSanitizer and UndefinedBehaviorSanitizer.
@@ -69,7 +91,7 @@ fuzz: install
 # Atheris on the whole Python request path (gRPC, service, core, Kafka on a
 # development broker, write-ahead log, Bronze in a local directory), from the
 # same seed batches. Crashes land in build/fuzz/py-crashes/.
-fuzz-python: install
+fuzz-python: install kafka
 	$(PY) native/fuzz/make_corpus.py build/fuzz/seed
 	mkdir -p build/fuzz/py-corpus build/fuzz/py-crashes
 	$(PY) tests/fuzz/fuzz_request_path.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=4096 \
@@ -85,15 +107,15 @@ test-sanitize: $(VENV)/.deps
 	LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    PYTHONPATH=build/asan-site $(PY) -m pytest tests/core -p no:cacheprovider -q
 
-# Starts the server (embedded broker, Bronze in data/demo), streams 200,000
+# Starts the server (embedded Apache Kafka and Bronze in data/demo), streams 200,000
 # orders, shows what landed in Kafka and Bronze; exits non-zero on a mismatch.
-demo: install
-	$(PY) -m keystone_ingest.server.demo
+demo: install kafka
+	$(PY) -m keystone_ingest.dev.demo
 
 # Sustained load with random broker outages and server restarts, then the
 # verification of the reliability tests and the server's RSS over time.
 SOAK_SECONDS ?= 600
-soak: install
+soak: install kafka
 	$(PY) tests/soak.py --seconds $(SOAK_SECONDS)
 
 # The per-stage micro-benchmarks (pytest-benchmark), then the end-to-end
@@ -103,7 +125,7 @@ soak: install
 # minutes; BENCH_ARGS passes flags to the harness (python -m benchmarks.harness --help),
 # e.g. make bench BENCH_ARGS=--quick.
 BENCH_ARGS ?=
-bench: install
+bench: install kafka
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-only --benchmark-columns=median,iqr,ops \
 	    --benchmark-sort=name
 	$(PY) -m benchmarks.harness $(BENCH_ARGS)
@@ -113,7 +135,7 @@ bench: install
 # 400 MiB, 4 streams against 40 (ten times the batches offered), 16 batches in
 # flight each, three runs of each; throughput, ack latency and peak RSS per run
 # in build/bench-overload/results.json. About 2 minutes.
-bench-overload: install
+bench-overload: install kafka
 	$(PY) -m benchmarks.harness --servers real --server-arg=--memory-limit-bytes=419430400 --max-in-flight 16 \
 	    --repeats 1 --fractions= --batch-sizes= --streams-sweep 4,40,4,40,4,40 --sweep-duration 8 --sweep-warmup 2 \
 	    --out-dir build/bench-overload
@@ -132,4 +154,4 @@ lock:
 	rm -rf build/lock-venv
 
 clean:
-	rm -rf build $(VENV) .pytest_cache .hypothesis .benchmarks
+	rm -rf build $(VENV) .cache .pytest_cache .hypothesis .benchmarks

@@ -1,8 +1,8 @@
 """The end-to-end benchmark: `make bench` (or `python -m benchmarks.harness`).
 
-Starts the development broker (librdkafka's mock cluster, in its helper
-process), then for each server, the real one (`keystone-ingest serve`) and the
-pure-Python reference (benchmarks/reference/server.py), a server process with
+Starts the broker (one Apache Kafka node by default, as `keystone-ingest serve`
+embeds it; `--broker mock` for librdkafka's mock cluster), then for each
+server, the real one (`keystone-ingest serve`) and the pure-Python reference (benchmarks/reference/server.py), a server process with
 topics and a Bronze directory of its own, and drives it with the load client
 (benchmarks/driver.py), one process per run:
 
@@ -15,7 +15,8 @@ topics and a Bronze directory of its own, and drives it with the load client
 Per run: orders/s and batches/s (acked in the measured window), ack latency
 (p50/p90/p99/max of the batches sent in the window), server CPU seconds per
 million orders (user + system of the server process over the whole run,
-warm-up included, divided by the orders acked in it) and the server's peak RSS
+warm-up included, divided by the orders acked in it; the broker's and the load
+driver's the same way) and the server's peak RSS
 (VmHWM, reset before each run). Results go to `--out-dir` as results.json, and
 as PNG plots when matplotlib is installed (throughput against batch size and
 against streams, the ack-latency distribution of both servers).
@@ -43,8 +44,9 @@ from pathlib import Path
 
 from benchmarks.corpus import load_pool
 from benchmarks.processes import REPO_ROOT, ReferenceProcess, reset_peak_rss, usage
-from keystone_ingest.server.devbroker import DevBroker
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.kafka import KAFKA_VERSION, KafkaCluster
+from keystone_ingest.dev.mockbroker import MockBroker
+from keystone_ingest.dev.launcher import ServerProcess
 
 MiB = 1024 * 1024
 KINDS = ("real", "reference")
@@ -77,7 +79,7 @@ class Run:
             "batches_per_s": r["batches_per_s"],
             "latency_ms": r["latency_ms"],
             "cpu_s_per_million_orders": self.cpu_s / orders * 1e6,
-            # Where the rest of the machine went: the load driver and the dev broker.
+            # Where the rest of the machine went: the load driver and the broker.
             "client_cpu_s_per_million_orders": self.client_cpu_s / orders * 1e6,
             "broker_cpu_s_per_million_orders": self.broker_cpu_s / orders * 1e6,
             "server_cores": self.cpu_s / max(self.result["run_s"], 1e-9),
@@ -91,9 +93,9 @@ class Run:
 class Target:
     """One server process under test, with its own topics and Bronze directory."""
 
-    def __init__(self, kind: str, broker: DevBroker, workdir: Path, server_args: list[str]) -> None:
+    def __init__(self, kind: str, broker: KafkaCluster | MockBroker, workdir: Path, server_args: list[str]) -> None:
         self.kind = kind
-        self.broker_pid = broker.pid
+        self.broker_pid = broker.pid if isinstance(broker, MockBroker) else broker.pids()[1]
         suffix = uuid.uuid4().hex[:8]
         self.topic, self.dlq_topic = f"bench-{kind}-{suffix}", f"bench-{kind}-{suffix}.dlq"
         broker.create_topic(self.topic, partitions=6)
@@ -232,7 +234,7 @@ def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
 def print_table(summary: dict) -> None:
     print("\nEnd to end (medians; batch %s, streams %s)" % (_first(summary, "batch_size"), _first(summary, "streams")))
     print(f"{'server':<10}{'load':<7}{'orders/s':>11}{'batches/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-          f"{'max ms':>9}{'CPU s/M':>9}{'cores':>7}{'peak MiB':>10}{'client s/M':>12}")  # fmt: skip
+          f"{'max ms':>9}{'CPU s/M':>9}{'cores':>7}{'peak MiB':>10}{'broker s/M':>12}{'client s/M':>12}")  # fmt: skip
     for kind, phases in summary["table"].items():
         for phase, row in phases.items():
             if not row:
@@ -241,7 +243,7 @@ def print_table(summary: dict) -> None:
             print(f"{kind:<10}{phase:<7}{row['orders_per_s']:>11,.0f}{row['batches_per_s']:>11,.1f}"
                   f"{lat['p50']:>9.1f}{lat['p90']:>9.1f}{lat['p99']:>9.1f}{lat['max']:>9.1f}"
                   f"{row['cpu_s_per_million_orders']:>9.2f}{row['server_cores']:>7.2f}{row['peak_rss_mib']:>10.0f}"
-                  f"{row['client_cpu_s_per_million_orders']:>12.2f}")  # fmt: skip
+                  f"{row['broker_cpu_s_per_million_orders']:>12.2f}{row['client_cpu_s_per_million_orders']:>12.2f}")  # fmt: skip
     if summary["ratios"]:
         r = summary["ratios"]
         print(f"real / reference: {r['orders_per_s']:.1f}x orders/s, {r['cpu_per_order']:.1f}x less CPU per order, "
@@ -333,6 +335,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--servers", default="real,reference", help="which servers to measure, comma-separated")
+    p.add_argument("--broker", choices=("kafka", "mock"), default="kafka",
+                   help="one Apache Kafka node (what users run), or librdkafka's mock cluster")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--streams", type=int, default=4)
     p.add_argument("--max-in-flight", type=int, default=8, help="unacked batches per stream")
@@ -360,6 +364,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def start_broker(kind: str) -> KafkaCluster | MockBroker:
+    return KafkaCluster(nodes=1) if kind == "kafka" else MockBroker(brokers=3, partitions=6)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = Path(args.out_dir)
@@ -370,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
               live=not args.olist_days)  # fmt: skip
     harness = Harness(args)
     exit_codes = {}
-    with tempfile.TemporaryDirectory(prefix="keystone-bench-") as tmp, DevBroker(brokers=3, partitions=6) as broker:
+    with tempfile.TemporaryDirectory(prefix="keystone-bench-") as tmp, start_broker(args.broker) as broker:
         for kind in args.servers.split(","):
             target = Target(kind, broker, Path(tmp), args.server_arg)
             try:
@@ -386,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": time.time() - started,
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items()},
+        "broker": f"Apache Kafka {KAFKA_VERSION}, one node" if args.broker == "kafka" else "librdkafka mock cluster",
         "summary": summary,
         "runs": [{**run.row(), "latency_sample_ms": run.result["latency_sample_ms"]} for run in harness.runs],
         "server_exit_codes": exit_codes,

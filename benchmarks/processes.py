@@ -1,5 +1,5 @@
 """Child processes the harness and the reference tests run: the pure-Python
-reference server (the real server has `keystone_ingest.server.launcher.ServerProcess`),
+reference server (the real server has `keystone_ingest.dev.launcher.ServerProcess`),
 and what a process has cost so far, read from /proc.
 
     with ReferenceProcess(["--kafka-bootstrap", bootstrap, "--bronze-dir", str(tmp)]) as ref:
@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from keystone_ingest.server.launcher import ChildProcess
+from keystone_ingest.dev.launcher import ChildProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -2,7 +2,7 @@
 
     python -m benchmarks.profile [--seconds 10] [--streams 4] [--batch-size 1000] [--native]
 
-Starts the dev broker and `keystone-ingest serve`, drives it at full speed with
+Starts one Apache Kafka node and `keystone-ingest serve`, drives it at full speed with
 the load driver, and meanwhile samples the server with `py-spy record`
 (every thread, idle ones excluded: a sample is a thread on a CPU or holding
 the GIL). Each sample is put in one stage by the first rule below that matches
@@ -34,8 +34,8 @@ from pathlib import Path
 
 from benchmarks.corpus import load_pool
 from benchmarks.processes import REPO_ROOT, usage
-from keystone_ingest.server.devbroker import DevBroker
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.kafka import KafkaCluster
+from keystone_ingest.dev.launcher import ServerProcess
 
 # (stage, substrings any of which in a frame puts the sample in the stage);
 # frames are checked from the leaf up, and the first frame that matches a rule decides.
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     load_pool()
     py_spy = Path(sys.executable).with_name("py-spy")
-    with tempfile.TemporaryDirectory(prefix="keystone-profile-") as tmp, DevBroker(brokers=3, partitions=6) as broker:
+    with tempfile.TemporaryDirectory(prefix="keystone-profile-") as tmp, KafkaCluster(nodes=1) as broker:
         broker.create_topic("orders", partitions=6)
         broker.create_topic("orders.dlq", partitions=3)
         server = ServerProcess(["--kafka-bootstrap", broker.bootstrap, "--bronze-uri", f"file://{tmp}/bronze",

@@ -67,7 +67,7 @@ class IngestServer:
         self.metrics_port: int | None = None
         self.bootstrap: str | None = config.kafka_bootstrap
         self._stop = asyncio.Event()
-        self._dev_broker = None
+        self._embedded_broker = None
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._executor = ThreadPoolExecutor(config.core_threads, thread_name_prefix="core")
@@ -107,7 +107,7 @@ class IngestServer:
         if c.metrics_address:
             self.metrics_port = self.metrics.serve(*c.metrics_address)
         if self.bootstrap is None:
-            self.bootstrap = await asyncio.to_thread(self._start_dev_broker)
+            self.bootstrap = await asyncio.to_thread(self._start_embedded_broker)
         self.kafka = KafkaSink(
             KafkaConfig(
                 bootstrap=self.bootstrap,
@@ -201,19 +201,14 @@ class IngestServer:
             },
         )
 
-    def _start_dev_broker(self) -> str:
-        from keystone_ingest.server.devbroker import DevBroker
+    def _start_embedded_broker(self) -> str:
+        from keystone_ingest.dev import embedded
 
         c = self.config
-        self._dev_broker = DevBroker(brokers=3, partitions=c.topic_partitions, topics=[c.topic, c.dlq_topic])
-        bootstrap = self._dev_broker.bootstrap
-        banner = "!" * 78
-        log.warning(
-            f"\n{banner}\n  No --kafka-bootstrap given: started an EMBEDDED DEVELOPMENT BROKER at {bootstrap}.\n"
-            f"  Records live in memory and vanish when this server exits. Not for production.\n{banner}",
-            extra={"kafka": bootstrap, "embedded_broker": True},
-        )
-        return bootstrap
+        self._embedded_broker = embedded.start(c.dev_broker, topics=[c.topic, c.dlq_topic],
+                                               partitions=c.topic_partitions, data_dir=c.dev_kafka_dir,
+                                               libs=c.kafka_libs)
+        return self._embedded_broker.bootstrap
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -295,8 +290,8 @@ class IngestServer:
         if self.wal is not None:  # 7. snapshot, delete what is in Bronze
             await self.wal.close()
         self._executor.shutdown(wait=True)  # 8. the rest
-        if self._dev_broker is not None:
-            await asyncio.to_thread(self._dev_broker.close)
+        if self._embedded_broker is not None:
+            await asyncio.to_thread(self._embedded_broker.close)
         self.metrics.close()
         log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 

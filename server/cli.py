@@ -27,12 +27,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"keystone-ingest serve: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
+    from keystone_ingest.dev.embedded import StartFailed
     from keystone_ingest.server.app import serve
     from keystone_ingest.server.errors import IngestError
 
     try:
         asyncio.run(serve(config))
-    except (IngestError, OSError) as exc:
+    except (IngestError, OSError, StartFailed) as exc:
         # A sink or the listen address that cannot be had at start: say which, no traceback.
         logging.getLogger("keystone_ingest.server").error("cannot start", extra={"error": str(exc)})
         return 1
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the ingestion server",
-        description="Run the ingestion server. Without --kafka-bootstrap it starts an embedded development broker.",
+        description="Run the ingestion server. Without --kafka-bootstrap it starts an embedded Apache Kafka broker.",
     )
     add_config_arguments(serve, ServeConfig)
     serve.set_defaults(func=_serve)

@@ -50,7 +50,17 @@ class ServeConfig:
     # -- Kafka
     kafka_bootstrap: str | None = field(
         default=None,
-        metadata={"metavar": "HOST:PORT[,...]", "help": "Kafka bootstrap servers, HOST:PORT[,...]; unset: start an embedded development broker"},
+        metadata={"metavar": "HOST:PORT[,...]", "help": "Kafka bootstrap servers, HOST:PORT[,...]; unset: start an embedded broker (--dev-broker)"},
+    )
+    dev_broker: str = field(
+        default="kafka",
+        metadata={"help": "without --kafka-bootstrap, the embedded broker: one Apache Kafka node (needs Java 17+ and make kafka's jars), or librdkafka's in-memory mock for machines without Java", "choices": ("kafka", "mock")},
+    )
+    dev_kafka_dir: str = field(
+        default="./data/kafka", metadata={"metavar": "PATH", "help": "data directory of the embedded Apache Kafka node (kept across restarts)"}
+    )
+    kafka_libs: str | None = field(
+        default=None, metadata={"metavar": "PATH", "help": "jars of the embedded Apache Kafka node (default: .cache/kafka/libs, where make kafka puts them)"}
     )
     topic: str = field(default="orders", metadata={"metavar": "NAME", "help": "topic for accepted orders (one record per order)"})
     dlq_topic: str = field(default="orders.dlq", metadata={"metavar": "NAME", "help": "dead-letter topic for rejected orders"})
@@ -188,7 +198,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         # An empty value (KEYSTONE_KAFKA_BOOTSTRAP= in a compose file) means unset.
-        for name in ("kafka_bootstrap", "s3_endpoint_url", "ready_file"):
+        for name in ("kafka_bootstrap", "s3_endpoint_url", "ready_file", "kafka_libs"):
             if getattr(self, name) == "":
                 setattr(self, name, None)
         if self.memory_limit_bytes < 0:

@@ -1,32 +1,93 @@
-"""Kafka helpers for tests of any package: a broker to talk to, unique topics,
-and an independent reader (confluent-kafka, not the aiokafka the server uses).
+"""Kafka helpers for tests of any package: the cluster they share and an
+independent reader (confluent-kafka, not the aiokafka the server uses).
 
-    with kafka_cluster() as cluster:          # or the session fixture `kafka_broker`
-        topic = cluster.new_topic("orders", partitions=6)
+    def test_x(kafka_cluster):                    # the session's 3-node Apache Kafka
+        topic = kafka_cluster.new_topic("orders", partitions=6)
         ...
-        records = read_all(cluster.bootstrap, topic)
+        records = read_all(kafka_cluster.bootstrap, topic)
 
-With KAFKA_BOOTSTRAP_SERVERS set, `kafka_cluster()` uses that real cluster
-instead of starting a dev broker: topics are then created through the admin API
-and fault injection (`cluster.broker`) is unavailable. Topic names carry a
-random suffix either way, so tests never see each other's records.
+Topic names carry a random suffix, so tests never see each other's records.
+`TEST_CLUSTER` is how the session's cluster is configured; tests that break
+brokers on purpose start one of their own with it (or restore the shared one).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+from certs import TestCA
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
-from keystone_ingest.server.devbroker import DevBroker
+from keystone_ingest.dev.kafka import KafkaCluster
 
-BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+__all__ = ["TEST_CLUSTER", "KafkaCluster", "KafkaSecrets", "Record", "partition_count", "read_all"]
+
+# Three nodes, replication 3, min.insync.replicas 2 (as on MSK), each node
+# small. A node that stops answering is fenced after 6 s (Kafka: 9 s) and a
+# replica that stops fetching leaves the ISR after 10 s (Kafka: 30 s), so the
+# failure tests wait seconds, not half a minute, for what a real cluster does.
+TEST_CLUSTER = {
+    "nodes": 3,
+    "heap_mb": 384,
+    "config": {
+        "broker.session.timeout.ms": "6000",
+        "broker.heartbeat.interval.ms": "1000",
+        "replica.lag.time.max.ms": "10000",
+    },
+}
+
+
+@dataclass(frozen=True)
+class KafkaSecrets:
+    """What a client needs for the session cluster's secured listeners: `SASL`
+    (SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512) and
+    `SASL_SSL` (PLAIN over TLS, a client certificate required)."""
+
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    broker_pem: Path  # the brokers' key and certificate, one PEM file
+    user: str = "keystone"
+    plain_password: str = "plain-secret-77"
+    scram_password: str = "scram-secret-42"
+
+    @classmethod
+    def make(cls, directory: Path) -> KafkaSecrets:
+        ca = TestCA(directory, "kafka-ca")
+        broker = ca.issue("kafka-broker", server=True)
+        client = ca.issue("keystone-producer")
+        pem = directory / "kafka-broker-keystore.pem"
+        pem.write_bytes(broker.key.read_bytes() + broker.cert.read_bytes())
+        return cls(ca.cert, client.cert, client.key, pem)
+
+    def cluster_settings(self) -> dict:
+        """TEST_CLUSTER with the secured listeners, users and certificates."""
+        plain = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{self.user}="{self.plain_password}";'
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return {
+            **TEST_CLUSTER,
+            "listeners": {"PLAINTEXT": "PLAINTEXT", "SASL": "SASL_PLAINTEXT", "SASL_SSL": "SASL_SSL"},
+            "config": {
+                **TEST_CLUSTER["config"],
+                "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+                "listener.name.sasl.plain.sasl.jaas.config": plain,
+                "listener.name.sasl.scram-sha-256.sasl.jaas.config": scram,
+                "listener.name.sasl.scram-sha-512.sasl.jaas.config": scram,
+                "listener.name.sasl_ssl.sasl.enabled.mechanisms": "PLAIN",
+                "listener.name.sasl_ssl.plain.sasl.jaas.config": plain,
+                "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+                "listener.name.sasl_ssl.ssl.keystore.location": str(self.broker_pem),
+                "listener.name.sasl_ssl.ssl.truststore.type": "PEM",
+                "listener.name.sasl_ssl.ssl.truststore.location": str(self.ca),
+                "listener.name.sasl_ssl.ssl.client.auth": "required",
+            },
+            # SCRAM credentials live in the cluster's metadata: written at format time.
+            "format_args": [f"--add-scram=SCRAM-SHA-{bits}=[name={self.user},password={self.scram_password}]"
+                            for bits in (256, 512)],
+        }
 
 
 @dataclass(frozen=True)
@@ -46,35 +107,6 @@ class Record:
             if key == name:
                 found = value
         return found
-
-
-class KafkaCluster:
-    """A Kafka cluster for tests: a dev broker we started, or an external one."""
-
-    def __init__(self, bootstrap: str, broker: DevBroker | None) -> None:
-        self.bootstrap = bootstrap
-        self.broker = broker  # None on an external cluster: no fault injection
-
-    def new_topic(self, prefix: str = "t", partitions: int = 6, replication: int | None = None) -> str:
-        """Create a topic named `<prefix>-<random>` and return its name."""
-        topic = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        if self.broker is not None:
-            self.broker.create_topic(topic, partitions=partitions, replication=replication)
-        else:
-            admin = AdminClient({"bootstrap.servers": self.bootstrap})
-            futures = admin.create_topics([NewTopic(topic, partitions, replication or 1)], operation_timeout=15)
-            futures[topic].result(timeout=20)
-        return topic
-
-
-@contextlib.contextmanager
-def kafka_cluster(brokers: int = 3, partitions: int = 6) -> Iterator[KafkaCluster]:
-    external = os.environ.get(BOOTSTRAP_ENV)
-    if external:
-        yield KafkaCluster(external, None)
-        return
-    with DevBroker(brokers=brokers, partitions=partitions) as broker:
-        yield KafkaCluster(broker.bootstrap, broker)
 
 
 def partition_count(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:

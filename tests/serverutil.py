@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kafkautil import KafkaCluster
 
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.launcher import ServerProcess
 
 
 class Deployment:

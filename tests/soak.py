@@ -4,13 +4,12 @@ the verification the reliability tests make, and the server's RSS over time.
     make soak                       # 10 minutes
     make soak SOAK_SECONDS=120      # shorter
 
-One dev broker (3 brokers) and one server on a fixed port, restarted in
+A 3-node Apache Kafka cluster and one server on a fixed port, restarted in
 place. Two client streams send Olist-shaped batches at a steady rate; the
 client library resends whatever was not acked across outages and restarts.
-A consumer thread reads the topic as it is written (the dev broker keeps only
-the newest 5 MiB of a partition, so reading at the end would miss the start).
-Chaos, every 15 to 45 s, one of: all brokers down for 3 to 10 s; one broker
-down for 3 to 10 s; the server stopped with SIGTERM and started again; the
+A consumer thread reads the topic as it is written.
+Chaos, every 15 to 45 s, one of: all brokers stopped for 3 to 10 s; one
+broker SIGKILLed for 3 to 10 s; the server stopped with SIGTERM and started again; the
 server killed with SIGKILL and started again.
 
 At the end: every acked order must be in Kafka and in Bronze, Bronze must hold
@@ -42,8 +41,8 @@ from keystone_ingest.client.client import IngestClient, RetryPolicy
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.config import ServeConfig
-from keystone_ingest.server.devbroker import DevBroker
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.kafka import KafkaCluster
+from keystone_ingest.dev.launcher import ServerProcess
 
 TOPIC, DLQ = "orders", "orders.dlq"
 
@@ -155,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         serve_args += ["--wal-dir", str(data / "wal")]
     print(f"soak: {args.seconds:.0f} s at {args.rate:.0f} orders/s, seed {args.seed}, data in {data}", flush=True)
 
-    broker = DevBroker(brokers=3, partitions=partitions, topics=[TOPIC, DLQ])
+    broker = KafkaCluster(nodes=3, heap_mb=384).start()
+    for topic in (TOPIC, DLQ):
+        broker.create_topic(topic, partitions=partitions)
     server = ServerProcess(["--kafka-bootstrap", broker.bootstrap, *serve_args], log_path=data / "server.log")
     reader = TopicReader(broker.bootstrap, partitions)
     reader.start()
@@ -181,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
                 events[kind] += 1
                 print(f"  {now - started:6.0f} s  {kind}", flush=True)
                 if kind == "all_brokers_down":
-                    broker.all_down()
-                    time.sleep(rng.uniform(3, 10))
-                    broker.all_up()
+                    broker.stop_all()
+                    time.sleep(rng.uniform(3, 10))  # the outage
+                    broker.start_all()
                 elif kind == "one_broker_down":
-                    victim = rng.choice(broker.brokers)
-                    broker.broker_down(victim)
-                    time.sleep(rng.uniform(3, 10))
-                    broker.broker_up(victim)
+                    victim = rng.choice(broker.node_ids)
+                    broker.kill_node(victim)
+                    time.sleep(rng.uniform(3, 10))  # the outage
+                    broker.start_node(victim)
                 else:
                     server.stop(signal.SIGTERM if kind == "server_sigterm" else signal.SIGKILL)
                     server.close()

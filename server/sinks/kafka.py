@@ -88,6 +88,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -126,6 +127,16 @@ _PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerF
 
 # The smallest delay a failed batch's RetryInfo asks for.
 _MIN_RETRY_AFTER_S = 0.5
+
+# A record batch must fit the topic's max.message.bytes after compression.
+# Batches are capped before compression (that is what aiokafka's builder
+# measures), so the cap leaves room for the v2 batch header and for a codec
+# that cannot shrink the records (zstd's worst case grows them by ~0.4%).
+_BATCH_HEADER_ROOM = 512
+_CODEC_GROWTH = 1.01
+# Per record beyond key and value: headers (ids, source, content type, lineage)
+# and the record's varints; used to tell an order too large for any batch.
+_RECORD_OVERHEAD = 512
 
 PRODUCER_STATES = ("connected", "unavailable", "replacing")
 
@@ -349,6 +360,11 @@ class KafkaSink:
         self._unavailable_since: float | None = None
         self._unavailable_counted_to = 0.0  # kafka_unavailable_seconds_total is counted up to here
         self._backoff = _Backoff(config.reconnect_backoff_s, config.reconnect_backoff_max_s)
+        # max.message.bytes of each topic (read at start; absent if the
+        # cluster would not say), and the record batch size that fits them all.
+        self._max_message_bytes: dict[str, int] = {}
+        self._batch_bytes = config.max_batch_bytes
+        self._last_produce_error: tuple[float, str] | None = None  # (monotonic time, aiokafka error name)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -358,6 +374,7 @@ class KafkaSink:
         c = self.config
         if c.create_topics:
             await self._create_topics()
+        await self._read_message_limits()
         for name in _AIOKAFKA_LOGGERS:
             logging.getLogger(name).addFilter(_AIOKAFKA_LOG_FILTER)  # idempotent
         producer = self._new_producer()
@@ -368,9 +385,13 @@ class KafkaSink:
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 raise
             detail = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            raise SinkUnavailable(
-                f"cannot reach Kafka at {c.bootstrap} (topics {c.topic}, {c.dlq_topic}) within "
-                f"{c.start_timeout_s} s: {detail}", retry_after_s=5.0) from exc
+            cause = await self._why_unreachable()
+            if cause is not None:
+                detail += f"; a connection to {c.bootstrap.split(',')[0]} says {type(cause).__name__}: {cause}"
+            # Refused credentials or certificates stay refused; anything else may pass later.
+            error = SinkFailed if getattr(cause, "retriable", True) is False else SinkUnavailable
+            raise error(f"cannot reach Kafka at {c.bootstrap} (topics {c.topic}, {c.dlq_topic}) within "
+                        f"{c.start_timeout_s} s: {detail}", retry_after_s=5.0) from exc
         for topic, count in partitions.items():
             lanes = [_Lane(topic, p) for p in range(count)]
             for lane in lanes:
@@ -383,6 +404,26 @@ class KafkaSink:
         log.info("kafka producer started", extra={"bootstrap": c.bootstrap, "partitions": partitions,
                                                   "compression": c.compression})
 
+    async def _why_unreachable(self) -> BaseException | None:
+        """aiokafka's bootstrap reports only that no broker could be reached.
+        One connection of our own to the first bootstrap address, with the
+        same security settings, says why: refused, TLS handshake, SASL
+        credentials. None if that connection succeeds."""
+        from aiokafka.conn import create_conn
+
+        c = self.config
+        host, _, port = c.bootstrap.split(",")[0].strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(
+                host.strip("[]"), int(port), client_id=c.client_id, request_timeout_ms=c.request_timeout_ms,
+                **(c.security.client_kwargs() if c.security is not None else {})), c.request_timeout_ms / 1000)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the point is to name whatever it is)
+            return exc
+        conn.close()
+        return None
+
     def _new_producer(self) -> AIOKafkaProducer:
         c = self.config
         producer = AIOKafkaProducer(
@@ -391,7 +432,7 @@ class KafkaSink:
             acks="all",
             enable_idempotence=True,
             compression_type=None if c.compression == "none" else c.compression,
-            max_batch_size=c.max_batch_bytes,
+            max_batch_size=self._batch_bytes,
             # The lanes close each record batch before handing it over, so
             # aiokafka's own linger would never apply; ours is in _run_lane.
             linger_ms=0,
@@ -399,6 +440,14 @@ class KafkaSink:
             retry_backoff_ms=c.retry_backoff_ms,
             **(c.security.client_kwargs() if c.security is not None else {}),
         )
+        # aiokafka fails a record batch whose partition has no leader once the
+        # batch is older than request_timeout_ms, idempotent or not; after a
+        # full outage a restarted cluster names no leaders for a moment, and
+        # batches that waited through it would fail then. Waiting is the
+        # sink's to bound (send_timeout_s for the publish, replace_after_s for
+        # the producer), so aiokafka's own expiry is switched off (an internal
+        # of aiokafka 0.14's MessageAccumulator, read when a batch is added).
+        producer._message_accumulator._batch_ttl = math.inf
         self._count_produce_retries(producer)
         return producer
 
@@ -407,12 +456,16 @@ class KafkaSink:
         # so only in its logs. Its client's send() is the one door every
         # request goes through: a retriable failure there (no connection,
         # timeout) or a retriable per-partition error in the answer (not
-        # leader, ...) means aiokafka sends those record batches again.
-        if self.metrics is None:
-            return
+        # leader, not enough replicas, ...) means aiokafka sends those record
+        # batches again. The last one is kept to say why a batch timed out.
         client = producer.client
         send = client.send
-        retries = self.metrics.kafka_retries_total.labels(kind="produce")
+        retries = self.metrics.kafka_retries_total.labels(kind="produce") if self.metrics is not None else None
+
+        def retried(error: str) -> None:
+            self._last_produce_error = (time.monotonic(), error)
+            if retries is not None:
+                retries.inc()
 
         async def send_and_count(node_id, request, **kwargs):
             if getattr(request, "API_KEY", None) != 0:  # not a Produce request
@@ -421,15 +474,23 @@ class KafkaSink:
                 response = await send(node_id, request, **kwargs)
             except KafkaError as exc:
                 if exc.retriable:
-                    retries.inc()
+                    retried(type(exc).__name__)
                 raise
             for _, partitions in getattr(response, "topics", ()):
                 for partition_info in partitions:
-                    if partition_info[1] and getattr(for_code(partition_info[1]), "retriable", False):
-                        retries.inc()
+                    error = for_code(partition_info[1]) if partition_info[1] else None
+                    if getattr(error, "retriable", False):
+                        retried(error.__name__)
             return response
 
         client.send = send_and_count
+
+    def _timeout_reason(self) -> str:
+        """What the brokers last said while this send deadline ran, if anything."""
+        if self._last_produce_error is None:
+            return ""
+        at, error = self._last_produce_error
+        return f" (Kafka answered {error})" if time.monotonic() - at <= self.config.send_timeout_s else ""
 
     async def _connect(self, producer: AIOKafkaProducer) -> dict[str, int]:
         await producer.start()
@@ -469,6 +530,58 @@ class KafkaSink:
             log.warning("could not create topics", extra={"error": f"{type(exc).__name__}: {exc}"})
         finally:
             await admin.close()
+
+    async def _read_message_limits(self) -> None:
+        """Learn each topic's max.message.bytes and cap record batches so that
+        they fit it: a topic with a smaller limit than --max-batch-bytes gets
+        smaller record batches, not a refusal of every large one. Without the
+        DescribeConfigs permission the configured size stands, and a record
+        batch the broker refuses as too large fails its batches for good."""
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        c = self.config
+        admin = AIOKafkaAdminClient(bootstrap_servers=c.bootstrap, client_id=c.client_id,
+                                    request_timeout_ms=c.request_timeout_ms,
+                                    **(c.security.client_kwargs() if c.security is not None else {}))
+        try:
+            await asyncio.wait_for(admin.start(), c.start_timeout_s)
+            resources = [ConfigResource(ConfigResourceType.TOPIC, t, configs={"max.message.bytes": None})
+                         for t in (c.topic, c.dlq_topic)]
+            for response in await asyncio.wait_for(admin.describe_configs(resources), c.start_timeout_s):
+                for error, _, _, topic, entries in response.resources:
+                    for entry in entries if not error else ():
+                        if entry[0] == "max.message.bytes":
+                            self._max_message_bytes[topic] = int(entry[1])
+        except (KafkaError, TimeoutError, OSError, ValueError) as exc:
+            log.warning("could not read the topics' max.message.bytes; record batches stay at --max-batch-bytes",
+                        extra={"error": f"{type(exc).__name__}: {exc}", "max_batch_bytes": c.max_batch_bytes})
+        finally:
+            await admin.close()
+        if self._max_message_bytes:
+            smallest = min(self._max_message_bytes.values())
+            fits = int((smallest - _BATCH_HEADER_ROOM) / _CODEC_GROWTH)
+            if fits < c.max_batch_bytes:
+                self._batch_bytes = max(1, fits)
+                log.info("record batches capped to fit the topics' max.message.bytes", extra={
+                    "max_message_bytes": self._max_message_bytes, "batch_bytes": self._batch_bytes})
+
+    def _check_record_sizes(self, batch: Batch) -> None:
+        """Refuse, before anything is published, a batch holding an order that
+        no record batch of its topic can carry: the broker would refuse it
+        after the rest of the batch went out, and no resend could succeed."""
+        for topic, spans, ids in ((self.config.topic, batch.spans, batch.orders.column("event_id")),
+                                  (self.config.dlq_topic, batch.rejects, batch.rejects.column("event_id"))):
+            limit = self._max_message_bytes.get(topic)
+            if limit is None or not spans.num_rows:
+                continue
+            lengths = spans.column("length").to_numpy()
+            largest = int(lengths.argmax())
+            if int(lengths[largest]) + _RECORD_OVERHEAD + _BATCH_HEADER_ROOM > limit:
+                raise SinkFailed(
+                    f"order {ids[largest].as_py()!r} of batch {batch.batch_id!r} is {int(lengths[largest])} bytes, "
+                    f"too large for a Kafka record on topic {topic} (max.message.bytes {limit}); "
+                    f"the batch was not published")
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Wait (up to timeout_s, default send_timeout_s) for every record
@@ -565,6 +678,8 @@ class KafkaSink:
             "buffered_bytes": self._buffered_bytes,
             "unsettled_record_batches": len(self._unsettled),
             "partitions": {topic: len(lanes) for topic, lanes in self._lanes.items()},
+            "max_message_bytes": dict(self._max_message_bytes),
+            "record_batch_bytes": self._batch_bytes,
         }
 
     def _oldest_handed_age_s(self) -> float:
@@ -736,6 +851,7 @@ class KafkaSink:
             self._count_error("buffer_full")
             raise SinkUnavailable(f"Kafka send buffer full ({self._buffered_bytes} bytes not yet acked)",
                                   retry_after_s=self.retry_after_s)
+        self._check_record_sizes(batch)
         # Everything up to the first await is synchronous: that is what keeps
         # concurrent publishes in call order on every partition.
         segments: set[_Segment] = set()
@@ -765,8 +881,8 @@ class KafkaSink:
             self._give_up(s for s in segments if not s.done.done())
             self._count_error("send_timeout")
             self._mark_failed("send deadline passed")
-            raise SinkUnavailable(f"Kafka did not ack batch {batch.batch_id!r} within {self.config.send_timeout_s} s",
-                                  retry_after_s=self.retry_after_s)
+            raise SinkUnavailable(f"Kafka did not ack batch {batch.batch_id!r} within {self.config.send_timeout_s} s"
+                                  f"{self._timeout_reason()}", retry_after_s=self.retry_after_s)
         for segment in segments:
             exc = segment.done.exception()
             if exc is not None:

@@ -147,4 +147,4 @@ def check_kafka_security(c: Any) -> None:
     if (c.kafka_ssl_ca or c.kafka_ssl_cert) and "SSL" not in c.kafka_security_protocol:
         raise ValueError("--kafka-ssl-ca/--kafka-ssl-cert need --kafka-security-protocol SSL or SASL_SSL")
     if c.kafka_bootstrap is None and c.kafka_security_protocol != "PLAINTEXT":
-        raise ValueError("the embedded development broker speaks PLAINTEXT only; set --kafka-bootstrap")
+        raise ValueError("the embedded broker speaks PLAINTEXT only; set --kafka-bootstrap")

@@ -1,6 +1,6 @@
 """Atheris fuzz target for the whole Python request path: raw bytes in, over
 real gRPC, through the service, the batch_id window, the native core, the
-Kafka sink (a development broker) and the write-ahead log and Bronze sink (a
+Kafka sink (one Apache Kafka node) and the write-ahead log and Bronze sink (a
 local directory), to the ack.
 
     python tests/fuzz/fuzz_request_path.py -max_total_time=60 build/fuzz/py-corpus build/fuzz/seed
@@ -33,9 +33,10 @@ with atheris.instrument_imports(include=["keystone_ingest"]):
     from keystone_ingest.proto.v1 import ingest_pb2
     from keystone_ingest.server.app import IngestServer
     from keystone_ingest.server.config import ServeConfig
-    from keystone_ingest.server.devbroker import DevBroker
 
 import grpc
+
+from keystone_ingest.dev.kafka import KafkaCluster
 
 MAX_MESSAGE_BYTES = 1 << 20
 UNARY_METHOD = "/keystone.ingest.v1.OrderIngest/IngestOrders"
@@ -47,7 +48,9 @@ class InProcessServer:
 
     def __init__(self) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="keystone-fuzz-")
-        self.broker = DevBroker(brokers=1, partitions=3, topics=["orders", "orders.dlq"])
+        self.broker = KafkaCluster(nodes=1).start()
+        for topic, partitions in (("orders", 3), ("orders.dlq", 1)):
+            self.broker.create_topic(topic, partitions)
         config = ServeConfig(
             listen="127.0.0.1:0", metrics_listen="", kafka_bootstrap=self.broker.bootstrap,
             bronze_uri=f"file://{self.dir.name}/bronze", wal_dir=f"{self.dir.name}/wal",

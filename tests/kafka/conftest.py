@@ -1,4 +1,4 @@
-"""Fixtures of the Kafka tests: a private dev broker for fault injection, fresh topics."""
+"""Fixtures of the Kafka tests: a private mock cluster for injected error codes, fresh topics."""
 
 from __future__ import annotations
 
@@ -7,20 +7,19 @@ from collections.abc import Iterator
 import pytest
 from kafkautil import KafkaCluster
 
-from keystone_ingest.server.devbroker import DevBroker
+from keystone_ingest.dev.mockbroker import MockBroker
 
 
 @pytest.fixture(scope="module")
-def dev_broker() -> Iterator[DevBroker]:
-    """A dev broker of this module's own (3 brokers), always librdkafka's mock
-    cluster even when KAFKA_BOOTSTRAP_SERVERS is set: tests take its brokers
-    down and inject errors, so they must not share it. Every test leaves it
-    with all brokers up and no injected errors."""
-    with DevBroker(brokers=3, partitions=6) as broker:
+def mock_broker() -> Iterator[MockBroker]:
+    """A mock cluster of this module's own (3 brokers) for the tests that need
+    an error code or a late answer a real broker cannot give on demand. Every
+    test leaves it with all brokers up and no injected errors."""
+    with MockBroker(brokers=3, partitions=6) as broker:
         yield broker
 
 
 @pytest.fixture
-def topics(kafka_broker: KafkaCluster) -> tuple[str, str]:
+def topics(kafka_cluster: KafkaCluster) -> tuple[str, str]:
     """A fresh (topic, dead-letter topic) pair on the session cluster."""
-    return kafka_broker.new_topic("orders", partitions=6), kafka_broker.new_topic("orders-dlq", partitions=3)
+    return kafka_cluster.new_topic("orders", partitions=6), kafka_cluster.new_topic("orders-dlq", partitions=3)

@@ -1,5 +1,8 @@
-"""The Kafka sink against a real broker, read back with an independent consumer
-(confluent-kafka): exact records, partitions, order, failures."""
+"""The Kafka sink against Apache Kafka (the session's 3-node cluster), read back
+with an independent consumer (confluent-kafka): exact records, partitions,
+order, failures. Brokers stopped, hung and restarted are real; the mock
+cluster stands in only where a test needs an error code or a late answer a
+real broker cannot give on demand."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import Core
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.batch import Batch
-from keystone_ingest.server.devbroker import DevBroker
+from keystone_ingest.dev.mockbroker import MockBroker
 from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavailable
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink, ProducerReplaced, classify
@@ -72,13 +75,13 @@ def test_the_native_key_hash_is_kafkas_murmur2():
     assert key_hashes == [murmur2(k.encode()) & 0x7FFFFFFF for k in order_ids]
 
 
-def test_partitions_agree_with_librdkafkas_java_compatible_murmur2_partitioner(kafka_broker: KafkaCluster):
+def test_partitions_agree_with_librdkafkas_java_compatible_murmur2_partitioner(kafka_cluster: KafkaCluster):
     # librdkafka's "murmur2" partitioner is its Java-compatible one: an
     # implementation independent of ours, checked through real deliveries.
-    topic = kafka_broker.new_topic("java-partitioner", partitions=7)
+    topic = kafka_cluster.new_topic("java-partitioner", partitions=7)
     keys = [f"order-{i}".encode() for i in range(200)] + [b"", "pedido-ção".encode()]
     delivered: dict[bytes, int] = {}
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "partitioner": "murmur2"})
+    producer = Producer({"bootstrap.servers": kafka_cluster.bootstrap, "partitioner": "murmur2"})
 
     def on_delivery(err, msg) -> None:
         assert err is None
@@ -91,13 +94,13 @@ def test_partitions_agree_with_librdkafkas_java_compatible_murmur2_partitioner(k
 
 
 def test_accepted_orders_land_once_each_with_key_value_headers_and_java_partition(
-        kafka_broker: KafkaCluster, topics: tuple[str, str]):
+        kafka_cluster: KafkaCluster, topics: tuple[str, str]):
     topic, dlq = topics
     batch = make_batch(seed=3, orders=600, duplicate_ratio=0.05, invalid_ratio=0.05)
     assert batch.result.duplicates > 0 and batch.rejected > 0
-    run_sink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch))
+    run_sink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch))
 
-    records = read_all(kafka_broker.bootstrap, topic)
+    records = read_all(kafka_cluster.bootstrap, topic)
     order_ids = batch.orders.column("order_id").to_pylist()
     event_ids = batch.orders.column("event_id").to_pylist()
     spans = batch.spans.to_pylist()
@@ -125,14 +128,14 @@ def test_accepted_orders_land_once_each_with_key_value_headers_and_java_partitio
 
 
 def test_rejected_orders_go_to_one_dlq_partition_with_their_reason_and_index(
-        kafka_broker: KafkaCluster, topics: tuple[str, str]):
+        kafka_cluster: KafkaCluster, topics: tuple[str, str]):
     topic, dlq = topics
     batch = make_batch(seed=4, orders=400, invalid_ratio=0.1)
     rejects = batch.rejects.to_pylist()
     assert len(rejects) == batch.rejected > 10
-    run_sink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch))
+    run_sink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch))
 
-    records = read_all(kafka_broker.bootstrap, dlq)
+    records = read_all(kafka_cluster.bootstrap, dlq)
     assert len(records) == len(rejects)
     dlq_partition = partition_for(batch.batch_id.encode(), 3)
     for record, reject in zip(records, rejects):  # one partition: batch order
@@ -141,10 +144,10 @@ def test_rejected_orders_go_to_one_dlq_partition_with_their_reason_and_index(
         assert record.value == batch.raw[reject["offset"]:reject["offset"] + reject["length"]]
         assert record.headers == expected_headers(batch, reject["event_id"]) + [
             ("error.reason", reject["reason"].encode()), ("error.index", str(reject["index"]).encode())]
-    assert len(read_all(kafka_broker.bootstrap, topic)) == batch.accepted
+    assert len(read_all(kafka_cluster.bootstrap, topic)) == batch.accepted
 
 
-def test_a_batch_of_duplicates_only_publishes_nothing(kafka_broker: KafkaCluster, topics: tuple[str, str]):
+def test_a_batch_of_duplicates_only_publishes_nothing(kafka_cluster: KafkaCluster, topics: tuple[str, str]):
     topic, dlq = topics
     core = Core()
     first = make_batch(seed=5, orders=50, core=core)
@@ -155,19 +158,19 @@ def test_a_batch_of_duplicates_only_publishes_nothing(kafka_broker: KafkaCluster
         await sink.publish(first)
         await sink.publish(again)
 
-    run_sink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq), scenario)
-    assert len(read_all(kafka_broker.bootstrap, topic)) == 50
+    run_sink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq), scenario)
+    assert len(read_all(kafka_cluster.bootstrap, topic)) == 50
 
 
 def test_concurrent_publishes_keep_each_order_ids_records_in_call_order(
-        kafka_broker: KafkaCluster, topics: tuple[str, str]):
+        kafka_cluster: KafkaCluster, topics: tuple[str, str]):
     topic, dlq = topics
     keys = [f"order-{k}" for k in range(24)]
     core = Core()
     batches = [make_batch(seed=100 + b, orders=60, core=core, order_ids=keys, batch_index=b + 1) for b in range(40)]
     # Tiny record batches: every publish spans several of them per partition,
     # so the lanes queue, roll and interleave concurrent publishes.
-    config = KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq, max_batch_bytes=2048)
+    config = KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq, max_batch_bytes=2048)
 
     async def scenario(sink: KafkaSink):
         await asyncio.gather(*(sink.publish(b) for b in batches))  # called in list order
@@ -179,7 +182,7 @@ def test_concurrent_publishes_keep_each_order_ids_records_in_call_order(
                                       batch.orders.column("event_id").to_pylist()):
             expected.setdefault(order_id.encode(), []).append(event_id)
     got: dict[bytes, list[str]] = {}
-    for record in read_all(kafka_broker.bootstrap, topic):
+    for record in read_all(kafka_cluster.bootstrap, topic):
         got.setdefault(record.key, []).append(record.header("event_id").decode())
     assert sum(map(len, got.values())) == 40 * 60
     assert got == expected
@@ -187,22 +190,22 @@ def test_concurrent_publishes_keep_each_order_ids_records_in_call_order(
 
 @pytest.mark.parametrize("compression", ["zstd", "lz4", "snappy", "gzip", "none"])
 def test_every_compression_codec_round_trips_the_order_bytes(
-        kafka_broker: KafkaCluster, topics: tuple[str, str], compression: str):
+        kafka_cluster: KafkaCluster, topics: tuple[str, str], compression: str):
     topic, dlq = topics
     batch = make_batch(seed=9, orders=200)
-    run_sink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq, compression=compression),
+    run_sink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq, compression=compression),
              lambda sink: sink.publish(batch))
-    values = sorted(r.value for r in read_all(kafka_broker.bootstrap, topic))
+    values = sorted(r.value for r in read_all(kafka_cluster.bootstrap, topic))
     spans = batch.spans.to_pylist()
     assert values == sorted(batch.raw[s["offset"]:s["offset"] + s["length"]] for s in spans)
 
 
 def test_metrics_count_acked_records_per_topic_and_time_each_record_batch(
-        kafka_broker: KafkaCluster, topics: tuple[str, str]):
+        kafka_cluster: KafkaCluster, topics: tuple[str, str]):
     topic, dlq = topics
     metrics = Metrics()
     batch = make_batch(seed=11, orders=300, invalid_ratio=0.05)
-    run_sink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch), metrics)
+    run_sink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch), metrics)
     sample = metrics.registry.get_sample_value
     assert sample("keystone_ingest_kafka_records_total", {"topic": topic}) == batch.accepted
     assert sample("keystone_ingest_kafka_records_total", {"topic": dlq}) == batch.rejected
@@ -210,12 +213,12 @@ def test_metrics_count_acked_records_per_topic_and_time_each_record_batch(
     assert sample("keystone_ingest_kafka_send_seconds_count") == 7
 
 
-def test_stop_waits_until_every_record_handed_over_is_acked(kafka_broker: KafkaCluster, topics: tuple[str, str]):
+def test_stop_waits_until_every_record_handed_over_is_acked(kafka_cluster: KafkaCluster, topics: tuple[str, str]):
     topic, dlq = topics
     batches = [make_batch(seed=20 + k, orders=100) for k in range(5)]
 
     async def main():
-        sink = KafkaSink(KafkaConfig(kafka_broker.bootstrap, topic=topic, dlq_topic=dlq))
+        sink = KafkaSink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq))
         await sink.start()
         publishes = [asyncio.create_task(sink.publish(b)) for b in batches]
         await asyncio.sleep(0)  # every publish has handed its records over, none is acked yet
@@ -227,21 +230,20 @@ def test_stop_waits_until_every_record_handed_over_is_acked(kafka_broker: KafkaC
             await sink.publish(batches[0])
 
     asyncio.run(main())
-    assert len(read_all(kafka_broker.bootstrap, topic)) == 500
+    assert len(read_all(kafka_cluster.bootstrap, topic)) == 500
 
 
-def test_publish_while_all_brokers_are_down_raises_sink_unavailable_and_recovers(dev_broker: DevBroker):
-    topic, dlq = "down-orders", "down-orders.dlq"
-    dev_broker.create_topic(topic, partitions=6)
-    dev_broker.create_topic(dlq, partitions=1)
+def test_publish_while_all_brokers_are_down_raises_sink_unavailable_and_recovers(breakable_kafka: KafkaCluster):
+    cluster = breakable_kafka
+    topic, dlq = cluster.new_topic("down-orders", 6), cluster.new_topic("down-orders.dlq", 1)
     metrics = Metrics()
     before, during, after = (make_batch(seed=30 + k, orders=100) for k in range(3))
-    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=1.0, probe_interval_s=0.2)
+    config = KafkaConfig(cluster.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=1.0, probe_interval_s=0.2)
 
     async def scenario(sink: KafkaSink):
         await sink.publish(before)
         assert sink.available
-        dev_broker.all_down()
+        await asyncio.to_thread(cluster.stop_all)
         try:
             started = time.monotonic()
             with pytest.raises(SinkUnavailable) as failure:
@@ -250,27 +252,31 @@ def test_publish_while_all_brokers_are_down_raises_sink_unavailable_and_recovers
             assert 1.0 <= time.monotonic() - started < 3.0
             assert not sink.available and sink.unavailable_since is not None
         finally:
-            dev_broker.all_up()
-        await asyncio.wait_for(sink.publish(after), 10)
+            await asyncio.to_thread(cluster.start_all)
+        # acks=all needs min.insync.replicas (2) in sync again: until the
+        # followers have caught up the leaders answer NOT_ENOUGH_REPLICAS.
+        await asyncio.to_thread(cluster.wait_in_sync, [topic, dlq])
+        await asyncio.wait_for(sink.publish(after), 30)
         assert sink.available
 
     run_sink(config, scenario, metrics)
     assert metrics.registry.get_sample_value("keystone_ingest_kafka_errors_total", {"kind": "send_timeout"}) == 1
-    # The timed-out batch was still delivered once the brokers came back, once.
-    records = read_all(dev_broker.bootstrap, topic)
+    # The timed-out batch was still delivered once the brokers came back, once:
+    # the idempotent producer's retries are deduplicated by the real broker.
+    records = read_all(cluster.bootstrap, topic)
     expected = {e for b in (before, during, after) for e in b.orders.column("event_id").to_pylist()}
     assert sorted(r.header("event_id").decode() for r in records) == sorted(expected)
 
 
-def test_a_full_send_buffer_fails_fast_instead_of_queueing_more(dev_broker: DevBroker):
-    topic, dlq = "full-orders", "full-orders.dlq"
-    dev_broker.create_topic(topic, partitions=6)
-    dev_broker.create_topic(dlq, partitions=1)
-    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=0.5, max_buffer_bytes=1)
+def test_a_full_send_buffer_fails_fast_instead_of_queueing_more(breakable_kafka: KafkaCluster):
+    cluster = breakable_kafka
+    topic, dlq = cluster.new_topic("full-orders", 6), cluster.new_topic("full-orders.dlq", 1)
+    config = KafkaConfig(cluster.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=0.5, max_buffer_bytes=1)
     first, second = make_batch(seed=40, orders=50), make_batch(seed=41, orders=50)
 
     async def scenario(sink: KafkaSink):
-        dev_broker.all_down()
+        for node in cluster.node_ids:  # every broker hangs: nothing is acked
+            cluster.pause_node(node)
         try:
             with pytest.raises(SinkUnavailable, match="did not ack"):
                 await sink.publish(first)
@@ -279,24 +285,25 @@ def test_a_full_send_buffer_fails_fast_instead_of_queueing_more(dev_broker: DevB
                 await sink.publish(second)
             assert time.monotonic() - started < 0.1
         finally:
-            dev_broker.all_up()
+            for node in cluster.node_ids:
+                cluster.resume_node(node)
 
     run_sink(config, scenario)
 
 
-def test_produce_errors_are_retried_or_classified_by_their_retriable_flag(dev_broker: DevBroker):
+def test_produce_errors_are_retried_or_classified_by_their_retriable_flag(mock_broker: MockBroker):
     topic, dlq = "err-orders", "err-orders.dlq"
-    dev_broker.create_topic(topic, partitions=1)
-    dev_broker.create_topic(dlq, partitions=1)
-    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq)
+    mock_broker.create_topic(topic, partitions=1)
+    mock_broker.create_topic(dlq, partitions=1)
+    config = KafkaConfig(mock_broker.bootstrap, topic=topic, dlq_topic=dlq)
     retried, refused = make_batch(seed=50, orders=20), make_batch(seed=51, orders=20)
 
     async def scenario(sink: KafkaSink):
         # Retriable: aiokafka retries within the same producer session; the publish succeeds.
-        dev_broker.push_request_errors("Produce", ["NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT"])
+        mock_broker.push_request_errors("Produce", ["NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT"])
         await asyncio.wait_for(sink.publish(retried), 10)
         # Permanent: the publish fails with SinkFailed, not retriable.
-        dev_broker.push_request_errors("Produce", ["MSG_SIZE_TOO_LARGE"])
+        mock_broker.push_request_errors("Produce", ["MSG_SIZE_TOO_LARGE"])
         with pytest.raises(SinkFailed, match="MessageSizeTooLargeError") as failure:
             await asyncio.wait_for(sink.publish(refused), 10)
         assert not failure.value.retriable
@@ -304,8 +311,8 @@ def test_produce_errors_are_retried_or_classified_by_their_retriable_flag(dev_br
     try:
         run_sink(config, scenario)
     finally:
-        dev_broker.clear_request_errors("Produce")
-    records = read_all(dev_broker.bootstrap, topic)
+        mock_broker.clear_request_errors("Produce")
+    records = read_all(mock_broker.bootstrap, topic)
     assert [r.header("event_id").decode() for r in records] == retried.orders.column("event_id").to_pylist()
 
 
@@ -313,20 +320,20 @@ def event_ids(batch: Batch) -> list[str]:
     return batch.orders.column("event_id").to_pylist()
 
 
-def test_a_producer_the_broker_no_longer_accepts_is_replaced_and_the_resend_succeeds(dev_broker: DevBroker):
+def test_a_producer_the_broker_no_longer_accepts_is_replaced_and_the_resend_succeeds(mock_broker: MockBroker):
     # Against a real broker every later record batch of this producer would
     # fail the same way (its sequence numbers are out of step; the mock
     # cluster checks them only for transactional producers), so the sink
     # replaces the producer and fails the batch retriably.
     topic, dlq = "fenced-orders", "fenced-orders.dlq"
-    dev_broker.create_topic(topic, partitions=1)
-    dev_broker.create_topic(dlq, partitions=1)
+    mock_broker.create_topic(topic, partitions=1)
+    mock_broker.create_topic(dlq, partitions=1)
     metrics = Metrics()
     before, refused, after = (make_batch(seed=60 + k, orders=10) for k in range(3))
 
     async def scenario(sink: KafkaSink):
         await sink.publish(before)
-        dev_broker.push_request_errors("Produce", ["OUT_OF_ORDER_SEQUENCE_NUMBER"])
+        mock_broker.push_request_errors("Produce", ["OUT_OF_ORDER_SEQUENCE_NUMBER"])
         with pytest.raises(SinkUnavailable, match="OutOfOrderSequenceNumber") as failure:
             await asyncio.wait_for(sink.publish(refused), 10)
         assert failure.value.retriable and 0.5 <= failure.value.retry_after_s <= 1.0
@@ -336,24 +343,24 @@ def test_a_producer_the_broker_no_longer_accepts_is_replaced_and_the_resend_succ
         assert sink.stats()["replacements"] == 1 and sink.stats()["producer_generation"] == 2
 
     try:
-        run_sink(KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq), scenario, metrics)
+        run_sink(KafkaConfig(mock_broker.bootstrap, topic=topic, dlq_topic=dlq), scenario, metrics)
     finally:
-        dev_broker.clear_request_errors("Produce")
+        mock_broker.clear_request_errors("Produce")
     sample = metrics.registry.get_sample_value
     assert sample("keystone_ingest_kafka_producer_replacements_total", {"reason": "producer_state"}) == 1
     assert sample("keystone_ingest_kafka_producer_state", {"state": "connected"}) == 1
-    records = read_all(dev_broker.bootstrap, topic)  # one partition: publish order
+    records = read_all(mock_broker.bootstrap, topic)  # one partition: publish order
     assert [r.header("event_id").decode() for r in records] == event_ids(before) + event_ids(after) + event_ids(refused)
 
 
-def test_records_queued_while_the_producer_is_replaced_go_to_the_new_one_once(dev_broker: DevBroker):
+def test_records_queued_while_the_producer_is_replaced_go_to_the_new_one_once(mock_broker: MockBroker):
     topic, dlq = "swap-orders", "swap-orders.dlq"
-    dev_broker.create_topic(topic, partitions=1)
-    dev_broker.create_topic(dlq, partitions=1)
+    mock_broker.create_topic(topic, partitions=1)
+    mock_broker.create_topic(dlq, partitions=1)
     batches = [make_batch(seed=70 + k, orders=20) for k in range(8)]
 
     async def scenario(sink: KafkaSink):
-        dev_broker.push_request_errors("Produce", ["UNKNOWN_PRODUCER_ID"])
+        mock_broker.push_request_errors("Produce", ["UNKNOWN_PRODUCER_ID"])
         with pytest.raises(SinkUnavailable, match="UnknownProducerId"):
             await asyncio.wait_for(sink.publish(batches[0]), 10)
         assert sink.state == "replacing" and not sink.available
@@ -364,59 +371,68 @@ def test_records_queued_while_the_producer_is_replaced_go_to_the_new_one_once(de
         assert sink.state == "connected"
 
     try:
-        run_sink(KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq), scenario)
+        run_sink(KafkaConfig(mock_broker.bootstrap, topic=topic, dlq_topic=dlq), scenario)
     finally:
-        dev_broker.clear_request_errors("Produce")
-    records = read_all(dev_broker.bootstrap, topic)
+        mock_broker.clear_request_errors("Produce")
+    records = read_all(mock_broker.bootstrap, topic)
     assert [r.header("event_id").decode() for r in records] == [e for b in batches[1:] for e in event_ids(b)]
 
 
-def test_a_producer_stuck_on_a_dead_leader_is_replaced_and_resumes_when_it_is_back(dev_broker: DevBroker):
-    topic, dlq = "stuck-orders", "stuck-orders.dlq"
-    dev_broker.create_topic(topic, partitions=1)
-    dev_broker.create_topic(dlq, partitions=1)
-    dev_broker.set_leader(topic, 0, 2)
+def test_a_producer_stuck_on_a_hung_leader_is_replaced_and_the_new_producer_id_passes_the_brokers_checks(
+        breakable_kafka: KafkaCluster):
+    # The leader hangs (SIGSTOP): the record batch handed to it is neither acked
+    # nor failed, so the producer is replaced. The real broker checks every
+    # producer id's sequence numbers: a record batch stamped for the old
+    # producer and sent again by the new one would be refused
+    # (OutOfOrderSequenceNumber / UnknownProducerId) and the publish would fail.
+    cluster = breakable_kafka
+    topic, dlq = cluster.new_topic("stuck-orders", 1), cluster.new_topic("stuck-orders.dlq", 1)
     metrics = Metrics()
-    stuck, later = make_batch(seed=80, orders=20), make_batch(seed=81, orders=20)
-    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=0.5, replace_after_s=1.0,
-                         probe_interval_s=0.2)
+    first, stuck, queued = make_batch(seed=79, orders=5), make_batch(seed=80, orders=20), make_batch(seed=81, orders=20)
+    config = KafkaConfig(cluster.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=0.5, replace_after_s=1.0,
+                         replace_drain_s=0.2, probe_interval_s=0.2)
 
     async def scenario(sink: KafkaSink):
-        await sink.publish(make_batch(seed=79, orders=5))
-        dev_broker.broker_down(2)  # the mock keeps the partition's leadership on it
+        await sink.publish(first)
+        leader = cluster.leader(topic, 0)
+        cluster.pause_node(leader)
         try:
-            with pytest.raises(SinkUnavailable, match="did not ack"):
-                await sink.publish(stuck)
+            with pytest.raises(SinkUnavailable):
+                await sink.publish(stuck)  # its deadline passes; then the producer is replaced under it
             started = time.monotonic()
             while sink.stats()["replacements"] < 1:
-                assert time.monotonic() - started < 10, sink.stats()
+                assert time.monotonic() - started < 30, sink.stats()
                 await asyncio.sleep(0.05)
+            # Published after the replacement: straight to the new producer,
+            # which finds the new leader once the controller has fenced the hung one.
+            await asyncio.wait_for(sink.publish(queued), 60)
         finally:
-            dev_broker.broker_up(2)
-        await asyncio.wait_for(sink.publish(stuck), 15)  # the client's resend
-        await asyncio.wait_for(sink.publish(later), 15)
-        assert sink.available
+            cluster.resume_node(leader)
+        await asyncio.wait_for(sink.publish(stuck), 30)  # the client's resend
+        assert sink.available and sink.stats()["replacements"] == 1
 
     run_sink(config, scenario, metrics)
     assert metrics.registry.get_sample_value("keystone_ingest_kafka_producer_replacements_total",
-                                             {"reason": "stalled"}) >= 1
-    got = [r.header("event_id").decode() for r in read_all(dev_broker.bootstrap, topic)]
-    # The stuck attempt never reached the dead leader: each order once.
-    assert got[5:] == event_ids(stuck) + event_ids(later)
+                                             {"reason": "stalled"}) == 1
+    errors = {s.labels["kind"] for s in metrics.registry.collect() for s in s.samples
+              if s.name == "keystone_ingest_kafka_errors_total"}
+    assert not errors & {"OutOfOrderSequenceNumber", "UnknownProducerId", "InvalidProducerEpoch"}, errors
+    got = [r.header("event_id").decode() for r in read_all(cluster.bootstrap, topic)]
+    # The stuck attempt never reached the hung leader's log, so each order is there once.
+    assert got == event_ids(first) + event_ids(queued) + event_ids(stuck)
 
 
 def test_a_replacement_during_a_full_outage_keeps_trying_and_publishes_within_2_s_of_the_brokers_return(
-        dev_broker: DevBroker):
-    topic, dlq = "outage-swap-orders", "outage-swap-orders.dlq"
-    dev_broker.create_topic(topic, partitions=3)
-    dev_broker.create_topic(dlq, partitions=1)
+        breakable_kafka: KafkaCluster):
+    cluster = breakable_kafka
+    topic, dlq = cluster.new_topic("outage-swap-orders", 3), cluster.new_topic("outage-swap-orders.dlq", 1)
     metrics = Metrics()
     stuck, later = make_batch(seed=85, orders=30), make_batch(seed=86, orders=30)
-    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=3.0, replace_after_s=1.0,
+    config = KafkaConfig(cluster.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=3.0, replace_after_s=1.0,
                          replace_drain_s=0.2, probe_interval_s=0.2, start_timeout_s=2.0)
 
     async def scenario(sink: KafkaSink):
-        dev_broker.all_down()
+        await asyncio.to_thread(cluster.stop_all)
         try:
             with pytest.raises(ProducerReplaced):
                 await sink.publish(stuck)
@@ -428,17 +444,17 @@ def test_a_replacement_during_a_full_outage_keeps_trying_and_publishes_within_2_
                 await asyncio.sleep(0.05)
             assert sink.state == "replacing"
         finally:
-            dev_broker.all_up()
+            await asyncio.to_thread(cluster.start_all)  # returns once every node answers
         up_at = time.monotonic()
         await asyncio.wait_for(sink.publish(later), 10)
         resumed_s = time.monotonic() - up_at
-        print(f"published {resumed_s:.3f} s after the brokers' return, through a producer started meanwhile")
+        print(f"published {resumed_s:.3f} s after the brokers answered again, through a producer started meanwhile")
         assert resumed_s < 2.0, resumed_s
         await asyncio.wait_for(sink.publish(stuck), 10)  # the client's resend
         assert sink.state == "connected" and sink.stats()["replacements"] == 1
 
     run_sink(config, scenario, metrics)
-    got = [r.header("event_id").decode() for r in read_all(dev_broker.bootstrap, topic)]
+    got = [r.header("event_id").decode() for r in read_all(cluster.bootstrap, topic)]
     assert sorted(got) == sorted(event_ids(stuck) + event_ids(later))  # the stuck attempt never reached Kafka
 
 
@@ -452,7 +468,7 @@ def test_across_a_replacement_a_record_batch_the_old_producer_wrote_is_written_a
     raw = OrderGenerator(seed=95).batch(15).SerializeToString()
     # A broker of its own: broker-level injected errors change how a broker
     # treats cluster-level ones for good (see devbroker.py).
-    with DevBroker(brokers=3, partitions=1, topics=[topic, dlq]) as broker:
+    with MockBroker(brokers=3, partitions=1, topics=[topic, dlq]) as broker:
         broker.set_leader(topic, 0, 3)
         config = KafkaConfig(broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=10.0, replace_after_s=0.5,
                              replace_drain_s=0.2, probe_interval_s=0.1)
@@ -474,15 +490,15 @@ def test_across_a_replacement_a_record_batch_the_old_producer_wrote_is_written_a
     assert first[0].timestamp_ms < again[0].timestamp_ms
 
 
-def test_records_nobody_waits_for_are_withdrawn_during_an_outage(dev_broker: DevBroker):
-    topic, dlq = "withdraw-orders", "withdraw-orders.dlq"
-    dev_broker.create_topic(topic, partitions=1)
-    dev_broker.create_topic(dlq, partitions=1)
+def test_records_nobody_waits_for_are_withdrawn_during_an_outage(breakable_kafka: KafkaCluster):
+    cluster = breakable_kafka
+    topic, dlq = cluster.new_topic("withdraw-orders", 1), cluster.new_topic("withdraw-orders.dlq", 1)
     batches = [make_batch(seed=90 + k, orders=10) for k in range(8)]
-    config = KafkaConfig(dev_broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=0.3)
+    config = KafkaConfig(cluster.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=0.3)
 
     async def scenario(sink: KafkaSink):
-        dev_broker.all_down()
+        for node in cluster.node_ids:
+            cluster.pause_node(node)
         try:
             for batch in batches:
                 with pytest.raises(SinkUnavailable, match="did not ack"):
@@ -490,20 +506,55 @@ def test_records_nobody_waits_for_are_withdrawn_during_an_outage(dev_broker: Dev
             # What a producer holds stays; everything else was withdrawn.
             assert sink.stats()["unsettled_record_batches"] <= 3
         finally:
-            dev_broker.all_up()
+            for node in cluster.node_ids:
+                cluster.resume_node(node)
         started = time.monotonic()
         while sink.stats()["unsettled_record_batches"]:
-            assert time.monotonic() - started < 10
+            assert time.monotonic() - started < 30
             await asyncio.sleep(0.05)
         assert sink.stats()["buffered_bytes"] == 0
 
     run_sink(config, scenario)
-    got = [r.header("event_id").decode() for r in read_all(dev_broker.bootstrap, topic)]
+    got = [r.header("event_id").decode() for r in read_all(cluster.bootstrap, topic)]
     # Only the first record batches (at most three: one sent, one queued in
     # the producer, one being handed over) reach Kafka after their publish failed.
     delivered = [b for b in batches if set(event_ids(b)) & set(got)]
     assert 1 <= len(delivered) <= 3 and delivered == batches[:len(delivered)]
     assert got == [e for b in delivered for e in event_ids(b)]
+
+
+def test_record_batches_fit_a_topics_small_max_message_bytes_and_a_too_large_order_is_refused_by_name(
+        kafka_cluster: KafkaCluster):
+    limit = 16_384
+    topic = kafka_cluster.new_topic("small-messages", 3, config={"max.message.bytes": str(limit)})
+    dlq = kafka_cluster.new_topic("small-messages.dlq", 1)
+    metrics = Metrics()
+    many = make_batch(seed=96, orders=400)  # ~60 KiB per partition: several record batches each
+    message = OrderGenerator(seed=97).batch(3)
+    big = message.orders[1]
+    for k in range(200):
+        big.items.add(order_item_id=k + 100, product_id=f"p{k:063d}", seller_id=f"s{k:063d}", price_cents=100)
+    raw = message.SerializeToString()
+    too_large = Batch(raw, Core().process(raw))
+
+    async def scenario(sink: KafkaSink):
+        assert sink.stats()["max_message_bytes"] == {topic: limit, dlq: 1_048_588}
+        assert sink.stats()["record_batch_bytes"] < limit
+        await asyncio.wait_for(sink.publish(many), 30)
+        with pytest.raises(SinkFailed) as refused:
+            await sink.publish(too_large)
+        assert not refused.value.retriable
+        size = len(big.SerializeToString())
+        assert refused.value.message == (
+            f"order {big.event_id!r} of batch {too_large.batch_id!r} is {size} bytes, too large for a Kafka record "
+            f"on topic {topic} (max.message.bytes {limit}); the batch was not published")
+        assert sink.stats()["replacements"] == 0 and sink.available
+
+    run_sink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq), scenario, metrics)
+    records = read_all(kafka_cluster.bootstrap, topic)
+    assert sorted(r.header("event_id").decode() for r in records) == sorted(event_ids(many))
+    assert metrics.registry.get_sample_value("keystone_ingest_kafka_errors_total",
+                                             {"kind": "MessageSizeTooLargeError"}) is None
 
 
 def test_start_fails_with_sink_unavailable_when_no_broker_answers():

@@ -19,7 +19,7 @@ from benchmarks.processes import ReferenceProcess
 from keystone_ingest.client.client import AsyncIngestClient
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.launcher import ServerProcess
 
 BRONZE_TABLES = ("orders", "order_items", "order_payments", "customers", "_quarantine")
 
@@ -59,9 +59,9 @@ async def send_all(target: str, batches: list[ingest_pb2.OrderBatch]) -> list[in
 
 
 @pytest.fixture
-def sides(kafka_broker: KafkaCluster, tmp_path: Path):
-    real = Side(kafka_broker, tmp_path / "real-bronze")
-    ref = Side(kafka_broker, tmp_path / "reference-bronze")
+def sides(kafka_cluster: KafkaCluster, tmp_path: Path):
+    real = Side(kafka_cluster, tmp_path / "real-bronze")
+    ref = Side(kafka_cluster, tmp_path / "reference-bronze")
     real.server = ServerProcess([*real.args, "--bronze-uri", f"file://{real.bronze}"])
     try:
         ref.server = ReferenceProcess([*ref.args, "--bronze-dir", str(ref.bronze)])

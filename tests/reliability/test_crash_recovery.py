@@ -20,7 +20,7 @@ from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from
 from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.launcher import ServerProcess
 from keystone_ingest.server.wal import _RECORD_HEADER, decode_record, scan_segment
 
 
@@ -30,7 +30,7 @@ class Site:
 
     def __init__(self, cluster: KafkaCluster, tmp_path, *extra: str) -> None:
         self.cluster = cluster
-        self.topic = cluster.new_topic("orders", partitions=12)  # the dev broker keeps 5 MiB per partition
+        self.topic = cluster.new_topic("orders", partitions=12)
         self.dlq = cluster.new_topic("orders-dlq", partitions=3)
         self.wal = tmp_path / "wal"
         self.bronze = tmp_path / "bronze"
@@ -60,11 +60,11 @@ class Site:
 
 
 @pytest.fixture
-def site(kafka_broker: KafkaCluster, tmp_path):
+def site(kafka_cluster: KafkaCluster, tmp_path):
     sites: list[Site] = []
 
     def make(*extra: str) -> Site:
-        s = Site(kafka_broker, tmp_path, *extra)
+        s = Site(kafka_cluster, tmp_path, *extra)
         sites.append(s)
         return s
 

@@ -25,7 +25,7 @@ from s3util import AWS_ENV, S3Server, start_s3
 from keystone_ingest.client.client import RetryPolicy
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.launcher import ServerProcess
 
 OUTAGE_S = 10.0
 RATE = 20  # batches/s of 40 orders
@@ -82,11 +82,11 @@ class Deployment:
 
 
 @pytest.fixture
-def deploy(kafka_broker: KafkaCluster, s3: S3Server, tmp_path):
+def deploy(kafka_cluster: KafkaCluster, s3: S3Server, tmp_path):
     made: list[Deployment] = []
 
     def make(*extra: str) -> Deployment:
-        d = Deployment(kafka_broker, s3, tmp_path, *extra)
+        d = Deployment(kafka_cluster, s3, tmp_path, *extra)
         made.append(d)
         return d
 

@@ -14,8 +14,8 @@ from serverutil import Deployment, deployments
 
 
 @pytest.fixture
-def deploy(kafka_broker: KafkaCluster, tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
-    with deployments(kafka_broker, tmp_path, partitions=3, dlq_partitions=1) as start:
+def deploy(kafka_cluster: KafkaCluster, tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
+    with deployments(kafka_cluster, tmp_path, partitions=3, dlq_partitions=1) as start:
         yield start
 
 

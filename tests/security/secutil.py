@@ -12,7 +12,7 @@ from pathlib import Path
 from certs import Issued
 
 from keystone_ingest.server.auth import token_digest
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.launcher import ServerProcess
 
 UNARY_METHOD = "/keystone.ingest.v1.OrderIngest/IngestOrders"
 STREAM_METHOD = "/keystone.ingest.v1.OrderIngest/StreamOrders"

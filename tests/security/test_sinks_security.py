@@ -2,12 +2,12 @@
 aiokafka, the MSK IAM token provider (real SigV4 signing from the AWS
 credential chain, offline), and S3 objects written with SSE-KMS.
 
-The development broker (librdkafka's mock cluster) speaks no SASL and no TLS,
-so no handshake with a broker is tested here: what is tested is that every
-setting reaches the producer aiokafka builds, and that the MSK IAM token is
-a presigned kafka-cluster:Connect request made from the credential chain,
-fresh on every call (aiokafka calls the provider on every new connection,
-which is how tokens are renewed: aiokafka has no SASL re-authentication)."""
+Handshakes with Apache Kafka's own SASL and TLS listeners are in
+test_kafka_listeners.py; here: every setting reaches the producer aiokafka
+builds, and the MSK IAM token is a presigned kafka-cluster:Connect request
+made from the credential chain, fresh on every call (aiokafka calls the
+provider on every new connection, which is how tokens are renewed: aiokafka
+has no SASL re-authentication), sent on the wire to a stand-in for MSK."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from s3util import AWS_ENV, s3_server
 from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.server.config import ServeConfig
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.launcher import ServerProcess
 from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
 from keystone_ingest.server.sinks.kafka_security import KafkaSecurity, MskIamTokenProvider
 
@@ -96,7 +96,7 @@ def test_kafka_security_settings_that_cannot_work_are_refused(settings, message)
 def test_the_embedded_broker_refuses_kafka_security():
     with pytest.raises(ValueError) as refused:
         ServeConfig(kafka_security_protocol="SSL")
-    assert str(refused.value) == "the embedded development broker speaks PLAINTEXT only; set --kafka-bootstrap"
+    assert str(refused.value) == "the embedded broker speaks PLAINTEXT only; set --kafka-bootstrap"
 
 
 def test_msk_iam_uses_oauthbearer_with_a_fresh_presigned_token_from_the_credential_chain(monkeypatch):
@@ -135,11 +135,11 @@ def test_msk_iam_without_a_region_is_refused(monkeypatch):
     assert str(refused.value) == "--kafka-sasl-mechanism AWS_MSK_IAM needs a region: --kafka-msk-region or AWS_REGION"
 
 
-def test_bronze_objects_are_written_with_sse_kms(kafka_broker: KafkaCluster, tmp_path):
+def test_bronze_objects_are_written_with_sse_kms(kafka_cluster: KafkaCluster, tmp_path):
     with s3_server() as s3:
         with ServerProcess(
-            ["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", kafka_broker.new_topic("orders"),
-             "--dlq-topic", kafka_broker.new_topic("dlq"), "--bronze-uri", s3.uri("lake/bronze"),
+            ["--kafka-bootstrap", kafka_cluster.bootstrap, "--topic", kafka_cluster.new_topic("orders"),
+             "--dlq-topic", kafka_cluster.new_topic("dlq"), "--bronze-uri", s3.uri("lake/bronze"),
              "--s3-endpoint-url", s3.endpoint_url, "--s3-sse-kms-key-id", "alias/keystone-bronze",
              "--spool-dir", str(tmp_path / "spool")],
             env=AWS_ENV,
@@ -209,61 +209,3 @@ def test_msk_iam_tokens_go_on_the_wire_and_every_reconnect_authenticates_with_a_
         assert url.netloc == "kafka.eu-west-1.amazonaws.com"
         assert urllib.parse.parse_qs(url.query)["Action"] == ["kafka-cluster:Connect"]
         assert token not in caplog.text  # aiokafka's DEBUG request log is redacted
-
-
-def test_sasl_plain_over_mutual_tls_on_the_wire(tmp_path, caplog):
-    """SASL_SSL with PLAIN, the brokers' CA from --kafka-ssl-ca and a client
-    certificate from --kafka-ssl-cert/--kafka-ssl-key, against the stand-in
-    broker listening with TLS and requiring a client certificate."""
-    import ssl
-
-    from fake_kafka import FakeSaslBroker
-
-    ca = TestCA(tmp_path, "kafka-ca")
-    server = ca.issue("broker", server=True)
-    client_cert = ca.issue("keystone-producer")
-
-    async def scenario() -> FakeSaslBroker:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert))
-        context.load_cert_chain(str(server.cert), str(server.key))
-        context.verify_mode = ssl.CERT_REQUIRED
-        broker = FakeSaslBroker(mechanism="PLAIN")
-        await broker.start(context)
-        config = ServeConfig(kafka_bootstrap=f"localhost:{broker.port}", kafka_security_protocol="SASL_SSL",
-                             kafka_sasl_mechanism="PLAIN", kafka_sasl_username="keystone",
-                             kafka_sasl_password="plain-secret-77", kafka_ssl_ca=str(ca.cert),
-                             kafka_ssl_cert=str(client_cert.cert), kafka_ssl_key=str(client_cert.key))  # fmt: skip
-        return await connect_once(broker, config)
-
-    with caplog.at_level("DEBUG"):
-        broker = asyncio.run(scenario())
-    first = broker.connections[0]
-    assert first.mechanism == "PLAIN"
-    assert first.auth_bytes == b"keystone\x00keystone\x00plain-secret-77"  # RFC 4616: authzid, authcid, password
-    assert first.peer_certificate["subject"] == ((("commonName", "keystone-producer"),),)
-    # aiokafka logs its requests at DEBUG; the SASL bytes are redacted.
-    assert "Request to localhost:" in caplog.text and "sasl_auth_bytes=<redacted>)" in caplog.text
-    assert "plain-secret-77" not in caplog.text
-
-
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
-def test_sasl_scram_exchange_on_the_wire(mechanism, caplog):
-    """The full SCRAM exchange against the stand-in broker, which checks the
-    client's proof against the password it knows; a wrong password fails."""
-    from aiokafka.errors import KafkaConnectionError
-    from fake_kafka import FakeSaslBroker
-
-    async def connect(password: str) -> FakeSaslBroker:
-        broker = FakeSaslBroker(mechanism=mechanism, scram_users={"keystone": "scram-secret-42"})
-        await broker.start()
-        config = ServeConfig(kafka_bootstrap=f"127.0.0.1:{broker.port}", kafka_security_protocol="SASL_PLAINTEXT",
-                             kafka_sasl_mechanism=mechanism, kafka_sasl_username="keystone",
-                             kafka_sasl_password=password)  # fmt: skip
-        return await connect_once(broker, config)
-
-    with caplog.at_level("DEBUG"):
-        broker = asyncio.run(connect("scram-secret-42"))
-        assert [c.authenticated_as for c in broker.connections] == ["keystone"]
-        with pytest.raises(KafkaConnectionError):
-            asyncio.run(connect("wrong-password-13"))
-    assert "scram-secret-42" not in caplog.text and "wrong-password-13" not in caplog.text

@@ -17,7 +17,7 @@ from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.client.security import channel_credentials
 from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.launcher import ServerProcess
 
 
 def serve_args(*args: str) -> list[str]:

@@ -11,7 +11,7 @@ from serverutil import Deployment, deployments
 
 
 @pytest.fixture
-def deploy(kafka_broker: KafkaCluster, tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
+def deploy(kafka_cluster: KafkaCluster, tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
     """Starts servers on the session cluster; every one is killed at teardown."""
-    with deployments(kafka_broker, tmp_path, "--linger-ms", "2") as start:
+    with deployments(kafka_cluster, tmp_path, "--linger-ms", "2") as start:
         yield start

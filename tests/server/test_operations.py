@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -26,8 +27,7 @@ from keystone_ingest.client.client import IngestClient, IngestRpcError, RetryPol
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.config import ServeConfig
-from keystone_ingest.server.devbroker import DevBroker
-from keystone_ingest.server.launcher import ServerProcess
+from keystone_ingest.dev.launcher import ServerProcess
 
 
 def health_status(target: str, service: str = "") -> str:
@@ -94,18 +94,19 @@ def test_health_reflection_and_metrics_describe_a_serving_server(deploy):
     assert d.server.stop() == 0
 
 
-def test_health_is_not_serving_while_kafka_is_unreachable(tmp_path):
-    with DevBroker(brokers=1, partitions=3, topics=["orders", "orders.dlq"]) as broker:
-        with ServerProcess(["--kafka-bootstrap", broker.bootstrap, "--bronze-uri", f"file://{tmp_path}"]) as server:
-            assert health_status(server.target) == "SERVING"
-            broker.all_down()
-            assert wait_for(lambda: health_status(server.target) == "NOT_SERVING", 15)
-            assert metric(metrics_text(server.metrics_port), "keystone_ingest_kafka_available") == 0
-            broker.all_up()
-            assert wait_for(lambda: health_status(server.target) == "SERVING", 15)
-            with IngestClient(server.target) as client:
-                assert client.ingest(OrderGenerator(seed=1).batch(20)).accepted == 20
-            assert server.stop() == 0
+def test_health_is_not_serving_while_kafka_is_unreachable(breakable_kafka: KafkaCluster, tmp_path):
+    topic, dlq = breakable_kafka.new_topic("orders", 3), breakable_kafka.new_topic("dlq", 1)
+    with ServerProcess(["--kafka-bootstrap", breakable_kafka.bootstrap, "--topic", topic, "--dlq-topic", dlq,
+                        "--bronze-uri", f"file://{tmp_path}"]) as server:
+        assert health_status(server.target) == "SERVING"
+        breakable_kafka.stop_all()
+        assert wait_for(lambda: health_status(server.target) == "NOT_SERVING", 15)
+        assert metric(metrics_text(server.metrics_port), "keystone_ingest_kafka_available") == 0
+        breakable_kafka.start_all()
+        assert wait_for(lambda: health_status(server.target) == "SERVING", 30)
+        with IngestClient(server.target) as client:
+            assert client.ingest(OrderGenerator(seed=1).batch(20)).accepted == 20
+        assert server.stop() == 0
 
 
 def wait_for(predicate, timeout_s: float) -> bool:
@@ -117,19 +118,49 @@ def wait_for(predicate, timeout_s: float) -> bool:
     return False
 
 
-def test_without_kafka_bootstrap_the_server_runs_an_embedded_broker_and_says_so(tmp_path):
-    with ServerProcess(["--bronze-uri", f"file://{tmp_path}"], env={"KEYSTONE_KAFKA_BOOTSTRAP": ""}) as server:
-        with IngestClient(server.target) as client:
-            ack = client.ingest(OrderGenerator(seed=2).batch(30))
-        records = read_all(server.kafka_bootstrap, "orders")
-        assert sorted(r.header("event_id") for r in records) == sorted(
-            o.event_id.encode() for o in OrderGenerator(seed=2).batch(30).orders
-        )
-        assert ack.accepted == 30
+def test_without_kafka_bootstrap_the_server_runs_an_embedded_apache_kafka_that_keeps_its_data(tmp_path):
+    kafka_dir = tmp_path / "kafka"
+    args = ["--bronze-uri", f"file://{tmp_path / 'bronze'}", "--dev-kafka-dir", str(kafka_dir)]
+    batches = [OrderGenerator(seed=2).batch(30), OrderGenerator(seed=3).batch(30)]
+    for run, batch in enumerate(batches):
+        with ServerProcess(args, env={"KEYSTONE_KAFKA_BOOTSTRAP": ""}) as server:
+            banner = [r for r in server.log_records() if r.get("embedded_broker")]
+            assert banner and banner[0]["level"] == "warning" and banner[0]["embedded_broker"] == "kafka"
+            assert "EMBEDDED APACHE KAFKA broker (one node, no replication" in banner[0]["msg"]
+            jvm = int((kafka_dir / "node-1" / "kafka.pid").read_text())
+            assert b"kafka.Kafka" in pathlib.Path(f"/proc/{jvm}/cmdline").read_bytes()
+            with IngestClient(server.target) as client:
+                assert client.ingest(batch).accepted == 30
+            # The second run finds the first run's records: the data is on disk.
+            records = read_all(server.kafka_bootstrap, "orders")
+            assert sorted(r.header("event_id") for r in records) == sorted(
+                o.event_id.encode() for b in batches[: run + 1] for o in b.orders)
+            assert server.stop() == 0
+        assert wait_for(lambda: not os.path.exists(f"/proc/{jvm}"), 10), "the embedded broker outlived the server"
+
+
+def test_dev_broker_mock_runs_librdkafkas_mock_cluster_and_says_it_is_not_kafka(tmp_path):
+    args = ["--bronze-uri", f"file://{tmp_path}", "--dev-broker", "mock"]
+    with ServerProcess(args, env={"KEYSTONE_KAFKA_BOOTSTRAP": ""}) as server:
         banner = [r for r in server.log_records() if r.get("embedded_broker")]
-        assert banner and "EMBEDDED DEVELOPMENT BROKER" in banner[0]["msg"]
-        assert banner[0]["level"] == "warning"
+        assert banner and banner[0]["embedded_broker"] == "mock" and "It is not Kafka" in banner[0]["msg"]
+        with IngestClient(server.target) as client:
+            assert client.ingest(OrderGenerator(seed=2).batch(30)).accepted == 30
+        assert len(read_all(server.kafka_bootstrap, "orders")) == 30
         assert server.stop() == 0
+
+
+def test_without_the_kafka_jars_the_embedded_broker_fails_the_start_saying_what_is_missing(tmp_path):
+    env = {**os.environ, "KEYSTONE_KAFKA_BOOTSTRAP": "", "KEYSTONE_KAFKA_LIBS": str(tmp_path / "nothing")}
+    run = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--listen", "127.0.0.1:0",
+                          "--metrics-listen", "", "--bronze-uri", f"file://{tmp_path}"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 1
+    last = json.loads(run.stderr.strip().splitlines()[-1])
+    assert last["error"] == (
+        f"cannot start the embedded kafka broker: no Apache Kafka jars in {tmp_path / 'nothing'}: run `make kafka` "
+        "in the repository (needs Java 17+ and Maven), or set KEYSTONE_KAFKA_LIBS to a directory holding "
+        "kafka_2.13-4.4.0.jar and its dependencies")
 
 
 def test_sigterm_mid_stream_acks_what_was_received_and_exits_zero(deploy):
@@ -163,11 +194,11 @@ def test_sigterm_mid_stream_acks_what_was_received_and_exits_zero(deploy):
     assert records[-1]["msg"] == "stopped"
 
 
-def test_bronze_goes_to_s3_through_the_endpoint_override(kafka_broker: KafkaCluster, tmp_path):
+def test_bronze_goes_to_s3_through_the_endpoint_override(kafka_cluster: KafkaCluster, tmp_path):
     with s3_server() as s3:
         with ServerProcess(
-            ["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", kafka_broker.new_topic("orders"),
-             "--dlq-topic", kafka_broker.new_topic("dlq"), "--bronze-uri", s3.uri("lake/bronze"),
+            ["--kafka-bootstrap", kafka_cluster.bootstrap, "--topic", kafka_cluster.new_topic("orders"),
+             "--dlq-topic", kafka_cluster.new_topic("dlq"), "--bronze-uri", s3.uri("lake/bronze"),
              "--s3-endpoint-url", s3.endpoint_url],
             env=AWS_ENV,
         ) as server:  # fmt: skip
@@ -238,32 +269,36 @@ def test_an_unreachable_kafka_at_start_exits_1_with_the_reason(tmp_path):
     assert last["error"].startswith("cannot reach Kafka at 127.0.0.1:1 (topics orders, orders.dlq)")
 
 
-def test_a_batch_kafka_could_not_take_is_not_acked_and_its_resend_is_accepted_in_full(tmp_path):
+def test_a_batch_kafka_could_not_take_is_not_acked_and_its_resend_is_accepted_in_full(breakable_kafka: KafkaCluster,
+                                                                                       tmp_path):
     batch = OrderGenerator(seed=12, duplicate_ratio=0.1).batch(60)
-    with DevBroker(brokers=1, partitions=3, topics=["orders", "orders.dlq"]) as broker:
-        with ServerProcess(["--kafka-bootstrap", broker.bootstrap, "--bronze-uri", f"file://{tmp_path}",
-                            "--send-timeout-s", "1.5"]) as server:  # fmt: skip
-            broker.all_down()
-            threading.Timer(4.0, broker.all_up).start()
-            with IngestClient(server.target, retry=RetryPolicy(initial_backoff_s=0.5, deadline_s=60)) as client:
-                ack = client.ingest(batch)
-                stats = client.stats
-            # The first attempt failed UNAVAILABLE; the core forgot its orders and
-            # the batch_id, so the resend is processed in full, not as duplicates.
-            assert stats.resends >= 1
-            assert ack.status == ingest_pb2.ACK_STATUS_ACCEPTED
-            distinct = len({o.event_id for o in batch.orders})
-            assert (ack.accepted, ack.duplicates) == (distinct, 60 - distinct)
-            records = read_all(broker.bootstrap, "orders")
-            # Records of the failed attempt may still reach Kafka (README: "when Kafka
-            # can hold an order twice"): same event_id and bytes, so consumers drop them.
-            by_event = {}
-            for r in records:
-                by_event.setdefault(r.header("event_id"), set()).add(r.value)
-            assert len(by_event) == distinct and all(len(v) == 1 for v in by_event.values())
-            text = metrics_text(server.metrics_port)
-            assert metric(text, 'keystone_ingest_batches_total{status="error"}') >= 1
-            assert server.stop() == 0
+    cluster = breakable_kafka
+    topic, dlq = cluster.new_topic("orders", 3), cluster.new_topic("dlq", 1)
+    with ServerProcess(["--kafka-bootstrap", cluster.bootstrap, "--topic", topic, "--dlq-topic", dlq,
+                        "--bronze-uri", f"file://{tmp_path}", "--send-timeout-s", "1.5"]) as server:
+        cluster.stop_all()
+        restart = threading.Thread(target=cluster.start_all)
+        with IngestClient(server.target, retry=RetryPolicy(initial_backoff_s=0.5, deadline_s=90)) as client:
+            future = client.send(batch)
+            assert wait_for(lambda: client.stats.resends >= 1, 30)  # the first attempt failed UNAVAILABLE
+            restart.start()
+            ack = future.result(timeout=90)
+        restart.join()
+        # The core forgot the failed attempt's orders and batch_id, so the
+        # resend is processed in full, not as duplicates.
+        assert ack.status == ingest_pb2.ACK_STATUS_ACCEPTED
+        distinct = len({o.event_id for o in batch.orders})
+        assert (ack.accepted, ack.duplicates) == (distinct, 60 - distinct)
+        records = read_all(cluster.bootstrap, topic)
+        # Records of the failed attempt may still reach Kafka (README: "when Kafka
+        # can hold an order twice"): same event_id and bytes, so consumers drop them.
+        by_event = {}
+        for r in records:
+            by_event.setdefault(r.header("event_id"), set()).add(r.value)
+        assert len(by_event) == distinct and all(len(v) == 1 for v in by_event.values())
+        text = metrics_text(server.metrics_port)
+        assert metric(text, 'keystone_ingest_batches_total{status="error"}') >= 1
+        assert server.stop() == 0
         orders = ds.dataset(tmp_path / "orders", format="parquet", partitioning="hive").to_table()
         assert sorted(orders["event_id"].to_pylist()) == sorted({o.event_id for o in batch.orders})
 
@@ -279,4 +314,4 @@ def test_a_taken_listen_address_exits_1_before_any_sink_starts(tmp_path):
     assert run.returncode == 1
     last = json.loads(run.stderr.strip().splitlines()[-1])
     assert last["error"].startswith(f"cannot listen on {address}: Failed to bind")
-    assert "EMBEDDED DEVELOPMENT BROKER" not in run.stderr  # nothing was started
+    assert "embedded_broker" not in run.stderr  # nothing was started

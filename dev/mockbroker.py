@@ -1,4 +1,7 @@
-"""The development and test Kafka broker: librdkafka's mock cluster in a helper process.
+"""librdkafka's mock Kafka cluster in a helper process: for the few tests that
+need an error code a real broker cannot produce on demand, and for
+`serve --dev-broker mock` on machines without Java. It is not Kafka (see below):
+everything else runs against Apache Kafka (`keystone_ingest.dev.kafka`).
 
 librdkafka (bundled in confluent-kafka's wheel) contains a mock cluster that
 speaks the real Kafka protocol on localhost: producing (idempotent and
@@ -21,7 +24,7 @@ It runs in its own process, not in the caller's, so a test or the server can
 stop, slow down or break "the cluster" without touching its own threads, and so
 a crash of either side cannot take the other down.
 
-    python -m keystone_ingest.server.devbroker --brokers 3 --partitions 6 --topics orders,orders.dlq
+    python -m keystone_ingest.dev.mockbroker --brokers 3 --partitions 6 --topics orders,orders.dlq
 
 prints one JSON line once the brokers listen,
 ``{"bootstrap": "127.0.0.1:PORT,...", "brokers": [1, 2, 3]}``, then answers
@@ -30,9 +33,9 @@ one JSON line per JSON-line command read on stdin (``{"op": "ping"}``; see
 and the process carries on. It exits, destroying the cluster, when stdin
 closes, on SIGTERM/SIGINT, and when its parent process dies.
 
-`DevBroker` starts and drives that process from Python:
+`MockBroker` starts and drives that process from Python:
 
-    with DevBroker(brokers=3, partitions=6, topics=["orders"]) as broker:
+    with MockBroker(brokers=3, partitions=6, topics=["orders"]) as broker:
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, ...)
         broker.all_down(); ...; broker.all_up()
 
@@ -108,7 +111,7 @@ def find_librdkafka() -> str:
     """
     spec = importlib.util.find_spec("confluent_kafka")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("confluent-kafka is not installed; the dev broker needs its bundled librdkafka")
+        raise RuntimeError("confluent-kafka is not installed; the mock broker needs its bundled librdkafka")
     pkg_dir = list(spec.submodule_search_locations)[0]
     site = os.path.dirname(pkg_dir)
     patterns = [
@@ -459,7 +462,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m keystone_ingest.server.devbroker",
+        prog="python -m keystone_ingest.dev.mockbroker",
         description="Run librdkafka's mock Kafka cluster; JSON-line control on stdin/stdout.")
     parser.add_argument("--brokers", type=int, default=3, help="number of brokers (ids 1..N)")
     parser.add_argument("--partitions", type=int, default=6, help="partitions of --topics and of topic_create")
@@ -471,19 +474,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return serve(args)
     except (RuntimeError, CommandError) as exc:
-        print(f"devbroker: {exc}", file=sys.stderr, flush=True)
+        print(f"mockbroker: {exc}", file=sys.stderr, flush=True)
         return 2
 
 
 # --------------------------------------------------------------------------- client
 
 
-class DevBrokerError(RuntimeError):
+class MockBrokerError(RuntimeError):
     """The broker process failed to start, died, or refused a command."""
 
 
-class DevBroker:
-    """Starts the dev broker process and drives it; a (sync) context manager.
+class MockBroker:
+    """Starts the mock broker process and drives it; a (sync) context manager.
 
     Thread-safe: one command at a time goes through the pipe. The process also
     exits on its own when this process dies (stdin EOF, parent-pid watch, and
@@ -492,7 +495,7 @@ class DevBroker:
 
     def __init__(self, brokers: int = 3, partitions: int = 6, topics: Sequence[str] = (),
                  replication: int | None = None, ready_timeout_s: float = _READY_TIMEOUT_S) -> None:
-        cmd = [sys.executable, "-m", "keystone_ingest.server.devbroker", "--brokers", str(brokers),
+        cmd = [sys.executable, "-m", "keystone_ingest.dev.mockbroker", "--brokers", str(brokers),
                "--partitions", str(partitions)]
         if topics:
             cmd += ["--topics", ",".join(topics)]
@@ -504,7 +507,7 @@ class DevBroker:
             cmd.append("--pdeathsig")
         # stderr goes to a file, not a pipe nobody drains (a full pipe would
         # block librdkafka's log writes and with them the brokers).
-        self._stderr = tempfile.TemporaryFile(prefix="devbroker-", suffix=".log")
+        self._stderr = tempfile.TemporaryFile(prefix="mockbroker-", suffix=".log")
         self._stderr_text = ""
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
@@ -516,8 +519,8 @@ class DevBroker:
             self.brokers: list[int] = info["brokers"]
         except Exception as exc:
             self.close(timeout_s=1.0)
-            raise DevBrokerError(f"dev broker did not start: {exc}; stderr: {self._stderr_text!r}") from None
-        log.info("dev broker started", extra={"bootstrap": self.bootstrap, "pid": self.proc.pid})
+            raise MockBrokerError(f"mock broker did not start: {exc}; stderr: {self._stderr_text!r}") from None
+        log.info("mock broker started", extra={"bootstrap": self.bootstrap, "pid": self.proc.pid})
 
     @property
     def pid(self) -> int:
@@ -536,25 +539,25 @@ class DevBroker:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
         if not ready:
-            raise DevBrokerError(f"no answer within {timeout_s} s")
+            raise MockBrokerError(f"no answer within {timeout_s} s")
         line = self.proc.stdout.readline()
         if not line:
-            raise DevBrokerError(f"broker process exited (code {self.proc.poll()})")
+            raise MockBrokerError(f"broker process exited (code {self.proc.poll()})")
         return line
 
     def call(self, op: str, timeout_s: float = 10.0, **fields: Any) -> dict:
-        """Send one command; return the answer, raise DevBrokerError if not ok."""
+        """Send one command; return the answer, raise MockBrokerError if not ok."""
         with self._lock:
             if self.proc.poll() is not None or self.proc.stdin is None or self.proc.stdin.closed:
-                raise DevBrokerError(f"broker process is not running (code {self.proc.poll()})")
+                raise MockBrokerError(f"broker process is not running (code {self.proc.poll()})")
             try:
                 self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
                 self.proc.stdin.flush()
             except BrokenPipeError:
-                raise DevBrokerError(f"broker process is gone; stderr: {self.stderr()!r}") from None
+                raise MockBrokerError(f"broker process is gone; stderr: {self.stderr()!r}") from None
             answer = json.loads(self._read_line(timeout_s))
         if not answer.get("ok"):
-            raise DevBrokerError(f"{op}: {answer.get('error')}")
+            raise MockBrokerError(f"{op}: {answer.get('error')}")
         return answer
 
     def ping(self) -> None:
@@ -626,14 +629,14 @@ class DevBroker:
             self.stderr()  # keep the tail readable after close
             self._stderr.close()
 
-    def __enter__(self) -> DevBroker:
+    def __enter__(self) -> MockBroker:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"DevBroker(bootstrap={getattr(self, 'bootstrap', None)!r}, pid={self.proc.pid})"
+        return f"MockBroker(bootstrap={getattr(self, 'bootstrap', None)!r}, pid={self.proc.pid})"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The dev broker process: its control protocol, fault injection against a real
+"""The mock broker process (librdkafka's mock cluster): its control protocol, fault injection against a real
 client, and that it never outlives whoever started it."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from kafkautil import partition_count, read_all
 
-from keystone_ingest.server.devbroker import API_KEYS, DevBroker, DevBrokerError
+from keystone_ingest.dev.mockbroker import API_KEYS, MockBroker, MockBrokerError
 
-BROKER_CMD = [sys.executable, "-m", "keystone_ingest.server.devbroker"]
+BROKER_CMD = [sys.executable, "-m", "keystone_ingest.dev.mockbroker"]
 
 
 def alive(pid: int) -> bool:
@@ -109,13 +109,13 @@ def test_a_bad_command_is_answered_with_an_error_and_the_broker_carries_on():
 def test_error_and_api_names_map_to_kafka_protocol_numbers():
     # A broker of its own: once a broker has had broker-level errors for an
     # API, the mock ignores cluster-level errors for that API on that broker.
-    with DevBroker(brokers=1) as broker:
+    with MockBroker(brokers=1) as broker:
         assert API_KEYS["Produce"] == 0 and API_KEYS["Metadata"] == 3 and API_KEYS["InitProducerId"] == 22
         # NOT_LEADER_OR_FOLLOWER is Kafka's newer name for librdkafka's NOT_LEADER_FOR_PARTITION (6).
         broker.broker_push_request_error_rtts(1, "Produce", [("NOT_LEADER_OR_FOLLOWER", 0), (6, 0), ("NO_ERROR", 5)])
         assert broker.error_stack_count(1, "Produce") == 3
         assert broker.error_stack_count(1, 0) == 3
-        with pytest.raises(DevBrokerError, match="unknown Kafka error"):
+        with pytest.raises(MockBrokerError, match="unknown Kafka error"):
             broker.push_request_errors("Produce", ["NOT_A_REAL_ERROR"])
         # Two retriable failures, then the record goes through: the stack is served in order.
         produce(broker.bootstrap, "served", [b"x"])
@@ -138,62 +138,62 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     asyncio.run(run())
 
 
-def test_all_brokers_down_stalls_idempotent_produce_and_up_resumes_it_without_duplicates(dev_broker: DevBroker):
+def test_all_brokers_down_stalls_idempotent_produce_and_up_resumes_it_without_duplicates(mock_broker: MockBroker):
     topic = "stall"
-    dev_broker.create_topic(topic, partitions=1)
+    mock_broker.create_topic(topic, partitions=1)
 
     async def scenario() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=dev_broker.bootstrap, enable_idempotence=True, acks="all",
+        producer = AIOKafkaProducer(bootstrap_servers=mock_broker.bootstrap, enable_idempotence=True, acks="all",
                                     compression_type="zstd")
         await producer.start()
         try:
             await producer.send_and_wait(topic, b"before", partition=0)
-            dev_broker.all_down()
+            mock_broker.all_down()
             try:
                 stalled = await producer.send(topic, b"during", partition=0)
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(stalled), 1.0)
             finally:
-                dev_broker.all_up()
+                mock_broker.all_up()
             await asyncio.wait_for(stalled, 10)  # delivered once the brokers are back
             await asyncio.wait_for(producer.send_and_wait(topic, b"after", partition=0), 10)
         finally:
             await producer.stop()
 
     asyncio.run(scenario())
-    assert [r.value for r in read_all(dev_broker.bootstrap, topic)] == [b"before", b"during", b"after"]
+    assert [r.value for r in read_all(mock_broker.bootstrap, topic)] == [b"before", b"during", b"after"]
 
 
-def test_injected_produce_errors_are_retried_by_the_idempotent_producer_exactly_once(dev_broker: DevBroker):
+def test_injected_produce_errors_are_retried_by_the_idempotent_producer_exactly_once(mock_broker: MockBroker):
     topic = "injected"
-    dev_broker.create_topic(topic, partitions=1)
-    dev_broker.track_requests(True)
-    dev_broker.requests(clear=True)
-    dev_broker.push_request_errors("Produce", ["NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT"])
+    mock_broker.create_topic(topic, partitions=1)
+    mock_broker.track_requests(True)
+    mock_broker.requests(clear=True)
+    mock_broker.push_request_errors("Produce", ["NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT"])
     try:
-        produce(dev_broker.bootstrap, topic, [b"one", b"two"])
-        produce_requests = [r for r in dev_broker.requests() if r[1] == API_KEYS["Produce"]]
+        produce(mock_broker.bootstrap, topic, [b"one", b"two"])
+        produce_requests = [r for r in mock_broker.requests() if r[1] == API_KEYS["Produce"]]
     finally:
-        dev_broker.track_requests(False)
-        dev_broker.clear_request_errors("Produce")
+        mock_broker.track_requests(False)
+        mock_broker.clear_request_errors("Produce")
     assert len(produce_requests) == 4, produce_requests  # two failed attempts, then one per record
-    assert [r.value for r in read_all(dev_broker.bootstrap, topic)] == [b"one", b"two"]
+    assert [r.value for r in read_all(mock_broker.bootstrap, topic)] == [b"one", b"two"]
 
 
 def test_closing_stdin_stops_the_brokers_and_the_process():
-    broker = DevBroker(brokers=2)
+    broker = MockBroker(brokers=2)
     bootstrap, pid = broker.bootstrap, broker.pid
     broker.close()
     assert broker.proc.returncode == 0
     assert not alive(pid)
     assert refuses_connections(bootstrap)
-    with pytest.raises(DevBrokerError, match="not running"):
+    with pytest.raises(MockBrokerError, match="not running"):
         broker.ping()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_termination_signal_stops_the_process_cleanly(signum: int):
-    with DevBroker(brokers=1) as broker:
+    with MockBroker(brokers=1) as broker:
         broker.ping()
         os.kill(broker.pid, signum)
         assert broker.proc.wait(5) == 0
@@ -201,18 +201,18 @@ def test_a_termination_signal_stops_the_process_cleanly(signum: int):
 
 @pytest.mark.parametrize("from_thread", [False, True], ids=["main-thread", "worker-thread"])
 def test_the_broker_dies_with_the_process_that_started_it(from_thread: bool):
-    # The parent starts a DevBroker (from its main thread: PR_SET_PDEATHSIG;
+    # The parent starts a MockBroker (from its main thread: PR_SET_PDEATHSIG;
     # from a worker thread: stdin EOF and the parent-pid watch), reports the
     # broker's pid, and is then killed without any chance to clean up.
     parent_code = textwrap.dedent(f"""
         import sys, threading, time
-        from keystone_ingest.server.devbroker import DevBroker
+        from keystone_ingest.dev.mockbroker import MockBroker
         holder = []
         if {from_thread}:
-            t = threading.Thread(target=lambda: holder.append(DevBroker(brokers=1)))
+            t = threading.Thread(target=lambda: holder.append(MockBroker(brokers=1)))
             t.start(); t.join()
         else:
-            holder.append(DevBroker(brokers=1))
+            holder.append(MockBroker(brokers=1))
         print(holder[0].pid, flush=True)
         time.sleep(60)
     """)
@@ -222,12 +222,12 @@ def test_the_broker_dies_with_the_process_that_started_it(from_thread: bool):
         assert alive(broker_pid)
         parent.kill()
         parent.wait(5)
-        assert wait_gone(broker_pid, 5.0), f"dev broker {broker_pid} outlived its parent"
+        assert wait_gone(broker_pid, 5.0), f"mock broker {broker_pid} outlived its parent"
     finally:
         parent.kill()
         parent.wait()
 
 
 def test_a_broker_that_cannot_start_reports_its_stderr():
-    with pytest.raises(DevBrokerError, match="--brokers must be at least 1"):
-        DevBroker(brokers=0)
+    with pytest.raises(MockBrokerError, match="--brokers must be at least 1"):
+        MockBroker(brokers=0)
