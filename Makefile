@@ -5,7 +5,8 @@
 #   make demo      the main job end to end: server, 200,000 orders, what landed in Kafka and Bronze
 #   make bench     micro-benchmarks per stage, then the end-to-end harness against the pure-Python reference server
 #   make bench-overload  4 against 40 streams at a 400 MiB memory limit: throughput and peak RSS
-#   make fuzz      libFuzzer on the native decoder, then atheris on the Python request path, each FUZZ_SECONDS: make fuzz FUZZ_SECONDS=600
+#   make fuzz      libFuzzer on the native pipeline and on the Kafka record batch reader, then atheris on the
+#                  Python request path, each FUZZ_SECONDS: make fuzz FUZZ_SECONDS=600
 #   make soak      10 minutes of load with broker outages and server restarts: make soak SOAK_SECONDS=120
 
 PYTHON        ?= python3.11
@@ -25,14 +26,14 @@ CLANGXX       ?= clang++-14
 SOURCES := $(shell find native proto server client dev -type f \( -name '*.cc' -o -name '*.h' -o -name '*.cpp' \
              -o -name '*.py' -o -name '*.pyi' -o -name '*.proto' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
-.PHONY: install kafka java-check test test-native test-python test-sanitize demo soak bench bench-overload fuzz fuzz-python clean lock
+.PHONY: install native-deps kafka java-check test test-native test-python test-sanitize demo soak bench bench-overload fuzz fuzz-python clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Build requirements go in first: the package builds without isolation so the
 # CMake tree in build/ is reused and rebuilds are incremental.
-$(VENV)/.deps: $(CONSTRAINTS) pyproject.toml | $(PY)
+$(VENV)/.deps: $(CONSTRAINTS) pyproject.toml | $(PY) native-deps
 	$(PIP) install -c $(CONSTRAINTS) pip
 	$(PIP) install -c $(CONSTRAINTS) $(BUILD_DEPS)
 	$(PIP) install -c $(CONSTRAINTS) --no-build-isolation ".[test]"
@@ -43,6 +44,18 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES) CMakeLists.txt pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The libraries the native core links for Kafka's record batches: the zstd,
+# lz4, snappy and zlib codecs and ISA-L's CRC32C. Installed from Debian's
+# packages when a header is missing and we may (root); otherwise named.
+NATIVE_DEPS := zstd.h:libzstd-dev lz4frame.h:liblz4-dev snappy.h:libsnappy-dev zlib.h:zlib1g-dev isa-l/crc.h:libisal-dev
+native-deps:
+	@missing=$$(for d in $(NATIVE_DEPS); do [ -f /usr/include/$${d%%:*} ] || echo $${d#*:}; done); \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    else echo "make: the native core needs the development files of $$missing (Debian package names)" >&2; exit 1; fi; \
+	fi
 
 # The broker's jars: kafka_2.13 and its runtime dependencies plus a log4j2
 # backend, into an ignored cache folder (replaced whole, so a version change
@@ -81,11 +94,13 @@ fuzz: install
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-14 libclang-rt-14-dev >/dev/null; }
 	$(VENV)/bin/cmake -S native -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	    -DCMAKE_CXX_COMPILER=$(CLANGXX) -DKEYSTONE_BUILD_FUZZ=ON >/dev/null
-	$(VENV)/bin/cmake --build build/fuzz -j $(JOBS) --target fuzz_process_batch
-	$(PY) native/fuzz/make_corpus.py build/fuzz/seed
-	mkdir -p build/fuzz/corpus build/fuzz/crashes
+	$(VENV)/bin/cmake --build build/fuzz -j $(JOBS) --target fuzz_process_batch fuzz_read_records
+	$(PY) native/fuzz/make_corpus.py build/fuzz/seed build/fuzz/records-seed
+	mkdir -p build/fuzz/corpus build/fuzz/records-corpus build/fuzz/crashes
 	build/fuzz/fuzz_process_batch -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=2048 \
 	    -artifact_prefix=build/fuzz/crashes/ build/fuzz/corpus build/fuzz/seed
+	build/fuzz/fuzz_read_records -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=2048 \
+	    -artifact_prefix=build/fuzz/crashes/records- build/fuzz/records-corpus build/fuzz/records-seed
 	$(MAKE) fuzz-python
 
 # Atheris on the whole Python request path (gRPC, service, core, Kafka on a

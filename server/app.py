@@ -114,6 +114,7 @@ class IngestServer:
                 topic=c.topic,
                 dlq_topic=c.dlq_topic,
                 compression=c.compression,
+                compression_level=c.compression_level,
                 linger_ms=c.linger_ms,
                 max_batch_bytes=c.max_batch_bytes,
                 send_timeout_s=c.send_timeout_s,

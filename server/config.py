@@ -66,7 +66,11 @@ class ServeConfig:
     dlq_topic: str = field(default="orders.dlq", metadata={"metavar": "NAME", "help": "dead-letter topic for rejected orders"})
     compression: str = field(
         default="zstd",
-        metadata={"help": "Kafka compression (zstd: best ratio and, through cramjam, the fastest here)", "choices": ("zstd", "lz4", "snappy", "gzip", "none")},
+        metadata={"help": "codec of the Kafka record batches, applied by the native core", "choices": ("zstd", "lz4", "snappy", "gzip", "none")},
+    )
+    compression_level: int | None = field(
+        default=None,
+        metadata={"help": "the codec's level (zstd 1-19, gzip 0-9, lz4 0-12); default: 1 for zstd, the library's default for the others"},
     )
     linger_ms: int = field(
         default=0,
@@ -217,6 +221,9 @@ class ServeConfig:
         from keystone_ingest.server.security import check_config  # noqa: PLC0415 (security imports this module)
 
         check_config(self)
+        from keystone_ingest.server.sinks.kafka import check_compression  # noqa: PLC0415 (imports aiokafka)
+
+        check_compression(self.compression, self.compression_level)
         _host_port(self.listen)
         if self.metrics_listen:
             _host_port(self.metrics_listen)

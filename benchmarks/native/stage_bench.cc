@@ -1,6 +1,9 @@
 // The native core's stages timed one by one: decode, validate, dedup, Arrow
-// encode, Arrow export. The sum is what Core.process costs (less the GIL
-// release and the result object).
+// encode, Arrow export (their sum is what Core.process costs, less the GIL
+// release and the result object), then the Kafka record batches of the
+// batch: the records encoded from the request, one batch per partition of 6
+// (kafka_records), compressed with zstd level 1, stamped and checksummed
+// (kafka_compress).
 //
 // Input: a file of template batches (u32 little-endian length, then the
 // bytes), whose event_ids carry the placeholder "~~~~~~~~" (benchmarks/corpus.py).
@@ -25,6 +28,8 @@
 #include "keystone/arrow_abi.h"
 #include "keystone/decode.h"
 #include "keystone/dedup.h"
+#include "keystone/pipeline.h"
+#include "keystone/records.h"
 #include "keystone/validate.h"
 
 using namespace keystone;
@@ -92,7 +97,7 @@ int main(int argc, char** argv) {
   DedupWindow window(DedupOptions{});
   BatchView view;
   Error error;
-  std::vector<double> t_decode, t_validate, t_dedup, t_encode, t_export;
+  std::vector<double> t_decode, t_validate, t_dedup, t_encode, t_export, t_records, t_compress;
   uint32_t tag = 0;
   size_t orders_per_batch = 0;
   // Enough untimed rounds to fill the window first.
@@ -129,6 +134,28 @@ int main(int argc, char** argv) {
       array.release(&array);
     }
     const double export_ns = ns_since(start);
+    // The Kafka sink's work: the records of each of 6 partitions, then each
+    // record batch compressed and stamped as aiokafka sends it.
+    BatchOutput out;
+    out.tables = encoded;
+    out.input_bytes = t.bytes.size();
+    constexpr int32_t kPartitions = 6;
+    const std::vector<RecordHeader> common = {{"batch_id", "b-00000001"}, {"source", "bench"},
+                                              {"content-type", "application/x-protobuf"}};
+    start = Clock::now();
+    std::vector<RecordBatchBuilder> builders;
+    builders.reserve(kPartitions);
+    for (int32_t p = 0; p < kPartitions; ++p) {
+      builders.emplace_back(Codec::kZstd, 1, 512 * 1024);
+      append_orders(&builders.back(), out, t.bytes.data(), p, kPartitions, 0, 1700000000000, common);
+    }
+    const double records_ns = ns_since(start);
+    start = Clock::now();
+    for (auto& b : builders) {
+      if (b.finish(&error) != Code::kOk) return 1;
+      b.set_producer_state(1, 0, 0);
+    }
+    const double compress_ns = ns_since(start);
     orders_seen += view.orders.size();
     if (!timed && orders_seen < DedupOptions{}.max_keys + 10000) {
       r = -2;  // keep filling
@@ -141,12 +168,15 @@ int main(int argc, char** argv) {
     t_dedup.push_back(dedup_ns);
     t_encode.push_back(encode_ns);
     t_export.push_back(export_ns);
+    t_records.push_back(records_ns);
+    t_compress.push_back(compress_ns);
   }
   const struct {
     const char* name;
     std::vector<double>* times;
   } stages[] = {{"decode", &t_decode}, {"validate", &t_validate}, {"dedup", &t_dedup},
-                {"arrow_encode", &t_encode}, {"arrow_export", &t_export}};
+                {"arrow_encode", &t_encode}, {"arrow_export", &t_export},
+                {"kafka_records", &t_records}, {"kafka_compress", &t_compress}};
   for (const auto& s : stages) {
     const double m = median(*s.times);
     std::printf("{\"stage\": \"%s\", \"ns_per_batch\": %.0f, \"ns_per_order\": %.2f, \"orders\": %zu}\n", s.name, m,

@@ -392,14 +392,26 @@ class KafkaCluster:
 
     # -- metadata and topics
 
-    def metadata(self, topic: str | None = None, timeout_s: float = 5.0):
-        """The cluster's metadata (confluent-kafka ClusterMetadata) as one node sees it."""
-        return self._admin_client().list_topics(topic, timeout=timeout_s)
+    def metadata(self, topic: str | None = None, timeout_s: float = 5.0, via: int | None = None):
+        """The cluster's metadata (confluent-kafka ClusterMetadata) as one node
+        sees it; `via`: ask that node (a client of its own, so a paused node
+        elsewhere cannot hold the request)."""
+        if via is None:
+            return self._admin_client().list_topics(topic, timeout=timeout_s)
+        from confluent_kafka.admin import AdminClient
 
-    def leader(self, topic: str, partition: int, timeout_s: float = 30.0) -> int:
-        """The node leading topic-partition now (waits while it has none)."""
-        return self._wait(lambda: self._partition(topic, partition).leader if self._partition(topic, partition)
-                          .leader >= 0 else None, timeout_s, f"a leader for {topic}-{partition}")
+        node = self._node(via)
+        client = AdminClient({"bootstrap.servers": f"{HOST}:{node.ports[next(iter(self.listeners))]}",
+                              "logger": _QUIET_LIBRDKAFKA})
+        return client.list_topics(topic, timeout=timeout_s)
+
+    def leader(self, topic: str, partition: int, timeout_s: float = 30.0, via: int | None = None) -> int:
+        """The node leading topic-partition now (waits while it has none), as
+        the cluster or node `via` sees it."""
+        def leader_now() -> int | None:
+            found = self._partition(topic, partition, via).leader
+            return found if found >= 0 else None
+        return self._wait(leader_now, timeout_s, f"a leader for {topic}-{partition}")
 
     def in_sync(self, topic: str, partition: int) -> list[int]:
         return list(self._partition(topic, partition).isrs)
@@ -486,8 +498,8 @@ class KafkaCluster:
         except KeyError:
             raise ValueError(f"no node {node_id}; nodes are {self.node_ids}") from None
 
-    def _partition(self, topic: str, partition: int):
-        meta = self.metadata(topic).topics[topic]
+    def _partition(self, topic: str, partition: int, via: int | None = None):
+        meta = self.metadata(topic, via=via).topics[topic]
         if meta.error is not None:
             raise KafkaUnavailable(f"metadata of {topic}: {meta.error}")
         return meta.partitions[partition]

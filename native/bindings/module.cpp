@@ -8,13 +8,16 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
 
 #include "keystone/arrow.h"
+#include "keystone/codec.h"
 #include "keystone/pipeline.h"
+#include "keystone/records.h"
 
 namespace py = pybind11;
 using namespace keystone;
@@ -225,6 +228,117 @@ class PyCore {
   std::unique_ptr<DedupWindow> window_;
 };
 
+// A Kafka record batch under construction, with the interface aiokafka's
+// producer expects of a batch builder handed to send_batch(): record_count(),
+// closed(), close(), _set_producer_state() at the first send, _build() for
+// the bytes. Appends encode records straight from the request (one call per
+// OrderBatch and partition); close() compresses, with the GIL released, and
+// should run off the event loop; _build() only copies the finished batch.
+class PyRecordBatchBuilder {
+ public:
+  PyRecordBatchBuilder(const std::string& codec, int level, int64_t max_bytes)
+      : builder_(parse_codec(codec), level, positive_size(max_bytes)) {}
+
+  size_t append_orders(const PyBatchResult& result, const py::buffer& raw, int32_t partition, int32_t partitions,
+                       size_t start, int64_t timestamp_ms, const py::list& headers) {
+    if (partitions < 1 || partition < 0 || partition >= partitions) {
+      throw py::value_error("partition " + std::to_string(partition) + " is not one of " +
+                            std::to_string(partitions) + " partitions");
+    }
+    py::buffer_info info = request_of(result, raw);
+    HeaderList common(headers);
+    const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+    py::gil_scoped_release release;
+    return append_orders_to(bytes, result, partition, partitions, start, timestamp_ms, common);
+  }
+
+  size_t append_rejects(const PyBatchResult& result, const py::buffer& raw, size_t start, int64_t timestamp_ms,
+                        const py::list& headers) {
+    py::buffer_info info = request_of(result, raw);
+    HeaderList common(headers);
+    const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+    py::gil_scoped_release release;
+    return keystone::append_rejects(&builder_, result.output(), bytes, start, timestamp_ms, common.views);
+  }
+
+  void close() {
+    Error error;
+    Code code;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(finish_mutex_);
+      code = builder_.finish(&error);
+    }
+    if (code != Code::kOk) throw std::runtime_error("record batch: " + error.message);
+  }
+
+  bool closed() const { return builder_.finished(); }
+  uint32_t record_count() const { return builder_.record_count(); }
+  size_t size() const { return builder_.size(); }
+
+  void set_producer_state(int64_t producer_id, int16_t producer_epoch, int32_t base_sequence) {
+    close();
+    builder_.set_producer_state(producer_id, producer_epoch, base_sequence);
+  }
+
+  py::bytes build() {
+    close();
+    const Buffer& batch = builder_.batch();
+    return py::bytes(reinterpret_cast<const char*>(batch.data()), batch.size());
+  }
+
+ private:
+  struct HeaderList {
+    explicit HeaderList(const py::list& pairs) {
+      storage.reserve(pairs.size() * 2);
+      for (const py::handle item : pairs) {
+        auto pair = item.cast<std::pair<std::string, std::string>>();
+        storage.push_back(std::move(pair.first));
+        storage.push_back(std::move(pair.second));
+      }
+      for (size_t i = 0; i < storage.size(); i += 2) views.push_back({storage[i], storage[i + 1]});
+    }
+    std::vector<std::string> storage;
+    std::vector<RecordHeader> views;
+  };
+
+  size_t append_orders_to(const uint8_t* bytes, const PyBatchResult& result, int32_t partition, int32_t partitions,
+                          size_t start, int64_t timestamp_ms, const HeaderList& common) {
+    return keystone::append_orders(&builder_, result.output(), bytes, partition, partitions, start, timestamp_ms,
+                                   common.views);
+  }
+
+  py::buffer_info request_of(const PyBatchResult& result, const py::buffer& raw) {
+    check_open();
+    py::buffer_info info = contiguous_bytes(raw, "append");
+    if (static_cast<size_t>(info.size) != result.output().input_bytes) {
+      throw py::value_error("raw is " + std::to_string(info.size) + " bytes, but the result was made from " +
+                            std::to_string(result.output().input_bytes) + ": pass the request it was made from");
+    }
+    return info;
+  }
+
+  void check_open() const {
+    if (builder_.finished()) throw py::value_error("the record batch is closed");
+  }
+
+  static Codec parse_codec(const std::string& name) {
+    Codec codec;
+    if (!codec_from_name(name, &codec)) {
+      throw py::value_error("codec must be none, gzip, snappy, lz4 or zstd, not " + py::repr(py::str(name)).cast<std::string>());
+    }
+    return codec;
+  }
+
+  static size_t positive_size(int64_t v) {
+    if (v < 1) throw py::value_error("max_bytes must be positive, got " + std::to_string(v));
+    return static_cast<size_t>(v);
+  }
+
+  RecordBatchBuilder builder_;
+  std::mutex finish_mutex_;  // close() may run on a worker thread while aiokafka asks for the bytes
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -288,6 +402,31 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("dedup_memory_bytes", &PyCore::dedup_memory_bytes)
       .def_property_readonly("dedup_bytes_per_key", &PyCore::dedup_bytes_per_key);
 
+  py::class_<PyRecordBatchBuilder>(
+      m, "RecordBatchBuilder",
+      "A Kafka v2 record batch for one topic-partition, built from OrderBatch requests; aiokafka's send_batch() "
+      "takes it as a batch builder.")
+      .def(py::init<const std::string&, int, int64_t>(), py::arg("codec"), py::arg("level"), py::arg("max_bytes"))
+      .def("append_orders", &PyRecordBatchBuilder::append_orders, py::arg("result"), py::arg("raw"),
+           py::arg("partition"), py::arg("partitions"), py::arg("start"), py::arg("timestamp_ms"), py::arg("headers"))
+      .def("append_rejects", &PyRecordBatchBuilder::append_rejects, py::arg("result"), py::arg("raw"),
+           py::arg("start"), py::arg("timestamp_ms"), py::arg("headers"))
+      .def("close", &PyRecordBatchBuilder::close)
+      .def("closed", &PyRecordBatchBuilder::closed)
+      .def("record_count", &PyRecordBatchBuilder::record_count)
+      .def("size", &PyRecordBatchBuilder::size)
+      .def("_set_producer_state", &PyRecordBatchBuilder::set_producer_state, py::arg("producer_id"),
+           py::arg("producer_epoch"), py::arg("base_sequence"))
+      .def("_build", &PyRecordBatchBuilder::build);
+
+  m.def(
+      "partition_counts",
+      [](const PyBatchResult& result, int32_t partitions) {
+        if (partitions < 1) throw py::value_error("partitions must be positive");
+        return keystone::partition_counts(result.output(), partitions);
+      },
+      py::arg("result"), py::arg("partitions"));
+
   m.def(
       "batch_id_of",
       [](const py::buffer& data) -> std::optional<std::string> {
@@ -315,7 +454,7 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("batch_errors", [] {
     std::vector<std::pair<std::string, std::string>> out;
-    for (size_t i = 1; i < static_cast<size_t>(Code::kCount_); ++i) {
+    for (size_t i = 1; i <= static_cast<size_t>(kLastBatchCode); ++i) {
       out.emplace_back(code_name(static_cast<Code>(i)), code_description(static_cast<Code>(i)));
     }
     return out;

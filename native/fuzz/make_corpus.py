@@ -1,9 +1,13 @@
-"""Writes the fuzzers' seed corpus: real OrderBatch bytes from the generator.
+"""Writes the fuzzers' seed corpora: real OrderBatch bytes from the generator,
+and Kafka record batches the native core built from them.
 
-    python native/fuzz/make_corpus.py OUT_DIR
+    python native/fuzz/make_corpus.py OUT_DIR [RECORDS_OUT_DIR]
 
 Small batches (1 to 50 orders) with duplicates and invalid orders mixed in,
-so the fuzzer starts from inputs that reach every stage of the pipeline.
+so the pipeline's fuzzer starts from inputs that reach every stage. The record
+batches (every codec, orders and dead-letter records, one to three batches
+back to back) start the reader's fuzzer, each behind a first byte of 1 (fix
+up the CRCs) or 0.
 """
 
 from __future__ import annotations
@@ -14,18 +18,46 @@ from pathlib import Path
 from keystone_ingest.client.generator import OrderGenerator
 
 
-def main(out_dir: str) -> None:
+def write_record_batches(out: Path, raws: list[bytes]) -> int:
+    from keystone_ingest.core import Core, RecordBatchBuilder
+
+    out.mkdir(parents=True, exist_ok=True)
+    core = Core(dedup_max_keys=1)
+    count = 0
+    for codec in ("none", "gzip", "snappy", "lz4", "zstd"):
+        for k, raw in enumerate(raws[:: max(1, len(raws) // 6)]):
+            result = core.process(raw)
+            batches = []
+            for rejects in (False, True):
+                builder = RecordBatchBuilder(codec, 0, 1 << 20)
+                headers = [("batch_id", result.batch_id.encode()), ("source", b"fuzz")]
+                if rejects:
+                    builder.append_rejects(result, raw, 0, 1_700_000_000_000 + k, headers)
+                else:
+                    builder.append_orders(result, raw, 0, 1, 0, 1_700_000_000_000 + k, headers)
+                if builder.record_count():
+                    builder._set_producer_state(k, 0, k * 10)
+                    batches.append(builder._build())
+            (out / f"records-{count:03d}.bin").write_bytes(bytes([count & 1]) + b"".join(batches[: 1 + k % 3]))
+            count += 1
+    return count
+
+
+def main(out_dir: str, records_dir: str | None = None) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gen = OrderGenerator(seed=1234, duplicate_ratio=0.1, invalid_ratio=0.1)
     count = 0
+    raws = []
     for size in (1, 1, 2, 3, 5, 8, 13, 21, 34, 50):
         for _ in range(3):
-            batch = gen.batch(size)
-            (out / f"batch-{count:03d}.bin").write_bytes(batch.SerializeToString())
+            raws.append(gen.batch(size).SerializeToString())
+            (out / f"batch-{count:03d}.bin").write_bytes(raws[-1])
             count += 1
     print(f"wrote {count} seed batches to {out}")
+    if records_dir is not None:
+        print(f"wrote {write_record_batches(Path(records_dir), raws)} seed record batches to {records_dir}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

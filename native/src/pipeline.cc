@@ -40,6 +40,7 @@ Result<BatchOutput> process_batch(const uint8_t* data, size_t size, const Proces
 
   out.batch_id.assign(view.str(view.batch_id), view.batch_id.length);
   out.source.assign(view.str(view.source), view.source.length);
+  out.input_bytes = size;
   out.orders = static_cast<uint32_t>(view.orders.size());
   out.rejected = static_cast<uint32_t>(out.rejections.size());
   out.accepted = static_cast<uint32_t>(out.tables.tables[static_cast<size_t>(TableId::kOrders)]->num_rows);

@@ -24,6 +24,8 @@ constexpr CodeInfo kCodes[] = {
     {"batch_id_too_long", "batch_id is longer than max_batch_id_bytes"},
     {"source_too_long", "source is longer than max_source_bytes"},
     {"batch_too_large", "the batch, or a column built from it, would reach 2 GiB"},
+    {"codec", "the compression codec refused the data (corrupt, or too large once decompressed)"},
+    {"corrupt_record_batch", "a Kafka record batch whose header, CRC or records do not add up"},
 };
 static_assert(sizeof(kCodes) / sizeof(kCodes[0]) == static_cast<size_t>(Code::kCount_),
               "every Code needs a name and a description");

@@ -35,10 +35,15 @@ of it already handed to a producer may still be delivered; the client resends
 the batch (same batch_id), so those orders may then appear twice, after
 records of later batches, with the same event_id for consumers to drop the copy.
 
-Batching. A lane fills one record batch (up to `max_batch_bytes`) with the
-records of every publish that arrives while the lane's previous record batch is
-waiting for aiokafka to take it, so under load record batches grow by
-themselves (no linger needed); `linger_ms` adds a fixed wait on top when set.
+Batching. A lane fills one record batch (up to `max_batch_bytes` before
+compression) with the records of every publish that arrives while the lane's
+previous record batch is waiting for aiokafka to take it, so under load record
+batches grow by themselves (no linger needed); `linger_ms` adds a fixed wait on
+top when set. The record batches are the native core's (RecordBatchBuilder):
+publish() makes one call per partition, which encodes the partition's records
+straight from the request bytes; a record batch is compressed when its turn
+comes, in a worker thread, and aiokafka stamps its producer id, epoch and
+sequence numbers when it first sends it.
 
 Outages. aiokafka reconnects on its own: every `retry_backoff_ms` it re-sends
 a failed record batch, opening a new connection (and refreshing metadata) when
@@ -95,8 +100,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -111,6 +114,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
+from keystone_ingest.core import RecordBatchBuilder, partition_counts
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.errors import IngestError, ShuttingDown, SinkFailed, SinkUnavailable
 
@@ -118,6 +122,8 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = b"application/x-protobuf; messageType=keystone.ingest.v1.Order"
 COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
+# Levels each codec's library takes (0: its default where it has levels).
+_LEVELS = {"zstd": (1, 19), "lz4": (0, 12), "gzip": (0, 9), "snappy": (0, 0), "none": (0, 0)}
 MiB = 1024 * 1024
 
 # The broker no longer accepts this producer's id or sequence numbers: every
@@ -129,8 +135,8 @@ _PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerF
 _MIN_RETRY_AFTER_S = 0.5
 
 # A record batch must fit the topic's max.message.bytes after compression.
-# Batches are capped before compression (that is what aiokafka's builder
-# measures), so the cap leaves room for the v2 batch header and for a codec
+# Batches are capped before compression (what the native builder measures,
+# as Kafka's clients do), so the cap leaves room for the v2 batch header and for a codec
 # that cannot shrink the records (zstd's worst case grows them by ~0.4%).
 _BATCH_HEADER_ROOM = 512
 _CODEC_GROWTH = 1.01
@@ -146,10 +152,14 @@ class KafkaConfig:
     bootstrap: str
     topic: str = "orders"
     dlq_topic: str = "orders.dlq"
-    # zstd: measured here on generated orders it both compresses better (1.7x
-    # against lz4's 1.2x, the per-record headers repeat) and builds record
-    # batches faster (470k against 190k records/s on one core) than lz4.
+    # The record batches' codec, applied by the native core. zstd at level 1:
+    # on generated orders it compresses better than lz4 (the per-record
+    # headers repeat) at a similar speed; higher levels cost more CPU per order
+    # for a few percent.
     compression: str = "zstd"
+    # The codec's level; None: 1 for zstd, the library's default for gzip and
+    # lz4 (snappy and none have no levels).
+    compression_level: int | None = None
     # 0: no fixed wait; lanes batch naturally while the previous batch is in flight.
     linger_ms: int = 0
     # Largest record batch before compression. Kept well under the brokers'
@@ -201,8 +211,7 @@ class KafkaConfig:
     security: Any = None
 
     def __post_init__(self) -> None:
-        if self.compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {self.compression!r}")
+        check_compression(self.compression, self.compression_level)
         if not self.bootstrap:
             raise ValueError("bootstrap must name at least one broker")
         if self.topic == self.dlq_topic:
@@ -218,6 +227,23 @@ class KafkaConfig:
             raise ValueError("linger_ms must not be negative")
         if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
             raise ValueError("reconnect_backoff_max_s must not be below reconnect_backoff_s")
+
+
+    @property
+    def level(self) -> int:
+        """The level handed to the native codec (0: the library's default)."""
+        if self.compression_level is not None:
+            return self.compression_level
+        return 1 if self.compression == "zstd" else 0
+
+
+def check_compression(compression: str, level: int | None) -> None:
+    """Refuse a codec the record batches cannot have, or a level it does not take."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"--compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+    low, high = _LEVELS[compression]
+    if level is not None and not low <= level <= high:
+        raise ValueError(f"--compression-level {level} is outside {compression}'s levels, {low} to {high}")
 
 
 class ProducerReplaced(SinkUnavailable):
@@ -431,7 +457,8 @@ class KafkaSink:
             client_id=c.client_id,
             acks="all",
             enable_idempotence=True,
-            compression_type=None if c.compression == "none" else c.compression,
+            # The record batches arrive compressed and framed (RecordBatchBuilder).
+            compression_type=None,
             max_batch_size=self._batch_bytes,
             # The lanes close each record batch before handing it over, so
             # aiokafka's own linger would never apply; ours is in _run_lane.
@@ -910,38 +937,24 @@ class KafkaSink:
             self._settle(segment, SinkUnavailable("withdrawn: every publish waiting for these records gave up"))
 
     def _append_orders(self, batch: Batch, timestamp_ms: int, common: list, segments: set[_Segment]) -> None:
+        # One call into the core per partition: it encodes the partition's
+        # records straight from the request bytes, in arrival order, and says
+        # where it stopped when the record batch filled up.
         lanes = self._lanes[self.config.topic]
-        spans = batch.spans
-        orders = batch.orders
-        offsets_np = spans.column("offset").to_numpy()
-        offsets = offsets_np.tolist()
-        ends = (offsets_np + spans.column("length").to_numpy()).tolist()
-        keys = orders.column("order_id").cast(pa.binary()).to_pylist()
-        event_ids = orders.column("event_id").cast(pa.binary()).to_pylist()
-        raw = batch.raw
-        # Group rows by partition, keeping arrival order inside each (stable sort).
-        partitions = spans.column("key_hash").to_numpy() % len(lanes)
-        order = np.argsort(partitions, kind="stable")
-        counts = np.bincount(partitions, minlength=len(lanes)).tolist()
-        start = 0
-        for p, count in enumerate(counts):
+        rows = batch.accepted
+        for p, count in enumerate(partition_counts(batch.result, len(lanes))):
             if not count:
                 continue
             lane = lanes[p]
             segment = self._open_segment(lane)
-            append = segment.builder.append
-            for i in order[start:start + count].tolist():
-                key = keys[i]
-                value = raw[offsets[i]:ends[i]]
-                headers = [("event_id", event_ids[i]), *common]
-                if append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
-                    segments.add(segment)
-                    segment = self._roll(lane)
-                    append = segment.builder.append
-                    # An empty record batch takes any record, however large.
-                    append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
-            start += count
-            segments.add(segment)
+            start = 0
+            while True:
+                start = segment.builder.append_orders(batch.result, batch.raw, p, len(lanes), start, timestamp_ms,
+                                                      common)
+                segments.add(segment)
+                if start >= rows:
+                    break
+                segment = self._roll(lane)  # full: an empty record batch takes any record
             lane.wakeup.set()
 
     def _append_rejects(self, batch: Batch, timestamp_ms: int, common: list, segments: set[_Segment]) -> None:
@@ -951,39 +964,31 @@ class KafkaSink:
         # rejected order has no trustworthy key (its order_id may be what is wrong).
         lanes = self._lanes[self.config.dlq_topic]
         lane = lanes[(murmur2(batch.batch_id.encode()) & 0x7FFFFFFF) % len(lanes)]
-        rejects = batch.rejects
-        offsets = rejects.column("offset").to_pylist()
-        lengths = rejects.column("length").to_pylist()
-        indexes = rejects.column("index").to_pylist()
-        event_ids = rejects.column("event_id").cast(pa.binary()).to_pylist()
-        reasons = rejects.column("reason").cast(pa.binary()).to_pylist()
-        raw = batch.raw
         segment = self._open_segment(lane)
-        for offset, length, index, event_id, reason in zip(offsets, lengths, indexes, event_ids, reasons):
-            value = raw[offset:offset + length]
-            headers = [("event_id", event_id), *common, ("error.reason", reason),
-                       ("error.index", str(index).encode())]
-            if segment.builder.append(timestamp=timestamp_ms, key=None, value=value, headers=headers) is None:
-                segments.add(segment)
-                segment = self._roll(lane)
-                segment.builder.append(timestamp=timestamp_ms, key=None, value=value, headers=headers)
-        segments.add(segment)
+        start = 0
+        while True:
+            start = segment.builder.append_rejects(batch.result, batch.raw, start, timestamp_ms, common)
+            segments.add(segment)
+            if start >= batch.rejected:
+                break
+            segment = self._roll(lane)
         lane.wakeup.set()
 
     def _open_segment(self, lane: _Lane) -> _Segment:
         if lane.open is None:
-            # A builder belongs to no producer until one takes it (aiokafka
-            # stamps the producer id and sequence numbers when it first sends
-            # it), so a segment queued during a replacement goes to the next one.
-            assert self._producer is not None
-            lane.open = _Segment(lane, self._producer.create_batch(), asyncio.get_running_loop())
+            # A record batch belongs to no producer until one takes it
+            # (aiokafka stamps the producer id and sequence numbers when it
+            # first sends it), so a segment queued during a replacement goes
+            # to the next one.
+            builder = RecordBatchBuilder(self.config.compression, self.config.level, self._batch_bytes)
+            lane.open = _Segment(lane, builder, asyncio.get_running_loop())
             self._unsettled.add(lane.open)
         return lane.open
 
     def _roll(self, lane: _Lane) -> _Segment:
-        """The open segment is full: queue it and open the next."""
+        """The open segment is full: queue it (it is compressed when its turn
+        comes, off the event loop) and open the next."""
         assert lane.open is not None
-        lane.open.builder.close()
         lane.full.append(lane.open)
         lane.open = None
         return self._open_segment(lane)
@@ -1030,7 +1035,8 @@ class KafkaSink:
 
     async def _hand_over(self, lane: _Lane, segment: _Segment) -> None:
         """Give `segment` to the current producer; across a replacement, to the next one."""
-        segment.builder.close()
+        if not segment.builder.closed():
+            await asyncio.to_thread(segment.builder.close)  # compression, with the GIL released
         self._account(segment)
         while True:
             if segment.waiters <= 0:

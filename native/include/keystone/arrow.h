@@ -68,6 +68,8 @@ class Buffer {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   void reserve(size_t n) { if (n > cap_) grow(n); }
+  // Drops everything past the first n bytes (n <= size()); the memory stays.
+  void truncate(size_t n) { size_ = n; }
   // Extends the size by n bytes and returns where they start.
   uint8_t* extend(size_t n) {
     if (size_ + n > cap_) grow(size_ + n);

@@ -24,6 +24,7 @@ struct ProcessOptions {
 struct BatchOutput {
   std::string batch_id;
   std::string source;
+  size_t input_bytes = 0;  // the size of the batch processed: its spans lie within it
   uint32_t orders = 0;
   uint32_t accepted = 0;
   uint32_t duplicates = 0;

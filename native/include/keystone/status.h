@@ -38,8 +38,13 @@ enum class Code : uint8_t {
   kBatchIdTooLong,      // OrderBatch.batch_id is longer than the limit
   kSourceTooLong,       // OrderBatch.source is longer than the limit
   kBatchTooLarge,       // the input, or a column built from it, would reach 2 GiB (Arrow utf8 offsets are 32-bit)
+  // Kafka record batches (the records stage); never a reason to refuse an OrderBatch:
+  kCodec,               // the codec refused the data: corrupt, or larger than allowed once decompressed
+  kCorruptRecordBatch,  // a Kafka record batch whose header, CRC or records do not add up
   kCount_,
 };
+// The codes an OrderBatch can be refused with (InvalidBatch.code) end here.
+constexpr Code kLastBatchCode = Code::kBatchTooLarge;
 
 // Stable snake_case name of a code ("truncated", "batch_id_empty", ...).
 const char* code_name(Code code);

@@ -66,6 +66,9 @@ class RecordError(NamedTuple):
 Core = _core.Core
 BatchResult = _core.BatchResult
 ArrowBatch = _core.ArrowBatch
+RecordBatchBuilder = _core.RecordBatchBuilder
+"""A Kafka v2 record batch for one topic-partition, built from requests by the
+core (records stage); aiokafka's `send_batch()` takes it as a batch builder."""
 REASONS: dict[str, str] = dict(_core.reasons())
 """Every per-order rejection code, with a one-line description."""
 BATCH_ERRORS: dict[str, str] = dict(_core.batch_errors())
@@ -81,6 +84,12 @@ def batch_id_of(data: bytes | bytearray | memoryview) -> str | None:
     raises the exact `InvalidBatch`.
     """
     return _core.batch_id_of(data)
+
+
+def partition_counts(result: BatchResult, partitions: int) -> list[int]:
+    """How many accepted orders of `result` Kafka's default partitioner puts on
+    each of `partitions` partitions (murmur2 of order_id)."""
+    return _core.partition_counts(result, partitions)
 
 
 def schema(table: str) -> ArrowBatch:
@@ -102,8 +111,10 @@ __all__ = [
     "Core",
     "InvalidBatch",
     "REASONS",
+    "RecordBatchBuilder",
     "RecordError",
     "TABLES",
     "batch_id_of",
+    "partition_counts",
     "schema",
 ]
