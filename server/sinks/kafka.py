@@ -320,6 +320,12 @@ _AIOKAFKA_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.producer.sender", "a
 _AIOKAFKA_LOG_FILTER = _RateLimitedLogs()
 
 
+def _compress_record_batch(builder: RecordBatchBuilder) -> None:
+    # A worker thread's job: the core compresses with the GIL released. A
+    # function of its own so that profiles can tell this work from the core's.
+    builder.close()
+
+
 def _retrieve(fut: asyncio.Future) -> None:
     # A segment whose publishers all gave up waiting still settles; reading
     # its exception here keeps asyncio from logging it as never retrieved.
@@ -1036,7 +1042,7 @@ class KafkaSink:
     async def _hand_over(self, lane: _Lane, segment: _Segment) -> None:
         """Give `segment` to the current producer; across a replacement, to the next one."""
         if not segment.builder.closed():
-            await asyncio.to_thread(segment.builder.close)  # compression, with the GIL released
+            await asyncio.to_thread(_compress_record_batch, segment.builder)
         self._account(segment)
         while True:
             if segment.waiters <= 0:
