@@ -6,6 +6,9 @@ server, the real one (`keystone-ingest serve`) and the pure-Python reference (be
 topics and a Bronze directory of its own, and drives it with the load client
 (benchmarks/driver.py), one process per run:
 
+  0. the Kafka ceiling (benchmarks/ceiling.py): the server's record batches
+     through aiokafka's send_batch and nothing else, `--repeats` runs, median;
+     the real server's maximum is reported as a share of it;
   1. maximum sustainable rate: as fast as acks allow, `--repeats` runs, median;
   2. fixed fractions of that rate (`--fractions`), open loop: ack latency under
      a load the server keeps up with;
@@ -244,10 +247,15 @@ def print_table(summary: dict) -> None:
                   f"{lat['p50']:>9.1f}{lat['p90']:>9.1f}{lat['p99']:>9.1f}{lat['max']:>9.1f}"
                   f"{row['cpu_s_per_million_orders']:>9.2f}{row['server_cores']:>7.2f}{row['peak_rss_mib']:>10.0f}"
                   f"{row['broker_cpu_s_per_million_orders']:>12.2f}{row['client_cpu_s_per_million_orders']:>12.2f}")  # fmt: skip
-    if summary["ratios"]:
+    if summary["ratios"].get("orders_per_s"):
         r = summary["ratios"]
         print(f"real / reference: {r['orders_per_s']:.1f}x orders/s, {r['cpu_per_order']:.1f}x less CPU per order, "
               f"{r['p50_latency']:.1f}x lower p50 ack latency (at each one's maximum rate)")
+    if "kafka_ceiling" in summary:
+        share = summary["ratios"].get("of_kafka_ceiling")
+        print(f"Kafka ceiling (the sink's record batches through send_batch alone): "
+              f"{summary['kafka_ceiling']['orders_per_s']:,.0f} orders/s"
+              + (f"; the real server reaches {share:.2f} of it" if share else ""))
 
 
 def _first(summary: dict, key: str):
@@ -270,9 +278,12 @@ def plot(rows: list[dict], runs: list[Run], out_dir: Path) -> list[Path]:
     colours = {"real": "tab:blue", "reference": "tab:orange"}
     for phase, key, label, name in (("batch_size", "batch_size", "orders per batch", "throughput_vs_batch_size.png"),
                                     ("streams", "streams", "concurrent streams", "throughput_vs_streams.png")):  # fmt: skip
+        series = {kind: sorted((r[key], r["orders_per_s"]) for r in rows if r["server"] == kind and r["phase"] == phase)
+                  for kind in KINDS}  # fmt: skip
+        if not any(series.values()):
+            continue  # that sweep was not run
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        for kind in KINDS:
-            points = sorted((r[key], r["orders_per_s"]) for r in rows if r["server"] == kind and r["phase"] == phase)
+        for kind, points in series.items():
             if points:
                 ax.plot(*zip(*points), marker="o", label=kind, color=colours[kind])
         ax.set_xscale("log")
@@ -364,6 +375,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def measure_ceiling(broker: KafkaCluster | MockBroker, args: argparse.Namespace) -> list[dict]:
+    """The Kafka ceiling (benchmarks/ceiling.py: the sink's record batches
+    through aiokafka's send_batch and nothing else), `--repeats` runs on a
+    topic of its own, with the broker's CPU over each."""
+    topic = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic, partitions=6)
+    broker_pid = broker.pid if isinstance(broker, MockBroker) else broker.pids()[1]
+    runs = []
+    for _ in range(args.repeats):
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            before = usage(broker_pid).cpu_s
+            subprocess.run([sys.executable, "-m", "benchmarks.ceiling", "--bootstrap", broker.bootstrap,
+                            "--topic", topic, "--partitions", "6", "--batch-size", str(args.batch_size),
+                            "--duration", str(args.duration), "--warmup", str(args.warmup),
+                            "--pool-orders", str(args.pool_orders), "--out", out.name],
+                           check=True, cwd=REPO_ROOT)  # fmt: skip
+            run = json.loads(Path(out.name).read_text())
+            run["broker_cpu_s"] = usage(broker_pid).cpu_s - before
+        print(f"  kafka ceiling: {run['orders_per_s']:>9,.0f} orders/s (send_batch of native zstd-1 record batches)",
+              flush=True)
+        runs.append(run)
+    return runs
+
+
 def start_broker(kind: str) -> KafkaCluster | MockBroker:
     return KafkaCluster(nodes=1) if kind == "kafka" else MockBroker(brokers=3, partitions=6)
 
@@ -379,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     harness = Harness(args)
     exit_codes = {}
     with tempfile.TemporaryDirectory(prefix="keystone-bench-") as tmp, start_broker(args.broker) as broker:
+        ceiling = measure_ceiling(broker, args) if args.repeats else []
         for kind in args.servers.split(","):
             target = Target(kind, broker, Path(tmp), args.server_arg)
             try:
@@ -387,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
                 exit_codes[kind] = target.stop()
     rows = [run.row() for run in harness.runs]
     summary = summarise(rows, args)
+    if ceiling:
+        summary["kafka_ceiling"] = {"orders_per_s": statistics.median(c["orders_per_s"] for c in ceiling),
+                                    "runs": ceiling}
+        real = summary["table"].get("real", {}).get("max")
+        if real:
+            summary["ratios"]["of_kafka_ceiling"] = real["orders_per_s"] / summary["kafka_ceiling"]["orders_per_s"]
     print_table(summary)
     plots = plot(rows, harness.runs, out_dir)
     document = {

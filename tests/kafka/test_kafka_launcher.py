@@ -10,13 +10,13 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from kafkautil import KafkaCluster, read_all
+from reliabilityutil import wait_until
 
 from keystone_ingest.dev.kafka import KafkaUnavailable
 from keystone_ingest.dev.kafka.cluster import cluster_id
@@ -27,15 +27,6 @@ def jvm_alive(pid: int) -> bool:
         return b"kafka.Kafka" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-
-
-def wait_until(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
@@ -76,7 +67,7 @@ def test_three_nodes_replicate_and_a_killed_leader_hands_over_and_comes_back(bre
     old = cluster.kill_leader(topic, 0)
     assert not jvm_alive(cluster.pids().get(old, -1))
     # The controller fences the silent node after broker.session.timeout.ms and elects another.
-    assert wait_until(lambda: cluster.leader(topic, 0) != old, 30)
+    wait_until(lambda: cluster.leader(topic, 0) != old, 30, what="a new leader")
     produce(cluster.bootstrap, topic, [b"2"])  # acks=all with min.insync.replicas 2 of the 2 left
     cluster.start_node(old)
     cluster.wait_in_sync([topic])
@@ -131,7 +122,7 @@ def test_the_jvm_dies_with_the_process_that_started_it(tmp_path, from_thread: bo
         assert jvm_alive(pid)  # a thread that ended did not take the JVM with it
         owner.kill()
         owner.wait()
-        assert wait_until(lambda: not jvm_alive(pid), 10), f"Kafka JVM {pid} outlived its parent"
+        wait_until(lambda: not jvm_alive(pid), 10, step_s=0.05, what=f"Kafka JVM {pid} gone with its parent")
     finally:
         owner.kill()
 
