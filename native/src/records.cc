@@ -157,7 +157,15 @@ void RecordBatchBuilder::set_producer_state(int64_t producer_id, int16_t produce
   put_be<int64_t>(header + 43, producer_id);
   put_be<int16_t>(header + 51, producer_epoch);
   put_be<int32_t>(header + 53, base_sequence);
-  put_be<uint32_t>(header + 17, crc32c(header + 21, batch_.size() - 21));
+  crc_current_ = false;
+}
+
+const Buffer& RecordBatchBuilder::batch() {
+  if (finished_ && !crc_current_) {
+    put_be<uint32_t>(batch_.data() + 17, crc32c(batch_.data() + 21, batch_.size() - 21));
+    crc_current_ = true;
+  }
+  return batch_;
 }
 
 size_t append_orders(RecordBatchBuilder* builder, const BatchOutput& out, const uint8_t* raw, int32_t partition, int32_t partitions, size_t from, int64_t timestamp_ms,

@@ -20,7 +20,7 @@ T be(const uint8_t* p) {
   return static_cast<T>(u);
 }
 
-RecordSet read(const RecordBatchBuilder& b) {
+RecordSet read(RecordBatchBuilder& b) {
   RecordSet set;
   Error error;
   CHECK_EQ(read_record_batches(b.batch().data(), b.batch().size(), 1 << 24, &set, &error), Code::kOk);

@@ -228,7 +228,6 @@ class KafkaConfig:
         if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
             raise ValueError("reconnect_backoff_max_s must not be below reconnect_backoff_s")
 
-
     @property
     def level(self) -> int:
         """The level handed to the native codec (0: the library's default)."""
@@ -603,11 +602,13 @@ class KafkaSink:
         """Refuse, before anything is published, a batch holding an order that
         no record batch of its topic can carry: the broker would refuse it
         after the rest of the batch went out, and no resend could succeed."""
-        for topic, spans, ids in ((self.config.topic, batch.spans, batch.orders.column("event_id")),
-                                  (self.config.dlq_topic, batch.rejects, batch.rejects.column("event_id"))):
+        for topic, count, table in ((self.config.topic, batch.accepted, "spans"),
+                                    (self.config.dlq_topic, batch.rejected, "rejects")):
             limit = self._max_message_bytes.get(topic)
-            if limit is None or not spans.num_rows:
+            if limit is None or not count:
                 continue
+            spans = getattr(batch, table)
+            ids = (batch.orders if table == "spans" else batch.rejects).column("event_id")
             lengths = spans.column("length").to_numpy()
             largest = int(lengths.argmax())
             if int(lengths[largest]) + _RECORD_OVERHEAD + _BATCH_HEADER_ROOM > limit:
@@ -893,9 +894,9 @@ class KafkaSink:
         if batch.producer is not None:  # the authenticated caller (server/auth.py)
             common.append(("producer", batch.producer.encode()))
         timestamp_ms = batch.received_ns // 1_000_000
-        if batch.spans.num_rows:
+        if batch.accepted:
             self._append_orders(batch, timestamp_ms, common, segments)
-        if batch.rejects.num_rows:
+        if batch.rejected:
             self._append_rejects(batch, timestamp_ms, common, segments)
         if not segments:
             return

@@ -64,10 +64,12 @@ class RecordBatchBuilder {
   Code finish(Error* error);
 
   // Stamps the producer's id, epoch and first sequence number into the
-  // finished batch and recomputes its CRC (the CRC covers them).
+  // finished batch; the CRC, which covers them, is computed by batch().
   void set_producer_state(int64_t producer_id, int16_t producer_epoch, int32_t base_sequence);
 
-  const Buffer& batch() const { return batch_; }
+  // The finished batch, its CRC computed once after the last stamp (so a
+  // batch that is stamped at its first send is checksummed once, not twice).
+  const Buffer& batch();
 
  private:
   Codec codec_;
@@ -77,6 +79,7 @@ class RecordBatchBuilder {
   int64_t base_timestamp_ = 0;
   int64_t max_timestamp_ = 0;
   bool finished_ = false;
+  bool crc_current_ = false;
   Buffer records_;  // the records, uncompressed, until finish()
   Buffer batch_;    // the finished batch
 };
