@@ -5,8 +5,8 @@
 #   make demo      the main job end to end: server, 200,000 orders, what landed in Kafka and Bronze
 #   make bench     micro-benchmarks per stage, then the end-to-end harness against the pure-Python reference server
 #   make bench-overload  4 against 40 streams at a 400 MiB memory limit: throughput and peak RSS
-#   make fuzz      libFuzzer on the native pipeline and on the Kafka record batch reader, then atheris on the
-#                  Python request path, each FUZZ_SECONDS: make fuzz FUZZ_SECONDS=600
+#   make fuzz      libFuzzer on the native pipeline, the Kafka record batch reader and the Bronze decoder, then
+#                  atheris on the Python request path, each FUZZ_SECONDS: make fuzz FUZZ_SECONDS=600
 #   make soak      10 minutes of load with broker outages and server restarts: make soak SOAK_SECONDS=120
 
 PYTHON        ?= python3.11
@@ -94,18 +94,19 @@ fuzz: install
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-14 libclang-rt-14-dev >/dev/null; }
 	$(VENV)/bin/cmake -S native -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	    -DCMAKE_CXX_COMPILER=$(CLANGXX) -DKEYSTONE_BUILD_FUZZ=ON >/dev/null
-	$(VENV)/bin/cmake --build build/fuzz -j $(JOBS) --target fuzz_process_batch fuzz_read_records
+	$(VENV)/bin/cmake --build build/fuzz -j $(JOBS) --target fuzz_process_batch fuzz_read_records fuzz_bronze_decode
 	$(PY) native/fuzz/make_corpus.py build/fuzz/seed build/fuzz/records-seed
-	mkdir -p build/fuzz/corpus build/fuzz/records-corpus build/fuzz/crashes
+	mkdir -p build/fuzz/corpus build/fuzz/records-corpus build/fuzz/bronze-corpus build/fuzz/crashes
 	build/fuzz/fuzz_process_batch -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=2048 \
 	    -artifact_prefix=build/fuzz/crashes/ build/fuzz/corpus build/fuzz/seed
 	build/fuzz/fuzz_read_records -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=2048 \
 	    -artifact_prefix=build/fuzz/crashes/records- build/fuzz/records-corpus build/fuzz/records-seed
+	build/fuzz/fuzz_bronze_decode -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=2048 \
+	    -artifact_prefix=build/fuzz/crashes/bronze- build/fuzz/bronze-corpus build/fuzz/records-seed
 	$(MAKE) fuzz-python
 
 # Atheris on the whole Python request path (gRPC, service, core, Kafka on a
-# development broker, write-ahead log, Bronze in a local directory), from the
-# same seed batches. Crashes land in build/fuzz/py-crashes/.
+# development broker), from the same seed batches. Crashes land in build/fuzz/py-crashes/.
 fuzz-python: install kafka
 	$(PY) native/fuzz/make_corpus.py build/fuzz/seed
 	mkdir -p build/fuzz/py-corpus build/fuzz/py-crashes

@@ -19,17 +19,16 @@ What it does per batch, on one asyncio event loop:
     `Order` re-serialised (`SerializeToString()`): the official classes do not keep the
     bytes as sent, and re-serialising gives them back for canonically encoded input,
     which is what protobuf libraries send;
-  - Bronze: the rows are buffered in Arrow after Kafka acked the batch (the ack follows
-    that hand-off, as in the real server without a write-ahead log), and every
+  - Bronze: the rows are buffered in Arrow in the server after Kafka acked the batch (the
+    ack follows that hand-off; the real server writes Bronze from Kafka instead), and every
     `--roll-age-s`, when `--bronze-max-buffered-bytes` is reached, and at shutdown they
     are sorted by partition day and written as zstd (level 3) Parquet with row groups of
     131,072 rows, the real writer's settings, to a hidden name, fsynced and renamed.
 
 Not here, on purpose, because they are not on the measured path: health, reflection,
 metrics, TLS and authentication (so the Bronze `producer` column is always null and
-records carry no `producer` header, as on the real server without authentication), S3, the write-ahead log (so the reference acks without an fsync: an
-advantage over the real server, whose figures include it), reconnection logic beyond
-aiokafka's own.
+records carry no `producer` header, as on the real server without authentication), S3,
+reconnection logic beyond aiokafka's own.
 """
 
 from __future__ import annotations
@@ -60,7 +59,7 @@ from benchmarks.reference.core import ReferenceCore, ReferenceResult
 from keystone_ingest.core import InvalidBatch
 from keystone_ingest.proto.v1 import ingest_pb2
 # The Bronze layout is the contract both servers fulfil: the real sink's quarantine and Parquet settings.
-from keystone_ingest.server.sinks.bronze import QUARANTINE, QUARANTINE_SCHEMA, parquet_options
+from keystone_ingest.server.bronze.layout import QUARANTINE, QUARANTINE_SCHEMA, parquet_options
 
 log = logging.getLogger("reference-server")
 
@@ -257,7 +256,8 @@ class ReferenceServer:
             partition = (murmur2(result.batch_id.encode()) & 0x7FFFFFFF) % self.partitions[a.dlq_topic]
             records = [(None, orders[e.index].SerializeToString(),
                         [("event_id", e.event_id.encode()), *common, ("error.reason", e.reason.encode()),
-                         ("error.index", str(e.index).encode())]) for e in result.errors]  # fmt: skip
+                         ("error.index", str(e.index).encode()), ("error.message", e.message.encode())])
+                       for e in result.errors]  # fmt: skip
             sends += await self._send(a.dlq_topic, partition, records, timestamp_ms)
         try:
             async with asyncio.timeout(a.send_timeout_s):

@@ -1,6 +1,7 @@
 // keystone_ingest._core: the only pybind11 file. It releases the GIL around
-// the core, turns an Error into keystone_ingest.core.InvalidBatch, and hands
-// Arrow data out as PyCapsules (the Arrow PyCapsule protocol).
+// the core, turns an Error into keystone_ingest.core.InvalidBatch (or, for
+// fetched Kafka records, CorruptRecords), and hands Arrow data out as
+// PyCapsules (the Arrow PyCapsule protocol).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -15,7 +16,9 @@
 #include <utility>
 
 #include "keystone/arrow.h"
+#include "keystone/bronze_decode.h"
 #include "keystone/codec.h"
+#include "keystone/log_dedup.h"
 #include "keystone/pipeline.h"
 #include "keystone/records.h"
 
@@ -83,7 +86,7 @@ class PyBatchResult {
 
   ArrowBatch table_named(const std::string& name) const {
     const TableId id = table_by_name(name.c_str());
-    if (id == TableId::kCount_) throw py::key_error("no table named " + name);
+    if (static_cast<size_t>(id) >= kIngestTableCount) throw py::key_error("no table named " + name);
     return table(id);
   }
 
@@ -192,28 +195,6 @@ class PyCore {
     const auto& keys = r.output().inserted_keys;
     py::gil_scoped_release release;
     return window_->forget(keys.data(), keys.size());
-  }
-
-  py::bytes dedup_snapshot() const {
-    std::vector<DedupEntry> entries;
-    {
-      py::gil_scoped_release release;
-      window_->export_entries(&entries);
-    }
-    return py::bytes(reinterpret_cast<const char*>(entries.data()), entries.size() * sizeof(DedupEntry));
-  }
-
-  size_t dedup_restore(const py::buffer& data, std::optional<int64_t> now_ms) {
-    py::buffer_info info = contiguous_bytes(data, "dedup_restore");
-    if (info.size % static_cast<py::ssize_t>(sizeof(DedupEntry)) != 0) {
-      throw py::value_error("dedup_restore() takes 24 bytes per entry, got " + std::to_string(info.size) + " bytes");
-    }
-    // Copied: the caller's buffer may not be aligned for the entries.
-    std::vector<DedupEntry> entries(static_cast<size_t>(info.size) / sizeof(DedupEntry));
-    std::memcpy(entries.data(), info.ptr, static_cast<size_t>(info.size));
-    const int64_t now = now_ms.value_or(wall_clock_ms());
-    py::gil_scoped_release release;
-    return window_->restore(entries.data(), entries.size(), now);
   }
 
   size_t dedup_size() const { return window_->size(); }
@@ -339,6 +320,130 @@ class PyRecordBatchBuilder {
   std::mutex finish_mutex_;  // close() may run on a worker thread while aiokafka asks for the bytes
 };
 
+// A LogDedup for Python. The core's window is one consumer thread's; the
+// lock only keeps two Python threads that share one by mistake from
+// corrupting it (the decode holds it with the GIL released).
+class PyLogDedup {
+ public:
+  PyLogDedup(int64_t window_records, int64_t window_ms) : dedup_(check(window_records, window_ms)) {}
+
+  void reset() {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mu_);
+    dedup_.reset();
+  }
+  size_t size() {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mu_);
+    return dedup_.size();
+  }
+  std::optional<int64_t> last_offset() {
+    int64_t last;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mu_);
+      last = dedup_.last_offset();
+    }
+    return last < 0 ? std::nullopt : std::optional<int64_t>(last);
+  }
+  int64_t window_records() const { return dedup_.window_records(); }
+  int64_t window_ms() const { return dedup_.window_ms(); }
+
+  LogDedup* locked(std::unique_lock<std::mutex>* lock) {
+    *lock = std::unique_lock<std::mutex>(mu_);
+    return &dedup_;
+  }
+
+ private:
+  static LogDedup check(int64_t window_records, int64_t window_ms) {
+    if (window_records < 0 || window_records > LogDedup::kMaxWindowRecords) {
+      throw py::value_error("window_records must be between 0 and 2**30, got " + std::to_string(window_records));
+    }
+    if (window_ms < 0) throw py::value_error("window_ms must not be negative, got " + std::to_string(window_ms));
+    return LogDedup(window_records, window_ms);
+  }
+
+  LogDedup dedup_;
+  std::mutex mu_;
+};
+
+class PyDecodedRecords {
+ public:
+  explicit PyDecodedRecords(DecodedRecords out) : out_(std::move(out)) {}
+
+  const DecodedRecords& output() const { return out_; }
+
+  py::dict tables() const {
+    py::dict d;
+    const std::pair<const char*, const std::shared_ptr<const Table>*> tables[] = {
+        {"orders", &out_.tables.orders},
+        {"order_items", &out_.tables.order_items},
+        {"order_payments", &out_.tables.order_payments},
+        {"customers", &out_.tables.customers},
+        {"_quarantine", &out_.quarantine},
+    };
+    for (const auto& [name, table] : tables) {
+      if (*table) d[name] = ArrowBatch((*table)->id, *table);
+    }
+    return d;
+  }
+
+  ArrowBatch child_counts() const { return ArrowBatch(TableId::kChildCounts, out_.tables.child_counts); }
+
+  std::string repr() const {
+    return "<DecodedRecords next_offset=" + std::to_string(out_.next_offset) +
+           " records=" + std::to_string(out_.records) + " orders=" + std::to_string(out_.orders) +
+           " duplicates=" + std::to_string(out_.duplicates) + " quarantined=" + std::to_string(out_.quarantined) +
+           ">";
+  }
+
+ private:
+  DecodedRecords out_;
+};
+
+[[noreturn]] void raise_records_error(const Error& e) {
+  if (e.code == Code::kOffsetOutOfOrder) throw py::value_error(e.message);
+  py::object cls = py::module_::import("keystone_ingest.core").attr("CorruptRecords");
+  py::object offset = e.offset >= 0 ? py::object(py::int_(e.offset)) : py::object(py::none());
+  py::object exc = cls(code_name(e.code), offset, e.message);
+  PyErr_SetObject(cls.ptr(), exc.ptr());
+  throw py::error_already_set();
+}
+
+enum class Topic { kOrders, kRejects };
+
+PyDecodedRecords decode_records(Topic topic, const py::buffer& data, int64_t first_offset,
+                                std::optional<int64_t> end_offset, PyLogDedup* dedup, int64_t max_batch_bytes) {
+  if (first_offset < 0) throw py::value_error("first_offset must not be negative, got " + std::to_string(first_offset));
+  const int64_t end = end_offset.value_or(kNoEndOffset);
+  if (max_batch_bytes < 1 || max_batch_bytes > INT32_MAX) {
+    throw py::value_error("max_batch_bytes must be between 1 and 2**31 - 1, got " + std::to_string(max_batch_bytes));
+  }
+  // The caller must not modify a writable buffer during the call.
+  py::buffer_info info =
+      contiguous_bytes(data, topic == Topic::kOrders ? "decode_order_records" : "decode_reject_records");
+  const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+  const auto size = static_cast<size_t>(info.size);
+  DecodedRecords out;
+  Error error;
+  Code code;
+  {
+    py::gil_scoped_release release;
+    std::unique_lock<std::mutex> lock;
+    LogDedup* window = dedup != nullptr ? dedup->locked(&lock) : nullptr;
+    static const ProcessOptions kOptions;
+    code = topic == Topic::kOrders
+               ? decode_order_records(bytes, size, first_offset, end, static_cast<size_t>(max_batch_bytes), window,
+                                      kOptions, &out, &error)
+               : decode_reject_records(bytes, size, first_offset, end, static_cast<size_t>(max_batch_bytes), window,
+                                       &out, &error);
+  }
+  if (code != Code::kOk) raise_records_error(error);
+  return PyDecodedRecords(std::move(out));
+}
+
+constexpr int64_t kDefaultMaxBatchBytes = 64 << 20;
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -372,12 +477,6 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("customers", [](const PyBatchResult& r) { return r.table(TableId::kCustomers); })
       .def_property_readonly("order_spans", [](const PyBatchResult& r) { return r.table(TableId::kOrderSpans); })
       .def_property_readonly("rejects", [](const PyBatchResult& r) { return r.table(TableId::kRejects); })
-      .def_property_readonly("dedup_keys",
-                             [](const PyBatchResult& r) {
-                               const auto& keys = r.output().inserted_keys;
-                               return py::bytes(reinterpret_cast<const char*>(keys.data()),
-                                                keys.size() * sizeof(Key128));
-                             })
       .def("table", &PyBatchResult::table_named, py::arg("name"))
       .def("errors", &PyBatchResult::errors, py::arg("limit") = py::none())
       .def("__repr__", &PyBatchResult::repr);
@@ -396,8 +495,6 @@ PYBIND11_MODULE(_core, m) {
            py::arg("min_year") = 2000, py::arg("max_year") = 2100)
       .def("process", &PyCore::process, py::arg("data"), py::kw_only(), py::arg("now_ms") = py::none())
       .def("forget", &PyCore::forget, py::arg("result"))
-      .def("dedup_snapshot", &PyCore::dedup_snapshot)
-      .def("dedup_restore", &PyCore::dedup_restore, py::arg("entries"), py::kw_only(), py::arg("now_ms") = py::none())
       .def_property_readonly("dedup_size", &PyCore::dedup_size)
       .def_property_readonly("dedup_memory_bytes", &PyCore::dedup_memory_bytes)
       .def_property_readonly("dedup_bytes_per_key", &PyCore::dedup_bytes_per_key);
@@ -418,6 +515,58 @@ PYBIND11_MODULE(_core, m) {
       .def("_set_producer_state", &PyRecordBatchBuilder::set_producer_state, py::arg("producer_id"),
            py::arg("producer_epoch"), py::arg("base_sequence"))
       .def("_build", &PyRecordBatchBuilder::build);
+
+  py::class_<PyLogDedup>(
+      m, "LogDedup",
+      "Dedup over one Kafka partition's log: a record at offset o repeats key k iff k's previous occurrence o' "
+      "has o - window_records <= o' < o and its timestamp is at most window_ms older. Decisions depend on the "
+      "log alone, so re-reading the same offsets (after reset()) decides the same.")
+      .def(py::init<int64_t, int64_t>(), py::arg("window_records"), py::arg("window_ms"))
+      .def("reset", &PyLogDedup::reset)
+      .def("__len__", &PyLogDedup::size)
+      .def_property_readonly("last_offset", &PyLogDedup::last_offset)
+      .def_property_readonly("window_records", &PyLogDedup::window_records)
+      .def_property_readonly("window_ms", &PyLogDedup::window_ms);
+
+  py::class_<PyDecodedRecords>(m, "DecodedRecords",
+                               "What decode_order_records or decode_reject_records made of one fetch of one "
+                               "topic-partition: offsets, counts and Bronze's Arrow tables.")
+      .def_property_readonly("next_offset", [](const PyDecodedRecords& r) { return r.output().next_offset; })
+      .def_property_readonly("consumed", [](const PyDecodedRecords& r) { return r.output().consumed; })
+      .def_property_readonly("records", [](const PyDecodedRecords& r) { return r.output().records; })
+      .def_property_readonly("duplicates", [](const PyDecodedRecords& r) { return r.output().duplicates; })
+      .def_property_readonly("orders", [](const PyDecodedRecords& r) { return r.output().orders; })
+      .def_property_readonly("quarantined", [](const PyDecodedRecords& r) { return r.output().quarantined; })
+      .def_property_readonly("max_timestamp_ms",
+                             [](const PyDecodedRecords& r) -> std::optional<int64_t> {
+                               if (r.output().records == 0) return std::nullopt;
+                               return r.output().max_timestamp_ms;
+                             })
+      .def_property_readonly("last_offset",
+                             [](const PyDecodedRecords& r) -> std::optional<int64_t> {
+                               if (r.output().records == 0) return std::nullopt;
+                               return r.output().last_offset;
+                             })
+      .def_property_readonly("tables", &PyDecodedRecords::tables)
+      .def_property_readonly("child_counts", &PyDecodedRecords::child_counts)
+      .def("__repr__", &PyDecodedRecords::repr);
+
+  m.def(
+      "decode_order_records",
+      [](const py::buffer& data, int64_t first_offset, std::optional<int64_t> end_offset, PyLogDedup* dedup,
+         int64_t max_batch_bytes) {
+        return decode_records(Topic::kOrders, data, first_offset, end_offset, dedup, max_batch_bytes);
+      },
+      py::arg("data"), py::kw_only(), py::arg("first_offset"), py::arg("end_offset") = py::none(),
+      py::arg("dedup").none(true), py::arg("max_batch_bytes") = kDefaultMaxBatchBytes);
+  m.def(
+      "decode_reject_records",
+      [](const py::buffer& data, int64_t first_offset, std::optional<int64_t> end_offset, PyLogDedup* dedup,
+         int64_t max_batch_bytes) {
+        return decode_records(Topic::kRejects, data, first_offset, end_offset, dedup, max_batch_bytes);
+      },
+      py::arg("data"), py::kw_only(), py::arg("first_offset"), py::arg("end_offset") = py::none(),
+      py::arg("dedup").none(true), py::arg("max_batch_bytes") = kDefaultMaxBatchBytes);
 
   m.def(
       "partition_counts",

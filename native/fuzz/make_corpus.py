@@ -6,12 +6,14 @@ and Kafka record batches the native core built from them.
 Small batches (1 to 50 orders) with duplicates and invalid orders mixed in,
 so the pipeline's fuzzer starts from inputs that reach every stage. The record
 batches (every codec, orders and dead-letter records, one to three batches
-back to back) start the reader's fuzzer, each behind a first byte of 1 (fix
-up the CRCs) or 0.
+back to back at the offsets a broker would give them) start the reader's and
+the Bronze decoder's fuzzers, each behind a first byte of 1 (fix up the CRCs)
+or 0.
 """
 
 from __future__ import annotations
 
+import struct
 import sys
 from pathlib import Path
 
@@ -37,8 +39,12 @@ def write_record_batches(out: Path, raws: list[bytes]) -> int:
                     builder.append_orders(result, raw, 0, 1, 0, 1_700_000_000_000 + k, headers)
                 if builder.record_count():
                     builder._set_producer_state(k, 0, k * 10)
-                    batches.append(builder._build())
-            (out / f"records-{count:03d}.bin").write_bytes(bytes([count & 1]) + b"".join(batches[: 1 + k % 3]))
+                    # The base offset the broker would assign (outside the CRC), so
+                    # batches back to back read as one partition's log.
+                    offset = sum(n for _, n in batches)
+                    batches.append((struct.pack(">q", offset) + builder._build()[8:], builder.record_count()))
+            fetch = b"".join(batch for batch, _ in batches[: 1 + k % 3])
+            (out / f"records-{count:03d}.bin").write_bytes(bytes([count & 1]) + fetch)
             count += 1
     return count
 

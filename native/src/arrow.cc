@@ -12,48 +12,53 @@ namespace {
 
 using CT = ColumnType;
 
-constexpr FieldDef kOrders[] = {
-    {"event_id", CT::kUtf8},
-    {"order_id", CT::kUtf8},
-    {"customer_id", CT::kUtf8},
-    {"order_status", CT::kUtf8},
-    {"order_purchase_timestamp", CT::kTimestampUs},
-    {"order_approved_at", CT::kTimestampUs},
-    {"order_delivered_carrier_date", CT::kTimestampUs},
-    {"order_delivered_customer_date", CT::kTimestampUs},
-    {"order_estimated_delivery_date", CT::kTimestampUs},
-    {"batch_id", CT::kUtf8},
-    {"source", CT::kUtf8},
-};
-constexpr FieldDef kOrderItems[] = {
-    {"order_id", CT::kUtf8},
-    {"order_item_id", CT::kInt32},
-    {"product_id", CT::kUtf8},
-    {"seller_id", CT::kUtf8},
-    {"shipping_limit_date", CT::kTimestampUs},
-    {"price", CT::kDecimal12_2},
-    {"freight_value", CT::kDecimal12_2},
-    {"batch_id", CT::kUtf8},
-    {"source", CT::kUtf8},
-};
-constexpr FieldDef kOrderPayments[] = {
-    {"order_id", CT::kUtf8},
-    {"payment_sequential", CT::kInt32},
-    {"payment_type", CT::kUtf8},
-    {"payment_installments", CT::kInt32},
-    {"payment_value", CT::kDecimal12_2},
-    {"batch_id", CT::kUtf8},
-    {"source", CT::kUtf8},
-};
-constexpr FieldDef kCustomers[] = {
-    {"customer_id", CT::kUtf8},
-    {"customer_unique_id", CT::kUtf8},
-    {"customer_zip_code_prefix", CT::kUtf8},
-    {"customer_city", CT::kUtf8},
-    {"customer_state", CT::kUtf8},
-    {"batch_id", CT::kUtf8},
-    {"source", CT::kUtf8},
-};
+// The four tables' fields, shared by the ingest tables and Bronze's.
+#define KS_ORDERS_FIELDS \
+    {"event_id", CT::kUtf8}, \
+    {"order_id", CT::kUtf8}, \
+    {"customer_id", CT::kUtf8}, \
+    {"order_status", CT::kUtf8}, \
+    {"order_purchase_timestamp", CT::kTimestampUs}, \
+    {"order_approved_at", CT::kTimestampUs}, \
+    {"order_delivered_carrier_date", CT::kTimestampUs}, \
+    {"order_delivered_customer_date", CT::kTimestampUs}, \
+    {"order_estimated_delivery_date", CT::kTimestampUs}, \
+    {"batch_id", CT::kUtf8}, \
+    {"source", CT::kUtf8}
+
+#define KS_ORDER_ITEMS_FIELDS \
+    {"order_id", CT::kUtf8}, \
+    {"order_item_id", CT::kInt32}, \
+    {"product_id", CT::kUtf8}, \
+    {"seller_id", CT::kUtf8}, \
+    {"shipping_limit_date", CT::kTimestampUs}, \
+    {"price", CT::kDecimal12_2}, \
+    {"freight_value", CT::kDecimal12_2}, \
+    {"batch_id", CT::kUtf8}, \
+    {"source", CT::kUtf8}
+
+#define KS_ORDER_PAYMENTS_FIELDS \
+    {"order_id", CT::kUtf8}, \
+    {"payment_sequential", CT::kInt32}, \
+    {"payment_type", CT::kUtf8}, \
+    {"payment_installments", CT::kInt32}, \
+    {"payment_value", CT::kDecimal12_2}, \
+    {"batch_id", CT::kUtf8}, \
+    {"source", CT::kUtf8}
+
+#define KS_CUSTOMERS_FIELDS \
+    {"customer_id", CT::kUtf8}, \
+    {"customer_unique_id", CT::kUtf8}, \
+    {"customer_zip_code_prefix", CT::kUtf8}, \
+    {"customer_city", CT::kUtf8}, \
+    {"customer_state", CT::kUtf8}, \
+    {"batch_id", CT::kUtf8}, \
+    {"source", CT::kUtf8}
+
+constexpr FieldDef kOrders[] = {KS_ORDERS_FIELDS};
+constexpr FieldDef kOrderItems[] = {KS_ORDER_ITEMS_FIELDS};
+constexpr FieldDef kOrderPayments[] = {KS_ORDER_PAYMENTS_FIELDS};
+constexpr FieldDef kCustomers[] = {KS_CUSTOMERS_FIELDS};
 constexpr FieldDef kOrderSpans[] = {
     {"offset", CT::kInt64},
     {"length", CT::kInt32},
@@ -71,6 +76,36 @@ constexpr FieldDef kRejects[] = {
     {"length", CT::kInt32},
 };
 
+// Bronze's tables as read back from Kafka: the ones above plus producer, the
+// authenticated caller (null without authentication).
+#define KS_PRODUCER {"producer", CT::kUtf8}
+constexpr FieldDef kBronzeOrders[] = {KS_ORDERS_FIELDS, KS_PRODUCER};
+constexpr FieldDef kBronzeOrderItems[] = {KS_ORDER_ITEMS_FIELDS, KS_PRODUCER};
+constexpr FieldDef kBronzeOrderPayments[] = {KS_ORDER_PAYMENTS_FIELDS, KS_PRODUCER};
+constexpr FieldDef kBronzeCustomers[] = {KS_CUSTOMERS_FIELDS, KS_PRODUCER};
+#undef KS_PRODUCER
+#undef KS_ORDERS_FIELDS
+#undef KS_ORDER_ITEMS_FIELDS
+#undef KS_ORDER_PAYMENTS_FIELDS
+#undef KS_CUSTOMERS_FIELDS
+// server/bronze/layout.py's QUARANTINE_SCHEMA.
+constexpr FieldDef kQuarantine[] = {
+    {"batch_id", CT::kUtf8},
+    {"source", CT::kUtf8},
+    {"producer", CT::kUtf8},
+    {"index", CT::kInt32},
+    {"event_id", CT::kUtf8},
+    {"reason", CT::kUtf8},
+    {"message", CT::kUtf8},
+    {"raw", CT::kBinary},
+    {"received_at", CT::kTimestampUs},
+};
+constexpr FieldDef kChildCounts[] = {
+    {"item_count", CT::kInt32},
+    {"payment_count", CT::kInt32},
+    {"customer_count", CT::kInt32},
+};
+
 #define KS_TABLE(name, fields) {name, fields, static_cast<int>(sizeof(fields) / sizeof(fields[0]))}
 constexpr TableDef kTables[] = {
     KS_TABLE("orders", kOrders),
@@ -79,6 +114,12 @@ constexpr TableDef kTables[] = {
     KS_TABLE("customers", kCustomers),
     KS_TABLE("order_spans", kOrderSpans),
     KS_TABLE("rejects", kRejects),
+    KS_TABLE("orders", kBronzeOrders),
+    KS_TABLE("order_items", kBronzeOrderItems),
+    KS_TABLE("order_payments", kBronzeOrderPayments),
+    KS_TABLE("customers", kBronzeCustomers),
+    KS_TABLE("_quarantine", kQuarantine),
+    KS_TABLE("child_counts", kChildCounts),
 };
 #undef KS_TABLE
 static_assert(sizeof(kTables) / sizeof(kTables[0]) == static_cast<size_t>(TableId::kCount_),
@@ -207,6 +248,78 @@ void fill_constant(Column* c, const BatchView& b, Span s, size_t rows) {
   Utf8Writer(c, rows, rows * s.length).repeat(b.str(s), s.length, rows);
 }
 
+// A validity bitmap of n rows, all null until set_valid.
+void zero_bitmap(Column* c, size_t n) {
+  const size_t bytes = (n + 7) / 8;
+  if (bytes > 0) std::memset(c->validity.extend(bytes), 0, bytes);
+}
+
+// `count` copies of one value; one is the common case (an order's own row).
+inline void put_times(Utf8Writer* w, const char* p, size_t n, size_t count) {
+  if (count == 1) {
+    w->append(p, n);
+  } else {
+    w->repeat(p, n, count);
+  }
+}
+
+// Sets validity bits [from, from + count) of a bitmap that already covers them.
+void set_valid(Column* c, size_t from, size_t count) {
+  uint8_t* bits = c->validity.data();
+  for (size_t row = from; row < from + count; ++row) bits[row >> 3] |= static_cast<uint8_t>(1u << (row & 7));
+}
+
+// The lineage columns of a table, c[0] batch_id, c[1] source and, when
+// `producer`, c[2] producer: the batch's own on every row, or each order's
+// on its `count(order)` rows when the view carries lineage per order.
+template <typename Count>
+void fill_lineage(Column* c, bool producer, const BatchView& b, const std::vector<uint32_t>& rows, size_t n,
+                  Count count) {
+  if (b.lineage.empty()) {
+    fill_constant(&c[0], b, b.batch_id, n);
+    fill_constant(&c[1], b, b.source, n);
+    if (producer) {  // no lineage, no producer: all null
+      Utf8Writer(&c[2], n, 0).repeat(nullptr, 0, n);
+      zero_bitmap(&c[2], n);
+      c[2].null_count = static_cast<int64_t>(n);
+    }
+    return;
+  }
+  size_t bytes[3] = {0, 0, 0};
+  for (uint32_t i : rows) {
+    const size_t k = count(b.orders[i]);
+    const OrderLineage& l = b.lineage[i];
+    bytes[0] += k * l.batch_id.length;
+    bytes[1] += k * l.source.length;
+    bytes[2] += k * l.producer.length;
+  }
+  Utf8Writer batch_id(&c[0], n, bytes[0]), source(&c[1], n, bytes[1]);
+  for (uint32_t i : rows) {
+    const size_t k = count(b.orders[i]);
+    const OrderLineage& l = b.lineage[i];
+    put_times(&batch_id, b.str(l.batch_id), l.batch_id.length, k);
+    put_times(&source, b.str(l.source), l.source.length, k);
+  }
+  if (!producer) return;
+  Utf8Writer writer(&c[2], n, bytes[2]);
+  zero_bitmap(&c[2], n);
+  size_t row = 0;
+  for (uint32_t i : rows) {
+    const size_t k = count(b.orders[i]);
+    const OrderLineage& l = b.lineage[i];
+    put_times(&writer, b.str(l.producer), l.producer.length, k);
+    if (l.has_producer) {
+      set_valid(&c[2], row, k);
+    } else {
+      c[2].null_count += static_cast<int64_t>(k);
+    }
+    row += k;
+  }
+  if (c[2].null_count == 0) c[2].validity.reset();
+}
+
+bool is_bronze(TableId id) { return id >= TableId::kBronzeOrders; }
+
 std::shared_ptr<Table> new_table(TableId id) {
   auto t = std::make_shared<Table>();
   t->id = id;
@@ -216,8 +329,8 @@ std::shared_ptr<Table> new_table(TableId id) {
 
 // ------------------------------------------------------------------ tables
 
-std::shared_ptr<Table> encode_orders(const BatchView& b, const std::vector<uint32_t>& rows) {
-  auto t = new_table(TableId::kOrders);
+std::shared_ptr<Table> encode_orders(const BatchView& b, const std::vector<uint32_t>& rows, TableId id) {
+  auto t = new_table(id);
   Column* c = t->columns.data();
   const size_t n = rows.size();
   size_t ev = 0, oid = 0, cid = 0;
@@ -238,14 +351,13 @@ std::shared_ptr<Table> encode_orders(const BatchView& b, const std::vector<uint3
     for (int k = 0; k < kOrderTimestampCount; ++k) ts[k].append(o.timestamps[k]);
   }
   for (auto& w : ts) w.finish();
-  fill_constant(&c[9], b, b.batch_id, n);
-  fill_constant(&c[10], b, b.source, n);
+  fill_lineage(&c[9], is_bronze(id), b, rows, n, [](const OrderView&) { return size_t{1}; });
   t->num_rows = static_cast<int64_t>(n);
   return t;
 }
 
-std::shared_ptr<Table> encode_items(const BatchView& b, const std::vector<uint32_t>& rows) {
-  auto t = new_table(TableId::kOrderItems);
+std::shared_ptr<Table> encode_items(const BatchView& b, const std::vector<uint32_t>& rows, TableId id) {
+  auto t = new_table(id);
   Column* c = t->columns.data();
   size_t n = 0, oid = 0, pid = 0, sid = 0;
   for (uint32_t i : rows) {
@@ -277,14 +389,14 @@ std::shared_ptr<Table> encode_items(const BatchView& b, const std::vector<uint32
     }
   }
   shipping.finish();
-  fill_constant(&c[7], b, b.batch_id, n);
-  fill_constant(&c[8], b, b.source, n);
+  fill_lineage(&c[7], is_bronze(id), b, rows, n,
+               [](const OrderView& o) { return static_cast<size_t>(o.items_end - o.items_begin); });
   t->num_rows = static_cast<int64_t>(n);
   return t;
 }
 
-std::shared_ptr<Table> encode_payments(const BatchView& b, const std::vector<uint32_t>& rows) {
-  auto t = new_table(TableId::kOrderPayments);
+std::shared_ptr<Table> encode_payments(const BatchView& b, const std::vector<uint32_t>& rows, TableId id) {
+  auto t = new_table(id);
   Column* c = t->columns.data();
   size_t n = 0, oid = 0;
   for (uint32_t i : rows) {
@@ -307,14 +419,14 @@ std::shared_ptr<Table> encode_payments(const BatchView& b, const std::vector<uin
       put_decimal(&c[4], p.payment_value_cents);
     }
   }
-  fill_constant(&c[5], b, b.batch_id, n);
-  fill_constant(&c[6], b, b.source, n);
+  fill_lineage(&c[5], is_bronze(id), b, rows, n,
+               [](const OrderView& o) { return static_cast<size_t>(o.payments_end - o.payments_begin); });
   t->num_rows = static_cast<int64_t>(n);
   return t;
 }
 
-std::shared_ptr<Table> encode_customers(const BatchView& b, const std::vector<uint32_t>& rows) {
-  auto t = new_table(TableId::kCustomers);
+std::shared_ptr<Table> encode_customers(const BatchView& b, const std::vector<uint32_t>& rows, TableId id) {
+  auto t = new_table(id);
   Column* c = t->columns.data();
   size_t n = 0, bytes[5] = {0, 0, 0, 0, 0};
   for (uint32_t i : rows) {
@@ -339,8 +451,8 @@ std::shared_ptr<Table> encode_customers(const BatchView& b, const std::vector<ui
     city.append(b.str(cu.customer_city), cu.customer_city.length);
     state.append(b.str(cu.customer_state), cu.customer_state.length);
   }
-  fill_constant(&c[5], b, b.batch_id, n);
-  fill_constant(&c[6], b, b.source, n);
+  fill_lineage(&c[5], is_bronze(id), b, rows, n,
+               [](const OrderView& o) { return static_cast<size_t>(o.customer.present ? 1 : 0); });
   t->num_rows = static_cast<int64_t>(n);
   return t;
 }
@@ -382,6 +494,20 @@ std::shared_ptr<Table> encode_rejects(const BatchView& b, const std::vector<Reje
   return t;
 }
 
+std::shared_ptr<Table> encode_child_counts(const BatchView& b, const std::vector<uint32_t>& rows) {
+  auto t = new_table(TableId::kChildCounts);
+  Column* c = t->columns.data();
+  for (int k = 0; k < 3; ++k) c[k].values.reserve(rows.size() * 4);
+  for (uint32_t i : rows) {
+    const OrderView& o = b.orders[i];
+    put<int32_t>(&c[0], static_cast<int32_t>(o.items_end - o.items_begin));
+    put<int32_t>(&c[1], static_cast<int32_t>(o.payments_end - o.payments_begin));
+    put<int32_t>(&c[2], o.customer.present ? 1 : 0);
+  }
+  t->num_rows = static_cast<int64_t>(rows.size());
+  return t;
+}
+
 // ------------------------------------------------------------------ export
 
 const char* format_of(ColumnType type) {
@@ -391,6 +517,7 @@ const char* format_of(ColumnType type) {
     case CT::kInt64: return "l";
     case CT::kTimestampUs: return "tsu:UTC";
     case CT::kDecimal12_2: return "d:12,2";
+    case CT::kBinary: return "z";
   }
   return "n";
 }
@@ -450,7 +577,7 @@ void export_column(const std::shared_ptr<const Table>& table, int index, ArrowAr
   out->length = table->num_rows;
   out->null_count = col.null_count;
   out->offset = 0;
-  out->n_buffers = type == CT::kUtf8 ? 3 : 2;
+  out->n_buffers = type == CT::kUtf8 || type == CT::kBinary ? 3 : 2;
   out->n_children = 0;
   out->buffers = priv->buffers;
   out->children = nullptr;
@@ -509,12 +636,62 @@ void encode_tables(const BatchView& batch, const std::vector<Verdict>& verdicts,
     if (verdicts[i] == Verdict::kAccept) rows.push_back(i);
   }
   auto& t = out->tables;
-  t[static_cast<size_t>(TableId::kOrders)] = encode_orders(batch, rows);
-  t[static_cast<size_t>(TableId::kOrderItems)] = encode_items(batch, rows);
-  t[static_cast<size_t>(TableId::kOrderPayments)] = encode_payments(batch, rows);
-  t[static_cast<size_t>(TableId::kCustomers)] = encode_customers(batch, rows);
+  t[static_cast<size_t>(TableId::kOrders)] = encode_orders(batch, rows, TableId::kOrders);
+  t[static_cast<size_t>(TableId::kOrderItems)] = encode_items(batch, rows, TableId::kOrderItems);
+  t[static_cast<size_t>(TableId::kOrderPayments)] = encode_payments(batch, rows, TableId::kOrderPayments);
+  t[static_cast<size_t>(TableId::kCustomers)] = encode_customers(batch, rows, TableId::kCustomers);
   t[static_cast<size_t>(TableId::kOrderSpans)] = encode_spans(batch, rows);
   t[static_cast<size_t>(TableId::kRejects)] = encode_rejects(batch, rejections);
+}
+
+void encode_bronze_tables(const BatchView& batch, const std::vector<uint32_t>& rows, BronzeTables* out) {
+  out->orders = encode_orders(batch, rows, TableId::kBronzeOrders);
+  out->order_items = encode_items(batch, rows, TableId::kBronzeOrderItems);
+  out->order_payments = encode_payments(batch, rows, TableId::kBronzeOrderPayments);
+  out->customers = encode_customers(batch, rows, TableId::kBronzeCustomers);
+  out->child_counts = encode_child_counts(batch, rows);
+}
+
+std::shared_ptr<const Table> encode_quarantine(const std::vector<QuarantineRow>& rows) {
+  auto t = new_table(TableId::kQuarantine);
+  Column* c = t->columns.data();
+  const size_t n = rows.size();
+  size_t bytes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (const QuarantineRow& r : rows) {
+    bytes[0] += r.batch_id.size();
+    bytes[1] += r.source.size();
+    bytes[2] += r.producer.size();
+    bytes[4] += r.event_id.size();
+    bytes[5] += r.reason.size();
+    bytes[6] += r.message.size();
+    bytes[7] += r.raw.size();
+  }
+  Utf8Writer batch_id(&c[0], n, bytes[0]), source(&c[1], n, bytes[1]), producer(&c[2], n, bytes[2]),
+      event_id(&c[4], n, bytes[4]), reason(&c[5], n, bytes[5]), message(&c[6], n, bytes[6]),
+      raw(&c[7], n, bytes[7]);  // binary: the same layout
+  zero_bitmap(&c[2], n);
+  c[3].values.reserve(n * 4);
+  c[8].values.reserve(n * 8);
+  for (size_t row = 0; row < n; ++row) {
+    const QuarantineRow& r = rows[row];
+    batch_id.append(r.batch_id.data(), r.batch_id.size());
+    source.append(r.source.data(), r.source.size());
+    producer.append(r.producer.data(), r.producer.size());
+    if (r.has_producer) {
+      set_valid(&c[2], row, 1);
+    } else {
+      ++c[2].null_count;
+    }
+    put<int32_t>(&c[3], r.index);
+    event_id.append(r.event_id.data(), r.event_id.size());
+    reason.append(r.reason.data(), r.reason.size());
+    message.append(r.message.data(), r.message.size());
+    raw.append(r.raw.data(), r.raw.size());
+    put<int64_t>(&c[8], r.received_at_us);
+  }
+  if (c[2].null_count == 0) c[2].validity.reset();
+  t->num_rows = static_cast<int64_t>(n);
+  return t;
 }
 
 void export_schema(TableId table, ArrowSchema* out) {

@@ -73,11 +73,20 @@ class Decoder {
  public:
   Decoder(const uint8_t* data, size_t size, const DecodeLimits& limits, BatchView* out, Error* error)
       : r_(data, size), limits_(limits), out_(out), error_(error) {}
+  // A decoder of the one Order at data[order.offset, +order.length): errors
+  // count from the Order's first byte and name paths from the Order.
+  Decoder(const uint8_t* data, size_t size, Span order, const DecodeLimits& limits, BatchView* out, Error* error)
+      : r_(data, data + order.offset, data + order.offset + order.length, data + size),
+        limits_(limits),
+        out_(out),
+        error_(error),
+        root_(Msg::kOrder),
+        origin_(order.offset) {}
 
   Code batch();
+  Code order(OrderView* o);
 
  private:
-  Code order(OrderView* o);
   Code item(ItemView* it);
   Code payment(PaymentView* p);
   Code customer(CustomerView* c);
@@ -119,6 +128,8 @@ class Decoder {
   Error* error_;
   Level path_[kMaxDepth + 1];
   int depth_ = -1;  // index of the innermost level in path_
+  Msg root_ = Msg::kBatch;  // the message decoding started from
+  uint32_t origin_ = 0;     // where root_ starts in the buffer: error offsets count from here
 };
 
 std::string Decoder::path() const {
@@ -131,10 +142,12 @@ std::string Decoder::path() const {
     p += name ? name : "field " + std::to_string(lv.field);
     if (is_repeated(lv.msg, lv.field)) p += "[" + std::to_string(lv.index) + "]";
   }
-  return p.empty() ? "OrderBatch" : p;
+  if (p.empty()) return root_ == Msg::kOrder ? "Order" : "OrderBatch";
+  return p;
 }
 
 Code Decoder::fail_at(Code code, uint32_t offset, const char* what) {
+  offset -= origin_;
   error_->code = code;
   error_->offset = offset;
   error_->message = std::string(what) + " at byte " + std::to_string(offset) + " in " + path();
@@ -317,6 +330,7 @@ void BatchView::clear() {
   orders.clear();
   items.clear();
   payments.clear();
+  lineage.clear();
 }
 
 Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, BatchView* out,
@@ -326,6 +340,20 @@ Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, 
   out->size = size;
   Decoder decoder(data, size, limits, out, error);
   return decoder.batch();
+}
+
+Code decode_order(Span order, const DecodeLimits& limits, BatchView* out, Error* error) {
+  const size_t items = out->items.size(), payments = out->payments.size();
+  OrderView* o = &out->orders.emplace_back();
+  o->bytes = order;
+  Decoder decoder(out->data, out->size, order, limits, out, error);
+  const Code code = decoder.order(o);
+  if (KS_UNLIKELY(code != Code::kOk)) {
+    out->orders.pop_back();
+    out->items.resize(items);
+    out->payments.resize(payments);
+  }
+  return code;
 }
 
 bool peek_batch_id(const uint8_t* data, size_t size, Span* batch_id) {

@@ -83,11 +83,14 @@ Key128 hash128(const uint8_t* p, size_t n, uint64_t seed) {
   return k;
 }
 
+Key128 order_key(const uint8_t* event_id, size_t event_id_size, const uint8_t* order, size_t order_size) {
+  if (event_id_size > 0) return hash128(event_id, event_id_size, kEventIdSeed);
+  return hash128(order, order_size, kOrderBytesSeed);
+}
+
 Key128 order_key(const BatchView& batch, const OrderView& order) {
-  if (order.event_id.length > 0) {
-    return hash128(batch.data + order.event_id.offset, order.event_id.length, kEventIdSeed);
-  }
-  return hash128(batch.data + order.bytes.offset, order.bytes.length, kOrderBytesSeed);
+  return order_key(batch.data + order.event_id.offset, order.event_id.length, batch.data + order.bytes.offset,
+                   order.bytes.length);
 }
 
 void dedup_orders(const BatchView& batch, DedupWindow* window, int64_t now_ms, std::vector<Verdict>* verdicts,
@@ -260,31 +263,6 @@ size_t DedupWindow::forget(const Key128* keys, size_t n) {
     --used_;
   }
   return removed;
-}
-
-void DedupWindow::export_entries(std::vector<DedupEntry>* out) const {
-  if (options_.max_keys == 0) return;
-  std::lock_guard<std::mutex> lock(mu_);
-  out->reserve(out->size() + live_);
-  for (uint32_t pos = head_, i = 0; i < used_; ++i, pos = next(pos)) {
-    const Entry& e = ring_[pos];
-    if (e.inserted_ms != kForgotten) out->push_back(DedupEntry{e.key, e.inserted_ms});
-  }
-}
-
-size_t DedupWindow::restore(const DedupEntry* entries, size_t n, int64_t now_ms) {
-  if (options_.max_keys == 0) return 0;
-  std::lock_guard<std::mutex> lock(mu_);
-  size_t inserted = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const DedupEntry& e = entries[i];
-    // kForgotten is the ring's marker; no real clock produces it.
-    if (e.inserted_ms == kForgotten || now_ms - e.inserted_ms >= options_.max_age_ms) continue;
-    if (contains_locked(e.key)) continue;
-    insert_locked(e.key, e.inserted_ms);
-    ++inserted;
-  }
-  return inserted;
 }
 
 }  // namespace keystone

@@ -62,7 +62,8 @@ T value_at(const Column& column, int64_t row) {
 // Column positions, fixed by the table definitions in arrow.cc.
 constexpr int kOrdersEventId = 0, kOrdersOrderId = 1;
 constexpr int kSpanOffset = 0, kSpanLength = 1, kSpanKeyHash = 2;
-constexpr int kRejectIndex = 0, kRejectEventId = 1, kRejectReason = 2, kRejectOffset = 4, kRejectLength = 5;
+constexpr int kRejectIndex = 0, kRejectEventId = 1, kRejectReason = 2, kRejectMessage = 3, kRejectOffset = 4,
+              kRejectLength = 5;
 
 const Table& table_of(const BatchOutput& out, TableId id) { return *out.tables.tables[static_cast<size_t>(id)]; }
 
@@ -192,11 +193,12 @@ size_t append_orders(RecordBatchBuilder* builder, const BatchOutput& out, const 
 size_t append_rejects(RecordBatchBuilder* builder, const BatchOutput& out, const uint8_t* raw, size_t from, int64_t timestamp_ms, const std::vector<RecordHeader>& common) {
   const Table& rejects = table_of(out, TableId::kRejects);
   const size_t rows = static_cast<size_t>(rejects.num_rows);
-  std::vector<RecordHeader> headers(3 + common.size());
+  std::vector<RecordHeader> headers(4 + common.size());
   headers[0].key = "event_id";
   std::copy(common.begin(), common.end(), headers.begin() + 1);
   headers[1 + common.size()].key = "error.reason";
   headers[2 + common.size()].key = "error.index";
+  headers[3 + common.size()].key = "error.message";
   char index[12];
   for (size_t row = from; row < rows; ++row) {
     const auto r = static_cast<int64_t>(row);
@@ -204,6 +206,7 @@ size_t append_rejects(RecordBatchBuilder* builder, const BatchOutput& out, const
     headers[1 + common.size()].value = utf8_at(rejects.columns[kRejectReason], r);
     const auto written = std::to_chars(index, index + sizeof(index), value_at<int32_t>(rejects.columns[kRejectIndex], r));
     headers[2 + common.size()].value = std::string_view(index, static_cast<size_t>(written.ptr - index));
+    headers[3 + common.size()].value = utf8_at(rejects.columns[kRejectMessage], r);
     const std::string_view value = slice(raw, value_at<int64_t>(rejects.columns[kRejectOffset], r),
                                          value_at<int32_t>(rejects.columns[kRejectLength], r));
     if (!builder->append(timestamp_ms, nullptr, value, headers.data(), headers.size())) return row;
@@ -240,6 +243,10 @@ T get_be(const uint8_t* p) {
   U u = 0;
   for (size_t i = 0; i < sizeof(T); ++i) u = static_cast<U>((u << 8) | p[i]);
   return static_cast<T>(u);
+}
+
+inline int64_t wrapping_add(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
 }
 
 // Bounds-checked reads over one batch's records; every failure is "corrupt".
@@ -305,6 +312,8 @@ Code read_record_batches(const uint8_t* data, size_t n, size_t max_batch_bytes, 
     info.control = (attributes & 0x20) != 0;
     info.base_offset = get_be<int64_t>(h);
     const int64_t base_timestamp = get_be<int64_t>(h + 27);
+    info.last_offset_delta = get_be<int32_t>(h + 23);
+    info.size = total;
     info.producer_id = get_be<int64_t>(h + 43);
     info.producer_epoch = get_be<int16_t>(h + 51);
     info.base_sequence = get_be<int32_t>(h + 53);
@@ -343,8 +352,9 @@ Code read_record_batches(const uint8_t* data, size_t n, size_t max_batch_bytes, 
             header_count > (r.end - r.p) / 2) {
           return corrupt(error, static_cast<int64_t>(at), "record " + std::to_string(i) + " is malformed");
         }
-        rec.offset = info.base_offset + offset_delta;
-        rec.timestamp_ms = base_timestamp + ts_delta;
+        // Hostile deltas may overflow: the sums wrap rather than being undefined.
+        rec.offset = wrapping_add(info.base_offset, offset_delta);
+        rec.timestamp_ms = wrapping_add(base_timestamp, ts_delta);
         rec.first_header = static_cast<uint32_t>(out->headers.size());
         rec.header_count = static_cast<uint32_t>(header_count);
         for (int64_t k = 0; k < header_count; ++k) {

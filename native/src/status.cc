@@ -26,6 +26,7 @@ constexpr CodeInfo kCodes[] = {
     {"batch_too_large", "the batch, or a column built from it, would reach 2 GiB"},
     {"codec", "the compression codec refused the data (corrupt, or too large once decompressed)"},
     {"corrupt_record_batch", "a Kafka record batch whose header, CRC or records do not add up"},
+    {"offset_out_of_order", "a record's offset is at or before the last one the log dedup window observed"},
 };
 static_assert(sizeof(kCodes) / sizeof(kCodes[0]) == static_cast<size_t>(Code::kCount_),
               "every Code needs a name and a description");

@@ -261,23 +261,29 @@ int64_t year_start_seconds(int32_t year) {
 }
 
 Code validate_batch(const BatchView& batch, const ValidationOptions& options, Error* error) {
-  if (KS_UNLIKELY(batch.batch_id.length == 0)) {
+  return validate_lineage(batch.batch_id.length, batch.source.length, options, error);
+}
+
+Code validate_lineage(size_t batch_id_bytes, size_t source_bytes, const ValidationOptions& options, Error* error) {
+  if (KS_UNLIKELY(batch_id_bytes == 0)) {
     error->code = Code::kBatchIdEmpty;
     error->offset = -1;
     error->message = "batch_id is empty; every batch needs an id of 1 to " +
                      std::to_string(options.max_batch_id_bytes) + " bytes";
     return error->code;
   }
-  if (KS_UNLIKELY(batch.batch_id.length > options.max_batch_id_bytes)) {
+  if (KS_UNLIKELY(batch_id_bytes > options.max_batch_id_bytes)) {
     error->code = Code::kBatchIdTooLong;
     error->offset = -1;
-    error->message = too_long("batch_id", batch.batch_id.length, options.max_batch_id_bytes);
+    error->message = too_long("batch_id", static_cast<uint32_t>(std::min<size_t>(batch_id_bytes, UINT32_MAX)),
+                              options.max_batch_id_bytes);
     return error->code;
   }
-  if (KS_UNLIKELY(batch.source.length > options.max_source_bytes)) {
+  if (KS_UNLIKELY(source_bytes > options.max_source_bytes)) {
     error->code = Code::kSourceTooLong;
     error->offset = -1;
-    error->message = too_long("source", batch.source.length, options.max_source_bytes);
+    error->message = too_long("source", static_cast<uint32_t>(std::min<size_t>(source_bytes, UINT32_MAX)),
+                              options.max_source_bytes);
     return error->code;
   }
   return Code::kOk;
@@ -285,10 +291,15 @@ Code validate_batch(const BatchView& batch, const ValidationOptions& options, Er
 
 void validate_orders(const BatchView& batch, const ValidationOptions& options, std::vector<Verdict>* verdicts,
                      std::vector<Rejection>* rejections) {
+  validate_orders(batch, options, 0, verdicts, rejections);
+}
+
+void validate_orders(const BatchView& batch, const ValidationOptions& options, size_t first,
+                     std::vector<Verdict>* verdicts, std::vector<Rejection>* rejections) {
   OrderChecker checker(batch, options);
   const size_t n = batch.orders.size();
   verdicts->resize(n);
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = first; i < n; ++i) {
     if (KS_LIKELY(checker.check(batch.orders[i]))) {
       (*verdicts)[i] = Verdict::kAccept;
     } else {

@@ -72,6 +72,8 @@ TEST(a_batch_has_kafkas_v2_header_and_its_records_read_back) {
 
   RecordSet set = read(b);
   CHECK_EQ(set.batches.size(), 1u);
+  CHECK_EQ(set.batches[0].last_offset_delta, 1);
+  CHECK_EQ(set.batches[0].size, b.batch().size());
   CHECK_EQ(set.records.size(), 2u);
   CHECK_EQ(set.records[0].offset, 0);
   CHECK_EQ(set.records[1].offset, 1);
@@ -174,7 +176,7 @@ TEST(a_full_builder_stops_at_the_row_to_continue_from) {
   CHECK_EQ(append_orders(&next, out, bytes(raw), 0, 1, 1, 1, {}), 2u);
 }
 
-TEST(rejected_orders_carry_reason_and_index_and_no_key) {
+TEST(rejected_orders_carry_reason_index_and_message_and_no_key) {
   std::string raw;
   BatchOutput out = processed(&raw);
   RecordBatchBuilder b(Codec::kNone, 0, 1 << 20);
@@ -185,11 +187,13 @@ TEST(rejected_orders_carry_reason_and_index_and_no_key) {
   CHECK_EQ(set.records.size(), 1u);
   const Record& r = set.records[0];
   CHECK(!r.has_key);
-  CHECK_EQ(r.header_count, 4u);
-  CHECK(str(set.headers[r.first_header].value) == "e9");
-  CHECK(str(set.headers[r.first_header + 2].key) == "error.reason");
-  CHECK(str(set.headers[r.first_header + 2].value) == "customer_id_empty");
-  CHECK(str(set.headers[r.first_header + 3].value) == "1");
+  CHECK_EQ(r.header_count, 5u);
+  const RecordHeader* h = &set.headers[r.first_header];
+  CHECK(str(h[0].key) == "event_id" && str(h[0].value) == "e9");
+  CHECK(str(h[1].key) == "batch_id" && str(h[1].value) == "b-1");
+  CHECK(str(h[2].key) == "error.reason" && str(h[2].value) == "customer_id_empty");
+  CHECK(str(h[3].key) == "error.index" && str(h[3].value) == "1");
+  CHECK(str(h[4].key) == "error.message" && str(h[4].value) == "customer_id is empty");
 }
 
 TEST(the_reader_leaves_a_batch_cut_short_and_refuses_a_corrupt_one) {

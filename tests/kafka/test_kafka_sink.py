@@ -127,7 +127,7 @@ def test_accepted_orders_land_once_each_with_key_value_headers_and_java_partitio
         assert positions == sorted(positions)
 
 
-def test_rejected_orders_go_to_one_dlq_partition_with_their_reason_and_index(
+def test_rejected_orders_go_to_one_dlq_partition_with_their_reason_index_and_message(
         kafka_cluster: KafkaCluster, topics: tuple[str, str]):
     topic, dlq = topics
     batch = make_batch(seed=4, orders=400, invalid_ratio=0.1)
@@ -143,7 +143,8 @@ def test_rejected_orders_go_to_one_dlq_partition_with_their_reason_and_index(
         assert record.key is None
         assert record.value == batch.raw[reject["offset"]:reject["offset"] + reject["length"]]
         assert record.headers == expected_headers(batch, reject["event_id"]) + [
-            ("error.reason", reject["reason"].encode()), ("error.index", str(reject["index"]).encode())]
+            ("error.reason", reject["reason"].encode()), ("error.index", str(reject["index"]).encode()),
+            ("error.message", reject["message"].encode())]
     assert len(read_all(kafka_cluster.bootstrap, topic)) == batch.accepted
 
 

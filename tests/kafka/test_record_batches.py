@@ -71,7 +71,7 @@ def test_orders_split_by_partition_as_kafkas_partitioner_and_a_full_batch_contin
         assert [r.offset for r in pieces[0]] == list(range(len(pieces[0])))
 
 
-def test_rejected_orders_carry_no_key_and_their_reason_and_index():
+def test_rejected_orders_carry_no_key_and_their_reason_index_and_message():
     import pyarrow as pa
 
     raw, result = processed(seed=3, invalid_ratio=0.3)
@@ -82,7 +82,7 @@ def test_rejected_orders_carry_no_key_and_their_reason_and_index():
     assert [(r.key, r.value, list(r.headers)) for r in records] == [
         (None, raw[x["offset"]:x["offset"] + x["length"]],
          [("event_id", x["event_id"].encode()), *HEADERS, ("error.reason", x["reason"].encode()),
-          ("error.index", str(x["index"]).encode())]) for x in rejects]
+          ("error.index", str(x["index"]).encode()), ("error.message", x["message"].encode())]) for x in rejects]
 
 
 def test_one_order_larger_than_the_limit_travels_alone_and_an_empty_batch_stays_empty():

@@ -1,6 +1,8 @@
 // Stage 4, encode: the accepted orders of a BatchView -> the four Bronze
 // tables (and two side tables for the server) as Arrow columns, exported
-// through the Arrow C Data Interface.
+// through the Arrow C Data Interface. The same encoder builds the tables of
+// orders read back from Kafka (bronze_decode), where lineage is per order
+// and every table ends with the producer column, and the quarantine table.
 //
 // Ownership, written down once: a Table is immutable once built and shared
 // by std::shared_ptr. Every exported ArrowArray (the struct and each child)
@@ -13,6 +15,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "keystone/arrow_abi.h"
@@ -29,10 +32,22 @@ enum class TableId : uint8_t {
   kOrderSpans,  // per accepted order, row for row with orders: its offset/length in the input,
                 //   Kafka key hash of order_id, and how many item/payment/customer rows it has
   kRejects,     // one row per rejected order, for the dead-letter path
+  // Read back from Kafka (bronze_decode): the four tables in Bronze's own
+  // schemas (the ones above plus producer), named as above, so by name one
+  // finds the ones above; then the quarantine and the child row counts.
+  kBronzeOrders,
+  kBronzeOrderItems,
+  kBronzeOrderPayments,
+  kBronzeCustomers,
+  kQuarantine,   // Bronze's _quarantine: rejected or unreadable orders with their bytes
+  kChildCounts,  // per order of kBronzeOrders: item_count, payment_count, customer_count
   kCount_,
 };
+// The tables process_batch builds (EncodedBatch) are the first ones.
+constexpr size_t kIngestTableCount = static_cast<size_t>(TableId::kRejects) + 1;
 
-enum class ColumnType : uint8_t { kUtf8, kInt32, kInt64, kTimestampUs, kDecimal12_2 };
+// kTimestampUs is timestamp[us, tz=UTC]; kBinary is laid out as kUtf8.
+enum class ColumnType : uint8_t { kUtf8, kInt32, kInt64, kTimestampUs, kDecimal12_2, kBinary };
 
 struct FieldDef {
   const char* name;
@@ -46,7 +61,7 @@ struct TableDef {
 };
 
 const TableDef& table_def(TableId table);
-// The table named `name`, or kCount_ when there is none.
+// The first table named `name`, or kCount_ when there is none.
 TableId table_by_name(const char* name);
 
 // A growable, 16-byte aligned (malloc) byte buffer; Arrow takes it as is.
@@ -101,7 +116,28 @@ struct Table {
 };
 
 struct EncodedBatch {
-  std::shared_ptr<const Table> tables[static_cast<size_t>(TableId::kCount_)];
+  std::shared_ptr<const Table> tables[kIngestTableCount];
+};
+
+// The tables of orders read back from Kafka: kBronzeOrders .. kBronzeCustomers
+// and kChildCounts.
+struct BronzeTables {
+  std::shared_ptr<const Table> orders, order_items, order_payments, customers, child_counts;
+};
+
+// One row of the quarantine table. The views must outlive encode_quarantine,
+// which copies them.
+struct QuarantineRow {
+  std::string_view batch_id;
+  std::string_view source;
+  std::string_view producer;
+  bool has_producer = false;
+  int32_t index = -1;
+  std::string_view event_id;
+  std::string_view reason;
+  std::string_view message;
+  std::string_view raw;
+  int64_t received_at_us = 0;
 };
 
 // Refuses (kBatchTooLarge) a batch whose columns would pass the 2 GiB that
@@ -114,6 +150,14 @@ Code check_encodable(const BatchView& batch, const std::vector<Verdict>& verdict
 // kRejects, the rejections). check_encodable() must have passed.
 void encode_tables(const BatchView& batch, const std::vector<Verdict>& verdicts,
                    const std::vector<Rejection>& rejections, EncodedBatch* out);
+
+// The Bronze tables of the orders `rows` of a view whose orders carry their
+// own lineage (BatchView::lineage), in row order, and their child counts.
+// The caller bounds the columns (2 GiB), as check_encodable does for a batch.
+void encode_bronze_tables(const BatchView& batch, const std::vector<uint32_t>& rows, BronzeTables* out);
+
+// The quarantine table of `rows`; the caller bounds the columns (2 GiB).
+std::shared_ptr<const Table> encode_quarantine(const std::vector<QuarantineRow>& rows);
 
 // Fills *out with the schema of `table` (a struct of its fields).
 void export_schema(TableId table, ArrowSchema* out);

@@ -65,6 +65,16 @@ struct OrderView {
   CustomerView customer;
 };
 
+// Lineage that travels with each order rather than with its batch: orders
+// read back from Kafka, where every record carries its own batch_id, source
+// and producer headers (copied into the view's buffer like the orders).
+struct OrderLineage {
+  Span batch_id;
+  Span source;
+  Span producer;
+  bool has_producer = false;
+};
+
 struct BatchView {
   const uint8_t* data = nullptr;  // the input; every Span points into it
   size_t size = 0;
@@ -73,6 +83,9 @@ struct BatchView {
   std::vector<OrderView> orders;
   std::vector<ItemView> items;
   std::vector<PaymentView> payments;
+  // Row for row with orders when the orders carry their own lineage (then
+  // batch_id and source above are unused); empty for a decoded OrderBatch.
+  std::vector<OrderLineage> lineage;
 
   const char* str(Span s) const { return reinterpret_cast<const char*>(data) + s.offset; }
   void clear();
@@ -90,6 +103,14 @@ struct DecodeLimits {
 // code and fills *error with the byte offset and the field path.
 Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, BatchView* out,
                   Error* error);
+
+// Decodes the one Order message at out->data[order.offset, +order.length)
+// and appends it (items and payments too) to *out, which is not cleared:
+// orders read from Kafka records one at a time share one view, whose data
+// and size the caller sets (every order's bytes inside them). On failure
+// nothing is appended, and the error's offset and message count bytes from
+// the Order's first byte.
+Code decode_order(Span order, const DecodeLimits& limits, BatchView* out, Error* error);
 
 // Finds the batch_id of an OrderBatch without decoding its orders: steps over
 // top-level fields only (last batch_id wins, as in decode_batch). The server

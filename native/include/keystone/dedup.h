@@ -27,19 +27,13 @@ Key128 hash128(const uint8_t* data, size_t size, uint64_t seed);
 // The key of one order: its event_id, or its bytes when event_id is empty.
 // The two use different seeds so an event_id can never equal a bytes key.
 Key128 order_key(const BatchView& batch, const OrderView& order);
+// The same key from the bytes themselves: an Order read back from Kafka,
+// with the event_id its record carries.
+Key128 order_key(const uint8_t* event_id, size_t event_id_size, const uint8_t* order, size_t order_size);
 
 struct KeyHash {
   size_t operator()(const Key128& k) const { return static_cast<size_t>(k.lo); }
 };
-
-// One key held by a window and the time it was inserted: what a window
-// exports and is restored from, so it can outlive its process (the server
-// keeps it in a snapshot file and its write-ahead log). 24 bytes, no padding.
-struct DedupEntry {
-  Key128 key;
-  int64_t inserted_ms = 0;
-};
-static_assert(sizeof(DedupEntry) == 24, "DedupEntry is exported as 24 bytes per key");
 
 struct DedupOptions {
   uint32_t max_keys = 1000000;
@@ -60,17 +54,6 @@ class DedupWindow {
 
   // Removes these keys where still present; returns how many were removed.
   size_t forget(const Key128* keys, size_t n);
-
-  // Appends every key held to *out, oldest first, with its insertion time
-  // (forgotten keys are skipped). Holds the lock for one pass over the ring.
-  void export_entries(std::vector<DedupEntry>* out) const;
-
-  // Inserts entries, given oldest first, as apply() would have inserted them
-  // but at their own times: a key already held is skipped, and so is one
-  // that has expired by now_ms; a full window evicts its oldest key as usual.
-  // Meant for an empty window, or one holding only older keys, so the ring
-  // stays in insertion-time order. Returns how many were inserted.
-  size_t restore(const DedupEntry* entries, size_t n, int64_t now_ms);
 
   size_t size() const;
   // Bytes reserved for the window at full capacity (ring and index).

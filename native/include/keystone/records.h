@@ -33,6 +33,8 @@ namespace keystone {
 
 constexpr size_t kRecordBatchHeaderBytes = 61;
 
+// Read back, a null value (length -1) is a default string_view (data() is
+// null); an empty one points into the batch.
 struct RecordHeader {
   std::string_view key;
   std::string_view value;
@@ -96,7 +98,8 @@ size_t append_orders(RecordBatchBuilder* builder, const BatchOutput& out, const 
 
 // The same for the rejected orders (every one, whatever its key): no key,
 // value the rejected order's bytes, headers event_id, `common`, then
-// error.reason and error.index (its position in the batch, decimal).
+// error.reason, error.index (its position in the batch, decimal) and
+// error.message (the rejection's message, as in the rejects table).
 size_t append_rejects(RecordBatchBuilder* builder, const BatchOutput& out, const uint8_t* raw, size_t from,
                       int64_t timestamp_ms, const std::vector<RecordHeader>& common);
 
@@ -123,6 +126,8 @@ struct RecordBatchInfo {
   Codec codec = Codec::kNone;
   bool transactional = false;
   bool control = false;  // a transaction marker: no data records
+  int32_t last_offset_delta = 0;  // the batch covers offsets base_offset .. base_offset + last_offset_delta
+  size_t size = 0;                // bytes of the batch in the input, header included
   uint32_t record_count = 0;
   uint32_t first_record = 0;  // its records: RecordSet::records[first_record, first_record + record_count)
 };

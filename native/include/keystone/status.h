@@ -41,6 +41,7 @@ enum class Code : uint8_t {
   // Kafka record batches (the records stage); never a reason to refuse an OrderBatch:
   kCodec,               // the codec refused the data: corrupt, or larger than allowed once decompressed
   kCorruptRecordBatch,  // a Kafka record batch whose header, CRC or records do not add up
+  kOffsetOutOfOrder,    // a record offset at or before the last one a LogDedup observed (a re-read needs reset())
   kCount_,
 };
 // The codes an OrderBatch can be refused with (InvalidBatch.code) end here.

@@ -64,10 +64,17 @@ struct Rejection {
 
 // Batch-level rules (batch_id, source). On failure fills *error (offset -1).
 Code validate_batch(const BatchView& batch, const ValidationOptions& options, Error* error);
+// The same rules on the lengths alone, for lineage that arrives without its
+// batch (a record read back from Kafka carries them as headers).
+Code validate_lineage(size_t batch_id_bytes, size_t source_bytes, const ValidationOptions& options, Error* error);
 
 // Order-level rules: sets verdicts[i] to kAccept or kReject for every order
 // and appends one Rejection per rejected order, in index order.
 void validate_orders(const BatchView& batch, const ValidationOptions& options, std::vector<Verdict>* verdicts,
                      std::vector<Rejection>* rejections);
+// The same for orders [first, end) only, leaving verdicts before `first` as
+// they are: a view filled a few orders at a time is checked as it grows.
+void validate_orders(const BatchView& batch, const ValidationOptions& options, size_t first,
+                     std::vector<Verdict>* verdicts, std::vector<Rejection>* rejections);
 
 }  // namespace keystone

@@ -48,11 +48,6 @@ class BatchResult:
     def rejects(self) -> ArrowBatch:
         """One row per rejected order: `index: int32, event_id: utf8,
         reason: utf8, message: utf8, offset: int64, length: int32`."""
-    @property
-    def dedup_keys(self) -> bytes:
-        """The keys this batch inserted into the dedup window, 16 bytes each
-        (two little-endian uint64: lo, hi), in order. What a write-ahead log
-        keeps to rebuild the window after a restart."""
     def table(self, name: str) -> ArrowBatch: ...
     def errors(self, limit: int | None = None) -> list[RecordError]: ...
 
@@ -75,14 +70,6 @@ class Core:
     ) -> None: ...
     def process(self, data: bytes | bytearray | memoryview, *, now_ms: int | None = None) -> BatchResult: ...
     def forget(self, result: BatchResult) -> int: ...
-    def dedup_snapshot(self) -> bytes:
-        """Every key in the dedup window, oldest first, 24 bytes each: the key
-        (two little-endian uint64) and its insertion time (int64 ms since the
-        epoch)."""
-    def dedup_restore(self, entries: bytes | bytearray | memoryview, *, now_ms: int | None = None) -> int:
-        """Insert entries in `dedup_snapshot()`'s format, oldest first, at their
-        own times; keys already held or expired by `now_ms` (default: the
-        wall clock) are skipped. Returns how many were inserted."""
     @property
     def dedup_size(self) -> int: ...
     @property
@@ -113,6 +100,62 @@ class RecordBatchBuilder:
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None: ...
     def _build(self) -> bytes: ...
 
+class LogDedup:
+    """Dedup over one Kafka partition's log: a record at offset o repeats key k
+    iff k's previous occurrence o' has `o - window_records <= o' < o` and its
+    timestamp is at most `window_ms` older. One per partition: decodes that
+    share one take turns."""
+
+    def __init__(self, window_records: int, window_ms: int) -> None: ...
+    def reset(self) -> None:
+        """Forget everything, `last_offset` included (to read offsets again)."""
+    def __len__(self) -> int:
+        """Occurrences held: at most `window_records`."""
+    @property
+    def last_offset(self) -> int | None: ...
+    @property
+    def window_records(self) -> int: ...
+    @property
+    def window_ms(self) -> int: ...
+
+class DecodedRecords:
+    @property
+    def next_offset(self) -> int:
+        """The offset after the last whole record batch read (control batches
+        included): where the next fetch starts. `first_offset` if none."""
+    @property
+    def consumed(self) -> int:
+        """Bytes of the input those batches take."""
+    @property
+    def records(self) -> int:
+        """Data records read at or after `first_offset`: duplicates + orders + quarantined."""
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def orders(self) -> int: ...
+    @property
+    def quarantined(self) -> int: ...
+    @property
+    def max_timestamp_ms(self) -> int | None: ...
+    @property
+    def last_offset(self) -> int | None: ...
+    @property
+    def tables(self) -> dict[str, ArrowBatch]:
+        """`orders`, `order_items`, `order_payments`, `customers` (Bronze's
+        schemas: the core's tables plus `producer`) and `_quarantine`
+        (`batch_id, source, producer, index: int32, event_id, reason, message,
+        raw: binary, received_at: timestamp[us, UTC]`); only `_quarantine`
+        for the dead-letter topic."""
+    @property
+    def child_counts(self) -> ArrowBatch:
+        """Row for row with `orders`: `item_count`, `payment_count`,
+        `customer_count: int32` (children follow their orders' order)."""
+
+def decode_order_records(data: bytes | bytearray | memoryview, *, first_offset: int, end_offset: int | None = None,
+                         dedup: LogDedup | None, max_batch_bytes: int = 64 << 20) -> DecodedRecords:
+    """Records at or past `end_offset` are not read (`next_offset` stops there)."""
+def decode_reject_records(data: bytes | bytearray | memoryview, *, first_offset: int, end_offset: int | None = None,
+                          dedup: LogDedup | None, max_batch_bytes: int = 64 << 20) -> DecodedRecords: ...
 def partition_counts(result: BatchResult, partitions: int) -> list[int]: ...
 def batch_id_of(data: bytes | bytearray | memoryview) -> str | None: ...
 def schema(table: str) -> ArrowBatch: ...

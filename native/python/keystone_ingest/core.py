@@ -11,16 +11,19 @@ stage alone. A batch that is
 not an acceptable `OrderBatch` raises `InvalidBatch`; orders that fail
 validation are rejected one by one and listed in `result.rejects`.
 
-Across restarts: `result.dedup_keys` are the keys a batch inserted (16 bytes
-each), `core.dedup_snapshot()` exports the whole window (24 bytes per key: the
-key and its insertion time, oldest first) and `core.dedup_restore(entries)`
-puts such entries back, so a server can rebuild its window from a snapshot
-and its write-ahead log.
-
 Ownership: the Arrow data of a result is owned by the result and shared with
 every array exported from it (each export holds a reference), so a
 `pyarrow.RecordBatch` stays valid after the result is gone. Nothing in a result
 points into the input buffer: `order_spans` are offsets, not views.
+
+Reading Kafka back into Bronze: `decode_order_records(fetched, first_offset=o,
+dedup=window)` turns the record bytes one Fetch returned for one partition of
+the orders topic into Bronze's tables (`decoded.tables`, each with the
+`producer` column; `decoded.child_counts` says how many child rows each order
+has), dropping repeated event_ids with a `LogDedup` window defined over
+offsets; `decode_reject_records` does the same for the dead-letter topic,
+into the quarantine table. Both release the GIL; bytes that are not record
+batches raise `CorruptRecords`.
 """
 
 from __future__ import annotations
@@ -54,6 +57,29 @@ class InvalidBatch(ValueError):
         self.message = message
 
 
+class CorruptRecords(ValueError):
+    """Fetched Kafka record bytes that cannot be decoded: a record batch whose
+    header, CRC, codec or offsets do not add up, or one so large that a column
+    built from it would reach 2 GiB. Nothing was decoded and the dedup window
+    is unchanged.
+
+    Attributes:
+        code: ``"corrupt_record_batch"``, ``"codec"`` or ``"batch_too_large"``.
+        offset: byte offset in the fetched bytes of the batch (or field) at fault.
+        message: readable description naming what was wrong.
+        retriable: True when fetching the same offsets again may give good
+            bytes (a damaged fetch); False for ``"batch_too_large"``, which the
+            same batch always is.
+    """
+
+    def __init__(self, code: str, offset: int | None, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.offset = offset
+        self.message = message
+        self.retriable = code != "batch_too_large"
+
+
 class RecordError(NamedTuple):
     """One rejected order: its position in the batch, its event_id, and why."""
 
@@ -69,6 +95,9 @@ ArrowBatch = _core.ArrowBatch
 RecordBatchBuilder = _core.RecordBatchBuilder
 """A Kafka v2 record batch for one topic-partition, built from requests by the
 core (records stage); aiokafka's `send_batch()` takes it as a batch builder."""
+LogDedup = _core.LogDedup
+"""Dedup over one Kafka partition's log, by offsets and record timestamps; one per partition."""
+DecodedRecords = _core.DecodedRecords
 REASONS: dict[str, str] = dict(_core.reasons())
 """Every per-order rejection code, with a one-line description."""
 BATCH_ERRORS: dict[str, str] = dict(_core.batch_errors())
@@ -92,29 +121,69 @@ def partition_counts(result: BatchResult, partitions: int) -> list[int]:
     return _core.partition_counts(result, partitions)
 
 
+def decode_order_records(
+    data: bytes | bytearray | memoryview,
+    *,
+    first_offset: int,
+    dedup: LogDedup | None,
+    end_offset: int | None = None,
+    max_batch_bytes: int = 64 << 20,
+) -> DecodedRecords:
+    """The orders in the record batches one Fetch returned for one partition of
+    the orders topic, as Bronze's tables.
+
+    Records before `first_offset` (a Fetch returns whole batches) and control
+    batches are skipped; a record whose `event_id` repeats inside `dedup`'s
+    window is dropped; one whose value is not a valid `Order` goes to
+    `tables["_quarantine"]`. Continue from `next_offset`: a batch cut short at
+    the end (and, rarely, batches that would not fit one call) are left for
+    the next fetch. Records at or past `end_offset` are not read (a worker
+    warming its window on the offsets before where it writes); `next_offset`
+    stops there. `max_batch_bytes` bounds one batch decompressed.
+    Raises `CorruptRecords` for bytes that are not record batches, and
+    `ValueError` when the records are not after `dedup.last_offset` (reading
+    offsets again needs `dedup.reset()`).
+    """
+    return _core.decode_order_records(data, first_offset=first_offset, end_offset=end_offset, dedup=dedup,
+                        max_batch_bytes=max_batch_bytes)
+
+
+def decode_reject_records(
+    data: bytes | bytearray | memoryview,
+    *,
+    first_offset: int,
+    dedup: LogDedup | None,
+    end_offset: int | None = None,
+    max_batch_bytes: int = 64 << 20,
+) -> DecodedRecords:
+    """The same for the dead-letter topic: one `_quarantine` row per record
+    from its headers and value, deduplicated by (`batch_id`, `error.index`)."""
+    return _core.decode_reject_records(data, first_offset=first_offset, end_offset=end_offset, dedup=dedup,
+                        max_batch_bytes=max_batch_bytes)
+
+
 def schema(table: str) -> ArrowBatch:
     """An object exporting the Arrow schema of `table` (`__arrow_c_schema__`)."""
     return _core.schema(table)
 
 
-DEDUP_KEY_BYTES = 16
-"""Bytes per key in `BatchResult.dedup_keys`: two little-endian uint64 (lo, hi)."""
-DEDUP_ENTRY_BYTES = 24
-"""Bytes per entry of `Core.dedup_snapshot()`: the key, then int64 insertion time in ms."""
 
 __all__ = [
-    "DEDUP_ENTRY_BYTES",
-    "DEDUP_KEY_BYTES",
     "ArrowBatch",
     "BATCH_ERRORS",
     "BatchResult",
     "Core",
+    "CorruptRecords",
+    "DecodedRecords",
     "InvalidBatch",
+    "LogDedup",
     "REASONS",
     "RecordBatchBuilder",
     "RecordError",
     "TABLES",
     "batch_id_of",
+    "decode_order_records",
+    "decode_reject_records",
     "partition_counts",
     "schema",
 ]
