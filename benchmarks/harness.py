@@ -2,9 +2,15 @@
 
 Starts the broker (one Apache Kafka node by default, as `keystone-ingest serve`
 embeds it; `--broker mock` for librdkafka's mock cluster), then for each
-server, the real one (`keystone-ingest serve`) and the pure-Python reference (benchmarks/reference/server.py), a server process with
-topics and a Bronze directory of its own, and drives it with the load client
-(benchmarks/driver.py), one process per run:
+server a process with topics and a Bronze directory of its own, and drives it
+with the load client (benchmarks/driver.py), one process per run. The servers:
+
+  real       `keystone-ingest serve` as it runs by default: ingest, and its
+             Bronze worker in a child process writing Parquet from the topics
+  ingest     `keystone-ingest serve --bronze-uri ''`: the ack path alone
+  reference  the pure-Python reference (benchmarks/reference/server.py)
+
+The runs:
 
   0. the Kafka ceiling (benchmarks/ceiling.py): the server's record batches
      through aiokafka's send_batch and nothing else, `--repeats` runs, median;
@@ -13,13 +19,15 @@ topics and a Bronze directory of its own, and drives it with the load client
   2. fixed fractions of that rate (`--fractions`), open loop: ack latency under
      a load the server keeps up with;
   3. sweeps at full speed: batch size (`--batch-sizes`) and concurrent streams
-     (`--streams-sweep`).
+     (`--streams-sweep`);
+  4. for `real`, `--sustained` seconds at full speed, then how long its Bronze
+     worker takes to hold everything Kafka holds (its lag, bounded or not).
 
 Per run: orders/s and batches/s (acked in the measured window), ack latency
 (p50/p90/p99/max of the batches sent in the window), server CPU seconds per
 million orders (user + system of the server process over the whole run,
-warm-up included, divided by the orders acked in it; the broker's and the load
-driver's the same way) and the server's peak RSS
+warm-up included, divided by the orders acked in it; its Bronze worker's, the
+broker's and the load driver's the same way) and the server's peak RSS
 (VmHWM, reset before each run). Results go to `--out-dir` as results.json, and
 as PNG plots when matplotlib is installed (throughput against batch size and
 against streams, the ack-latency distribution of both servers).
@@ -47,12 +55,13 @@ from pathlib import Path
 
 from benchmarks.corpus import load_pool
 from benchmarks.processes import REPO_ROOT, ReferenceProcess, reset_peak_rss, usage
+from keystone_ingest.dev.catchup import wait_bronze_caught_up
 from keystone_ingest.dev.kafka import KAFKA_VERSION, KafkaCluster
 from keystone_ingest.dev.mockbroker import MockBroker
 from keystone_ingest.dev.launcher import ServerProcess
 
 MiB = 1024 * 1024
-KINDS = ("real", "reference")
+KINDS = ("real", "ingest", "reference")
 
 
 @dataclass
@@ -67,6 +76,8 @@ class Run:
     peak_rss_bytes: int
     client_cpu_s: float = 0.0
     broker_cpu_s: float = 0.0
+    bronze_cpu_s: float = 0.0  # the real server's Bronze worker process
+    bronze_catchup_s: float | None = None  # from the end of the run until Bronze held what Kafka did
     load_average: float = 0.0  # the machine's 1-minute load average at the end of the run: others' work shows here
 
     def row(self) -> dict:
@@ -85,6 +96,8 @@ class Run:
             # Where the rest of the machine went: the load driver and the broker.
             "client_cpu_s_per_million_orders": self.client_cpu_s / orders * 1e6,
             "broker_cpu_s_per_million_orders": self.broker_cpu_s / orders * 1e6,
+            "bronze_cpu_s_per_million_orders": self.bronze_cpu_s / orders * 1e6,
+            "bronze_catchup_s": self.bronze_catchup_s,
             "server_cores": self.cpu_s / max(self.result["run_s"], 1e-9),
             "load_average": self.load_average,
             "peak_rss_mib": self.peak_rss_bytes / MiB,
@@ -104,27 +117,41 @@ class Target:
         broker.create_topic(self.topic, partitions=6)
         broker.create_topic(self.dlq_topic, partitions=3)
         self.bronze = workdir / f"bronze-{kind}"
+        self.bootstrap = broker.bootstrap
         common = ["--kafka-bootstrap", broker.bootstrap, "--topic", self.topic, "--dlq-topic", self.dlq_topic]
         log_path = workdir / f"{kind}.log"
-        if kind == "real":
-            self.process = ServerProcess([*common, "--bronze-uri", f"file://{self.bronze}", "--log-level", "warning",
-                                          "--wal-dir", str(workdir / "wal"), *server_args], log_path=log_path)  # fmt: skip
+        if kind in ("real", "ingest"):
+            bronze = f"file://{self.bronze}" if kind == "real" else ""
+            self.process = ServerProcess([*common, "--bronze-uri", bronze, "--bronze-group", f"bench-{suffix}",
+                                          "--log-level", "warning", *server_args], log_path=log_path)  # fmt: skip
         else:
             self.process = ReferenceProcess([*common, "--bronze-dir", str(self.bronze)], log_path=log_path)
         self.pid = self.process.process.pid
+        self.bronze_pid: int | None = getattr(self.process, "bronze_pid", None)
         self.target = self.process.target
 
+    def bronze_catchup_s(self, timeout_s: float = 600.0) -> float | None:
+        """Seconds until Bronze holds everything the topics hold now (None: no Bronze worker)."""
+        if self.bronze_pid is None:
+            return None
+        started = time.monotonic()
+        wait_bronze_caught_up(self.bootstrap, [self.topic, self.dlq_topic], f"file://{self.bronze}", timeout_s)
+        return time.monotonic() - started
+
     def wait_idle(self, timeout_s: float = 120.0) -> None:
-        """Until the server has used less than 5% of a core for half a second:
-        what an earlier run left in flight is done."""
+        """Until the server (and its Bronze worker) has used less than 5% of a
+        core for half a second: what an earlier run left in flight is done."""
         deadline = time.monotonic() + timeout_s
-        before = usage(self.pid).cpu_s
+        before = self.cpu_s()
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            now = usage(self.pid).cpu_s
+            now = self.cpu_s()
             if now - before < 0.025:
                 return
             before = now
+
+    def cpu_s(self) -> float:
+        return usage(self.pid).cpu_s + (usage(self.bronze_pid).cpu_s if self.bronze_pid else 0.0)
 
     def stop(self) -> int:
         code = self.process.stop()
@@ -153,15 +180,18 @@ class Harness:
                        "--out", out.name, *(["--olist-days"] if a.olist_days else [])]  # fmt: skip
             reset_peak_rss(target.pid)
             before, broker_before, children_before = usage(target.pid), usage(target.broker_pid), _children_cpu_s()
+            bronze_before = usage(target.bronze_pid).cpu_s if target.bronze_pid else 0.0
             subprocess.run(command, check=False, cwd=REPO_ROOT)
             after, broker_after = usage(target.pid), usage(target.broker_pid)
             client_cpu_s = _children_cpu_s() - children_before
             result = json.loads(Path(out.name).read_text() or "null")
+            catchup_s = target.bronze_catchup_s() if phase in ("max", "sustained") else None
+            bronze_cpu_s = (usage(target.bronze_pid).cpu_s - bronze_before) if target.bronze_pid else 0.0
         if result is None:
             raise RuntimeError(f"the load driver wrote no result for {target.kind} {phase}")
         run = Run(target.kind, phase, batch_size, streams, rate, result, after.cpu_s - before.cpu_s,
                   after.peak_rss_bytes, client_cpu_s, broker_after.cpu_s - broker_before.cpu_s,
-                  os.getloadavg()[0])  # fmt: skip
+                  os.getloadavg()[0], bronze_cpu_s, catchup_s)  # fmt: skip
         self.runs.append(run)
         row = run.row()
         lat = row["latency_ms"]
@@ -169,6 +199,8 @@ class Harness:
               f"rate {rate:>9,.0f}: {row['orders_per_s']:>9,.0f} orders/s  p50 {lat['p50']:>7.1f} ms  "
               f"p99 {lat['p99']:>7.1f} ms  cpu {row['cpu_s_per_million_orders']:>5.1f} s/M  "
               f"rss {row['peak_rss_mib']:>5.0f} MiB  load {row['load_average']:4.1f}"
+              + (f"  bronze {row['bronze_cpu_s_per_million_orders']:.1f} s/M, caught up {catchup_s:.1f} s after"
+                 if catchup_s is not None else "")
               + (f"  errors {row['errors']}" if row["errors"] else ""),
               flush=True)  # fmt: skip
         return run
@@ -188,6 +220,9 @@ class Harness:
         for streams in a.streams_sweep:
             self.drive(target, "streams", batch_size=a.batch_size, streams=streams,
                        duration_s=a.sweep_duration, warmup_s=a.sweep_warmup)  # fmt: skip
+        if target.bronze_pid is not None and a.sustained:
+            self.drive(target, "sustained", batch_size=a.batch_size, streams=a.streams,
+                       duration_s=a.sustained, warmup_s=a.warmup)  # fmt: skip
 
 
 def _children_cpu_s() -> float:
@@ -211,6 +246,7 @@ def _median_row(rows: list[dict]) -> dict:
         "cpu_s_per_million_orders": statistics.median(r["cpu_s_per_million_orders"] for r in rows),
         "client_cpu_s_per_million_orders": statistics.median(r["client_cpu_s_per_million_orders"] for r in rows),
         "broker_cpu_s_per_million_orders": statistics.median(r["broker_cpu_s_per_million_orders"] for r in rows),
+        "bronze_cpu_s_per_million_orders": statistics.median(r["bronze_cpu_s_per_million_orders"] for r in rows),
         "server_cores": statistics.median(r["server_cores"] for r in rows),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
         "runs": len(rows),
@@ -219,25 +255,31 @@ def _median_row(rows: list[dict]) -> dict:
 
 def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
     kinds = [k for k in KINDS if any(r["server"] == k for r in rows)]
-    phases = ["max", *[f"{f:g}x" for f in args.fractions]]
+    phases = ["max", *[f"{f:g}x" for f in args.fractions], "sustained"]
     table = {k: {p: _median_row([r for r in rows if r["server"] == k and r["phase"] == p]) for p in phases}
              for k in kinds}  # fmt: skip
     ratios = {}
-    if "real" in table and "reference" in table:
-        real, ref = table["real"]["max"], table["reference"]["max"]
-        if real and ref:
-            ratios = {
-                "orders_per_s": real["orders_per_s"] / ref["orders_per_s"],
-                "cpu_per_order": ref["cpu_s_per_million_orders"] / real["cpu_s_per_million_orders"],
-                "p50_latency": ref["latency_ms"]["p50"] / real["latency_ms"]["p50"],
+    ref = table.get("reference", {}).get("max")
+    for kind in ("real", "ingest"):
+        mine = table.get(kind, {}).get("max")
+        if mine and ref:
+            ratios[kind] = {
+                "orders_per_s": mine["orders_per_s"] / ref["orders_per_s"],
+                "cpu_per_order": ref["cpu_s_per_million_orders"] / (mine["cpu_s_per_million_orders"]
+                                                                    + mine["bronze_cpu_s_per_million_orders"]),
+                "p50_latency": ref["latency_ms"]["p50"] / mine["latency_ms"]["p50"],
             }
+    sustained = table.get("real", {}).get("sustained")
+    if sustained and ref:
+        ratios["real_sustained"] = {"orders_per_s": sustained["orders_per_s"] / ref["orders_per_s"]}
     return {"table": table, "ratios": ratios}
 
 
 def print_table(summary: dict) -> None:
     print("\nEnd to end (medians; batch %s, streams %s)" % (_first(summary, "batch_size"), _first(summary, "streams")))
     print(f"{'server':<10}{'load':<7}{'orders/s':>11}{'batches/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-          f"{'max ms':>9}{'CPU s/M':>9}{'cores':>7}{'peak MiB':>10}{'broker s/M':>12}{'client s/M':>12}")  # fmt: skip
+          f"{'max ms':>9}{'CPU s/M':>9}{'cores':>7}{'peak MiB':>10}{'bronze s/M':>12}{'broker s/M':>12}"
+          f"{'client s/M':>12}{'catch-up s':>12}")  # fmt: skip
     for kind, phases in summary["table"].items():
         for phase, row in phases.items():
             if not row:
@@ -246,16 +288,19 @@ def print_table(summary: dict) -> None:
             print(f"{kind:<10}{phase:<7}{row['orders_per_s']:>11,.0f}{row['batches_per_s']:>11,.1f}"
                   f"{lat['p50']:>9.1f}{lat['p90']:>9.1f}{lat['p99']:>9.1f}{lat['max']:>9.1f}"
                   f"{row['cpu_s_per_million_orders']:>9.2f}{row['server_cores']:>7.2f}{row['peak_rss_mib']:>10.0f}"
-                  f"{row['broker_cpu_s_per_million_orders']:>12.2f}{row['client_cpu_s_per_million_orders']:>12.2f}")  # fmt: skip
-    if summary["ratios"].get("orders_per_s"):
-        r = summary["ratios"]
-        print(f"real / reference: {r['orders_per_s']:.1f}x orders/s, {r['cpu_per_order']:.1f}x less CPU per order, "
-              f"{r['p50_latency']:.1f}x lower p50 ack latency (at each one's maximum rate)")
+                  f"{row['bronze_cpu_s_per_million_orders']:>12.2f}{row['broker_cpu_s_per_million_orders']:>12.2f}"
+                  f"{row['client_cpu_s_per_million_orders']:>12.2f}"
+                  f"{row['bronze_catchup_s'] if row.get('bronze_catchup_s') is not None else float('nan'):>12.1f}")  # fmt: skip
+    for kind, r in summary["ratios"].items():
+        if kind in ("real", "ingest"):
+            print(f"{kind} / reference: {r['orders_per_s']:.1f}x orders/s, {r['cpu_per_order']:.1f}x less CPU per "
+                  f"order, {r['p50_latency']:.1f}x lower p50 ack latency (at each one's maximum rate)")
+    if "real_sustained" in summary["ratios"]:
+        print(f"real, sustained: {summary['ratios']['real_sustained']['orders_per_s']:.1f}x the reference's maximum")
     if "kafka_ceiling" in summary:
-        share = summary["ratios"].get("of_kafka_ceiling")
+        shares = ", ".join(f"{k} {v:.2f}" for k, v in summary["ratios"].get("of_kafka_ceiling", {}).items())
         print(f"Kafka ceiling (the sink's record batches through send_batch alone): "
-              f"{summary['kafka_ceiling']['orders_per_s']:,.0f} orders/s"
-              + (f"; the real server reaches {share:.2f} of it" if share else ""))
+              f"{summary['kafka_ceiling']['orders_per_s']:,.0f} orders/s" + (f"; share reached: {shares}" if shares else ""))
 
 
 def _first(summary: dict, key: str):
@@ -345,7 +390,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--servers", default="real,reference", help="which servers to measure, comma-separated")
+    p.add_argument("--servers", default="real,ingest,reference", help="which servers to measure, comma-separated")
+    p.add_argument("--sustained", type=float, default=60.0,
+                   help="seconds of the real server at full speed, Bronze worker included (0: none)")
     p.add_argument("--broker", choices=("kafka", "mock"), default="kafka",
                    help="one Apache Kafka node (what users run), or librdkafka's mock cluster")
     p.add_argument("--batch-size", type=int, default=1000)
@@ -371,7 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.repeats, args.duration, args.warmup = 1, 2.0, 0.5
         args.fractions, args.sweep_duration, args.sweep_warmup = [0.5], 1.5, 0.5
-        args.batch_sizes, args.streams_sweep = [100, 1000, 5000], [1, 4, 16]
+        args.batch_sizes, args.streams_sweep, args.sustained = [100, 1000, 5000], [1, 4, 16], 5.0
     return args
 
 
@@ -426,9 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     if ceiling:
         summary["kafka_ceiling"] = {"orders_per_s": statistics.median(c["orders_per_s"] for c in ceiling),
                                     "runs": ceiling}
-        real = summary["table"].get("real", {}).get("max")
-        if real:
-            summary["ratios"]["of_kafka_ceiling"] = real["orders_per_s"] / summary["kafka_ceiling"]["orders_per_s"]
+        summary["ratios"]["of_kafka_ceiling"] = {
+            kind: row["orders_per_s"] / summary["kafka_ceiling"]["orders_per_s"]
+            for kind in ("real", "ingest") if (row := summary["table"].get(kind, {}).get("max"))}  # fmt: skip
     print_table(summary)
     plots = plot(rows, harness.runs, out_dir)
     document = {

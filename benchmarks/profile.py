@@ -1,4 +1,5 @@
-"""Where the real server's CPU goes per order, measured with py-spy under load.
+"""Where the real server's CPU goes per order, measured with py-spy under load
+(the server and its Bronze worker process together).
 
     python -m benchmarks.profile [--seconds 10] [--streams 4] [--batch-size 1000] [--native]
 
@@ -50,8 +51,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
                                                                              "RecordBatchBuilder")),
     ("Kafka sink: lanes, hand-over, delivery", ("sinks/kafka.py",)),
     ("aiokafka: sender, Produce requests, network", ("aiokafka",)),
-    ("write-ahead log: encode, write, fsync", ("wal.py", "fdatasync", "fsync", "writev")),
-    ("Bronze sink: rows, partitions, files", ("sinks/bronze.py", "sinks/storage.py")),
+    ("Bronze worker: fetch, native decode, gather, commit", ("server/bronze/", "bronze_decode", "decode_order_records",
+                                                             "decode_reject_records")),
     ("Arrow import (pyarrow record batches)", ("batch.py", "record_batch")),
     ("gRPC: receive, send acks, stream handling", ("grpc", "service.py", "_cygrpc", "cygrpc")),
     ("pipeline, batch_id window, acks, metrics", ("pipeline.py", "idempotency.py", "metrics.py", "prometheus")),
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         broker.create_topic("orders", partitions=6)
         broker.create_topic("orders.dlq", partitions=3)
         server = ServerProcess(["--kafka-bootstrap", broker.bootstrap, "--bronze-uri", f"file://{tmp}/bronze",
-                                "--wal-dir", f"{tmp}/wal", "--log-level", "warning", *args.server_arg])  # fmt: skip
+                                "--log-level", "warning", *args.server_arg])  # fmt: skip
         try:
             warmup = 2.0
             result_path = Path(tmp) / "driver.json"
@@ -134,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                 cwd=REPO_ROOT)  # fmt: skip
             time.sleep(warmup)
             raw = out_dir / "profile-stacks.txt"
-            before = usage(server.process.pid)
+            pids = [server.process.pid, *([server.bronze_pid] if server.bronze_pid else [])]
+            before = sum(usage(p).cpu_s for p in pids)
             acked_before = _acked(server)
             spy = subprocess.run([str(py_spy), "record", "-p", str(server.process.pid), "-d", str(int(args.seconds)),
-                                  "-r", str(args.rate), "-f", "raw", "-o", str(raw),
+                                  "-r", str(args.rate), "-f", "raw", "-o", str(raw), "--subprocesses",
                                   # native unwinding needs the process paused for each sample
                                   *(["--native"] if args.native else ["--nonblocking"])],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -146,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
                 driver.kill()
                 print(f"py-spy could not sample the server, so no profile: {spy.stderr.strip()[-500:]}")
                 return 0
-            after = usage(server.process.pid)
+            after = sum(usage(p).cpu_s for p in pids)
             acked = _acked(server) - acked_before
             driver.wait()
             run = json.loads(result_path.read_text())
         finally:
             server.close()
-    rows = breakdown(parse_raw(raw), after.cpu_s - before.cpu_s, acked)
-    cpu_per_order_us = (after.cpu_s - before.cpu_s) / max(acked, 1) * 1e6
+    rows = breakdown(parse_raw(raw), after - before, acked)
+    cpu_per_order_us = (after - before) / max(acked, 1) * 1e6
     print(f"server: {acked:,} orders in {args.seconds:g} s sampled ({acked / args.seconds:,.0f} orders/s), "
           f"{cpu_per_order_us:.2f} µs of CPU per order; load driver: {run['orders_per_s']:,.0f} orders/s")  # fmt: skip
     print(f"{'stage':<64}{'share':>7}{'µs/order':>10}")
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['stage']:<64}{r['share'] * 100:>6.1f}%{r['us_per_order']:>10.2f}")
     (out_dir / "profile.json").write_text(json.dumps({
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "settings": vars(args), "orders": acked,
-        "cpu_s": after.cpu_s - before.cpu_s, "cpu_us_per_order": cpu_per_order_us, "stages": rows}, indent=1) + "\n")
+        "cpu_s": after - before, "cpu_us_per_order": cpu_per_order_us, "stages": rows}, indent=1) + "\n")
     print(f"written: {out_dir / 'profile.json'}, {raw}")
     return 0
 

@@ -6,16 +6,16 @@ in C++ by benchmarks/native/stage_bench.cc (test_native_stages below builds and
 runs it); their sum is `Core.process`, timed in test_core_throughput.py. Here:
 
   arrow import      the core's result as pyarrow record batches (`Batch.tables`, spans, rejects)
+  bronze decode     the Bronze consumer's side: one partition's fetch of the Kafka sink's record
+                    batches (zstd) through `decode_order_records` with a log dedup window, the
+                    tables imported into pyarrow; per order
   kafka batching    the Kafka sink's records for the batch: per-partition record
                     batches encoded by the native core from the request (keys,
                     values, headers), compressed (zstd level 1) and stamped as
                     they are before a Produce request
-  bronze rows       `BronzeRows.from_batch`: partition days, the producer column
-  parquet encoding  the Bronze writer's Parquet settings (bronze.parquet_options) on 20 batches' orders
-                    and child rows; per order
-  wal encode        the write-ahead log record (Arrow IPC of the Bronze rows, metadata, crc)
-  wal append        encode, write and fsync one record (one batch per fsync: the
-                    worst case; under load group commit shares an fsync)
+  bronze gather     the decoded tables cut by partition day into the next flush (`FlushBuffer.add`)
+  parquet encoding  Bronze's Parquet settings (layout.parquet_options) on 20 batches' decoded
+                    orders and child rows; per order
   ack               the BatchAck message the pipeline answers with, serialised
 """
 
@@ -35,12 +35,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.corpus import BatchMaker, load_pool
-from keystone_ingest.core import Core
+from keystone_ingest.core import Core, LogDedup, RecordBatchBuilder, decode_order_records
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.batch import Batch
-from keystone_ingest.server.sinks.bronze import BronzeRows, parquet_options
+from keystone_ingest.server.bronze.layout import parquet_options
+from keystone_ingest.server.bronze.rows import FlushBuffer
 from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink, _Lane
-from keystone_ingest.server.wal import WalRecord, encode_record
 
 ORDERS = 1000
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +74,44 @@ def test_stage_arrow_import(benchmark, payloads, record):
 
     benchmark.pedantic(run, rounds=300, warmup_rounds=10)
     _record(record, benchmark, "stage", ORDERS)
+
+
+def fetched_records(payloads) -> tuple[bytes, int]:
+    """The Kafka sink's record batches (zstd 1) of every payload on one
+    partition, with the offsets the broker assigns: what one Fetch returns."""
+    core = Core()
+    fetch, offset = [], 0
+    for payload in payloads:
+        result = core.process(payload)
+        headers = [("batch_id", result.batch_id.encode()), ("source", result.source.encode()),
+                   ("content-type", CONTENT_TYPE)]  # fmt: skip
+        start = 0
+        while start < result.accepted:  # record batches of the sink's size
+            builder = RecordBatchBuilder("zstd", 1, 1 << 20)
+            start = builder.append_orders(result, payload, 0, 1, start, 1_700_000_000_000, headers)
+            fetch.append(struct.pack(">q", offset) + builder._build()[8:])  # the offset the broker assigns
+            offset += builder.record_count()
+    return b"".join(fetch), offset
+
+
+@pytest.fixture(scope="module")
+def decoded(payloads):
+    data, _ = fetched_records(payloads)
+    out = decode_order_records(data, first_offset=0, dedup=None)
+    return {name: pa.record_batch(t) for name, t in out.tables.items()}, pa.record_batch(out.child_counts)
+
+
+def test_stage_bronze_decode(benchmark, payloads, record):
+    data, offset = fetched_records(payloads)
+
+    def run():
+        window = LogDedup(window_records=1_000_000, window_ms=3_600_000)
+        decoded = decode_order_records(data, first_offset=0, dedup=window)
+        assert decoded.orders == offset
+        return {name: pa.record_batch(t) for name, t in decoded.tables.items()}, pa.record_batch(decoded.child_counts)
+
+    benchmark.pedantic(run, rounds=30, warmup_rounds=2)
+    _record(record, benchmark, "stage", offset, len(data))
 
 
 def test_stage_kafka_record_batching(benchmark, batches, record):
@@ -118,10 +156,16 @@ def test_stage_kafka_record_batching(benchmark, batches, record):
     _record(record, benchmark, "stage", ORDERS)
 
 
-def test_stage_bronze_rows(benchmark, batches, record):
-    it = iter(range(10**9))
-    benchmark.pedantic(lambda: BronzeRows.from_batch(batches[next(it) % len(batches)]), rounds=300, warmup_rounds=10)
-    _record(record, benchmark, "stage", ORDERS)
+def test_stage_bronze_gather(benchmark, decoded, record):
+    tables, counts = decoded
+
+    def run():
+        buffer = FlushBuffer()
+        buffer.add(("orders", 0), 0, 1, tables, counts, 0)
+        return buffer
+
+    benchmark.pedantic(run, rounds=30, warmup_rounds=2)
+    _record(record, benchmark, "stage", tables["orders"].num_rows)
 
 
 @pytest.mark.parametrize(
@@ -132,10 +176,8 @@ def test_stage_bronze_rows(benchmark, batches, record):
         pytest.param({"compression_level": 3, "use_dictionary": True}, id="zstd3-all-dictionaries"),
     ],
 )
-def test_stage_parquet_encoding(benchmark, batches, record, settings):
-    rows = [BronzeRows.from_batch(b) for b in batches]
-    tables = {name: pa.Table.from_batches([r.tables[name] for r in rows if name in r.tables])
-              for name in ("orders", "order_items", "order_payments", "customers")}  # fmt: skip
+def test_stage_parquet_encoding(benchmark, decoded, record, settings):
+    tables = {name: pa.Table.from_batches([rows]) for name, rows in decoded[0].items() if name != "_quarantine"}
     sizes = []
 
     def run():
@@ -148,33 +190,9 @@ def test_stage_parquet_encoding(benchmark, batches, record, settings):
         return size
 
     benchmark.pedantic(run, rounds=10, warmup_rounds=1)
-    benchmark.extra_info["parquet_bytes_per_order"] = sizes[-1] / (ORDERS * len(batches))
-    _record(record, benchmark, "stage", ORDERS * len(batches))
-
-
-def test_stage_wal_encode(benchmark, batches, record):
-    records = [WalRecord.of(b, BronzeRows.from_batch(b), 0) for b in batches]
-    it = iter(range(10**9))
-    benchmark.pedantic(lambda: encode_record(next(it), records[next(it) % len(records)]), rounds=200, warmup_rounds=5)
-    _record(record, benchmark, "stage", ORDERS)
-
-
-def test_stage_wal_append_one_fsync_per_batch(benchmark, batches, record, tmp_path):
-    records = [WalRecord.of(b, BronzeRows.from_batch(b), 0) for b in batches]
-    fd = os.open(tmp_path / "segment.wal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    it = iter(range(10**9))
-
-    def run():
-        n = next(it)
-        buffers = encode_record(n, records[n % len(records)])
-        os.writev(fd, [memoryview(b) for b in buffers])
-        os.fdatasync(fd)
-
-    try:
-        benchmark.pedantic(run, rounds=100, warmup_rounds=5)
-    finally:
-        os.close(fd)
-    _record(record, benchmark, "stage", ORDERS)
+    orders = tables["orders"].num_rows
+    benchmark.extra_info["parquet_bytes_per_order"] = sizes[-1] / orders
+    _record(record, benchmark, "stage", orders)
 
 
 def test_stage_ack(benchmark, batches, record):

@@ -5,7 +5,8 @@
 2. stream 200,000 synthetic Olist-shaped orders into it with the load client
    (1% duplicates, 0.5% invalid) and print the load summary;
 3. count what landed in Kafka with an independent consumer;
-4. stop the server with SIGTERM (it flushes Kafka and closes Bronze files);
+4. wait for the Bronze worker `serve` runs to write everything Kafka holds,
+   then stop the server with SIGTERM;
 5. query the Bronze Parquet and print files and rows per table;
 6. check the three agree, and exit 0 only if they do.
 """
@@ -24,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from keystone_ingest.client.load import LoadOptions, run_load
 from keystone_ingest.core import TABLES
+from keystone_ingest.dev.catchup import wait_bronze_caught_up
 from keystone_ingest.dev.launcher import ServerProcess
 
 
@@ -79,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== starting keystone-ingest serve (embedded Apache Kafka in {data / 'kafka'}, Bronze in {bronze}); "
           f"log: {data / 'server.log'}")
     server = ServerProcess(
-        ["--bronze-uri", f"file://{bronze}", "--dev-kafka-dir", str(data / "kafka"), "--log-format", "json"],
+        # Bronze files every 2 s (default 60 s) so the demo does not wait for them.
+        ["--bronze-uri", f"file://{bronze}", "--roll-age-s", "2", "--dev-kafka-dir", str(data / "kafka"),
+         "--log-format", "json"],
         env={"KEYSTONE_KAFKA_BOOTSTRAP": ""},
         log_path=data / "server.log",
     )
@@ -112,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(set(kafka_ids)):,} distinct event_ids among them")
         print(f"   topic orders.dlq: {dlq_appended:>9,} records appended, {len(dlq_ids):,} retained and read back")
 
-        print("\n== stopping the server (SIGTERM): drain, flush Kafka, close Bronze files")
+        started = time.monotonic()
+        wait_bronze_caught_up(server.kafka_bootstrap, ["orders", "orders.dlq"], f"file://{bronze}", timeout_s=300)
+        print(f"\n== the Bronze worker caught up with Kafka {time.monotonic() - started:.1f} s after the last ack")
+        print("\n== stopping the server (SIGTERM): drain, flush Kafka, stop the Bronze worker")
         code = server.stop()
         print(f"   exit code {code}")
     finally:

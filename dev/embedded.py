@@ -23,6 +23,8 @@ class StartFailed(RuntimeError):
 
 class EmbeddedBroker(Protocol):
     bootstrap: str
+    consumer_groups: bool
+    """False for the mock cluster: aiokafka's JoinGroup gets no answer from it."""
 
     def close(self) -> None: ...
 
@@ -42,15 +44,18 @@ def start(kind: str, *, topics: list[str], partitions: int, data_dir: str, libs:
 def _start(kind: str, topics: list[str], partitions: int, data_dir: str, libs: str | None) -> EmbeddedBroker:
     if kind == "kafka":
         broker = _start_kafka(topics, partitions, data_dir, libs)
+        broker.consumer_groups = True
         what = (f"an EMBEDDED APACHE KAFKA broker (one node, no replication, data in {data_dir})\n"
                 f"  at {broker.bootstrap}. For development only: point --kafka-bootstrap at MSK for production.")
     elif kind == "mock":
         from keystone_ingest.dev.mockbroker import MockBroker
 
         broker = MockBroker(brokers=3, partitions=partitions, topics=topics)
+        broker.consumer_groups = False
         what = (f"librdkafka's MOCK CLUSTER at {broker.bootstrap}.\n"
                 "  It is not Kafka: records live in memory, only the newest 5 MiB of each partition is kept,\n"
-                "  and everything vanishes when this server exits. For machines without Java only.")
+                "  and everything vanishes when this server exits; it has no consumer groups aiokafka can\n"
+                "  join, so no Bronze worker runs and Bronze is not written. For machines without Java only.")
     else:
         raise ValueError(f"--dev-broker must be one of {', '.join(KINDS)}, not {kind!r}")
     banner = "!" * 78

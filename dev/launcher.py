@@ -109,18 +109,18 @@ class ServerProcess(ChildProcess):
         args: list[str] = (),
         *,
         env: dict[str, str] | None = None,
+        cwd: str | os.PathLike | None = None,
         log_path: str | os.PathLike | None = None,
         start_timeout_s: float = 60.0,
     ) -> None:
-        home = self._make_dir()
-        # Each child gets a write-ahead log of its own unless told where to keep
-        # one: servers sharing the default ./data/wal would replay each other's
-        # batches (and the second could not lock it). Pass --wal-dir to keep the
-        # log across restarts, as crash tests do.
+        self._make_dir()
         env = {**os.environ, **(env or {})}
-        own_wal = [] if "--wal-dir" in args or env.get("KEYSTONE_WAL_DIR") else ["--wal-dir", str(home / "wal")]
-        command = [sys.executable, "-m", "keystone_ingest.server.cli", "serve",
-                   "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *own_wal, *args]  # fmt: skip
-        super().__init__(command, env=env, log_path=log_path, start_timeout_s=start_timeout_s)
+        # Ports picked by the system, so any number of servers (and their
+        # Bronze workers) run side by side.
+        command = [sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--listen", "127.0.0.1:0",
+                   "--metrics-listen", "127.0.0.1:0", "--bronze-metrics-listen", "127.0.0.1:0", *args]  # fmt: skip
+        super().__init__(command, env=env, cwd=cwd, log_path=log_path, start_timeout_s=start_timeout_s)
         self.metrics_port: int | None = self.info["metrics_port"]
         self.kafka_bootstrap: str = self.info["kafka_bootstrap"]
+        self.bronze_pid: int | None = self.info.get("bronze_pid")
+        self.bronze_metrics_port: int | None = self.info.get("bronze_metrics_port")

@@ -7,23 +7,21 @@
 `serve(config)` does both and installs the signal handlers; it is what
 `keystone-ingest serve` runs. Tests use `IngestServer` directly with port 0.
 
-Start: the write-ahead log recovers before anything is served (it cuts a torn
-tail and rebuilds the dedup and batch_id windows), Bronze starts with the log as
-its publish log, and the feed replays what the last run left unwritten while
-new batches are already taken.
+Start: gRPC binds, the Kafka sink connects (creating the topics when asked),
+the Bronze worker process starts (server/bronze/process.py; `--bronze-uri ''`
+runs none), then batches are served. Kafka is the log: a batch is acked once
+Kafka has it, and the Bronze worker writes Parquet from the topics on its own
+time, so nothing the server holds matters after a crash.
 
-Shutdown order, and why (steps 2 to 6 share one deadline, --shutdown-grace-s):
+Shutdown order, and why (the steps share one deadline, --shutdown-grace-s):
   1. health NOT_SERVING    load balancers stop sending new streams first
   2. drain the service     stop reading batches, finish those already received, ack them
   3. stop gRPC             end what is left (clients resend unacked batches elsewhere)
   4. stop Kafka            flush the producer: every record handed to it is acked or failed
-  5. stop the feed         hand Bronze the committed batches it has not seen yet
-  6. stop Bronze           roll open files and publish them, until the deadline
-  7. close the log         snapshot the windows, delete the segments now all in Bronze;
-                           what did not make it stays in the log for the next start
-  8. embedded broker, executor, metrics endpoint
-Kafka stops before Bronze because the pipeline commits a batch to the log only
-after Kafka acked it; nothing new reaches the log once step 2 is over.
+  5. stop Bronze           SIGTERM: the worker writes and commits what it has consumed
+  6. embedded broker, executor, metrics endpoint
+The Bronze worker stops after the producer so that it can still read what
+the last batches published, and before the embedded broker it reads from.
 """
 
 from __future__ import annotations
@@ -41,6 +39,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from keystone_ingest.core import Core
+from keystone_ingest.server.bronze.config import BronzeWorkerConfig
+from keystone_ingest.server.bronze.process import BronzeProcess
 from keystone_ingest.server.config import ServeConfig
 from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.idempotency import BatchIdWindow
@@ -49,10 +49,8 @@ from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.pipeline import Pipeline
 from keystone_ingest.server.security import ServerSecurity
 from keystone_ingest.server.service import SERVICE_NAME, IngestService
-from keystone_ingest.server.sinks.bronze import BronzeConfig, BronzeSink
 from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
 from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
-from keystone_ingest.server.wal import BronzeFeed, WalConfig, Windows, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +71,7 @@ class IngestServer:
         self._executor = ThreadPoolExecutor(config.core_threads, thread_name_prefix="core")
         self._health_task: asyncio.Task | None = None
         self.kafka: KafkaSink | None = None
-        self.bronze: BronzeSink | None = None
-        self.wal: WriteAheadLog | None = None
-        self.feed: BronzeFeed | None = None
+        self.bronze: BronzeProcess | None = None
         self.service: IngestService | None = None
         self.memory = MemoryLimiter(config.memory_limit_bytes, metrics=self.metrics)
 
@@ -126,49 +122,14 @@ class IngestServer:
             metrics=self.metrics,
         )
         await self.kafka.start()
-        self.wal = WriteAheadLog(
-            WalConfig(dir=c.wal_dir, max_bytes=c.wal_max_bytes, segment_bytes=c.wal_segment_bytes,
-                      commit_delay_ms=c.wal_commit_delay_ms, compression=c.wal_compression,
-                      feed_memory_bytes=c.wal_feed_memory_bytes),
-            metrics=self.metrics,
-        )  # fmt: skip
-        recovery = await self.wal.open()
+        embedded_without_groups = self._embedded_broker is not None and not self._embedded_broker.consumer_groups
+        if c.bronze_uri and not embedded_without_groups:
+            self.bronze = BronzeProcess(self._bronze_worker_config())
+            await self.bronze.start()
         core = Core(dedup_max_keys=c.dedup_window, dedup_max_age_s=c.dedup_max_age_s,
                     max_orders_per_batch=c.max_orders_per_batch)
         batch_ids = BatchIdWindow(c.batch_id_window, c.batch_id_max_age_s)
-        windows = Windows(core, batch_ids)
-        windows.restore(recovery)  # before anything is served
-        self.wal.attach(windows)
-        self.metrics.dedup_keys.set(core.dedup_size)
-        self.metrics.batch_id_window.set(len(batch_ids))
-        self.bronze = BronzeSink(
-            BronzeConfig(
-                uri=c.bronze_uri,
-                s3_endpoint_url=c.s3_endpoint_url,
-                roll_bytes=c.roll_bytes,
-                roll_age_s=c.roll_age_s,
-                max_buffered_bytes=c.bronze_max_buffered_bytes,
-                spool_dir=c.spool_dir,
-                s3_sse_kms_key_id=c.s3_sse_kms_key_id,
-            ),
-            metrics=self.metrics,
-            on_durable=self.wal.mark_durable,
-            publish_log=self.wal.manifest,
-        )
-        await self.bronze.start()
-        self.memory.on_pressure += [self.wal.relieve_memory, self.bronze.relieve_memory]
-        self.feed = BronzeFeed(self.wal, self.bronze, self.metrics)
-        self.feed.start()
-        pipeline = Pipeline(
-            core,
-            self.kafka,
-            self.bronze,
-            batch_ids,
-            self._executor,
-            self.metrics,
-            bronze_timeout_s=c.send_timeout_s,
-            wal=self.wal,
-        )
+        pipeline = Pipeline(core, self.kafka, batch_ids, self._executor, self.metrics)
         self.service = IngestService(
             pipeline,
             self.metrics,
@@ -190,7 +151,9 @@ class IngestServer:
             _write_atomically(
                 c.ready_file,
                 json.dumps({"pid": os.getpid(), "port": self.port, "metrics_port": self.metrics_port,
-                            "kafka_bootstrap": self.bootstrap, "bronze_uri": c.bronze_uri}),  # fmt: skip
+                            "kafka_bootstrap": self.bootstrap, "bronze_uri": c.bronze_uri,
+                            "bronze_pid": self.bronze and self.bronze.pid,
+                            "bronze_metrics_port": self.bronze and self.bronze.metrics_port}),  # fmt: skip
             )
         log.info(
             "serving",
@@ -201,6 +164,12 @@ class IngestServer:
                 "bronze": c.bronze_uri,
             },
         )
+
+    def _bronze_worker_config(self) -> BronzeWorkerConfig:
+        c = self.config
+        shared = {f: getattr(c, f) for f in BronzeWorkerConfig.__dataclass_fields__ if hasattr(c, f)}
+        return BronzeWorkerConfig(**{**shared, "kafka_bootstrap": self.bootstrap,
+                                     "metrics_listen": c.bronze_metrics_listen, "ready_file": None})  # fmt: skip
 
     def _start_embedded_broker(self) -> str:
         from keystone_ingest.dev import embedded
@@ -217,13 +186,12 @@ class IngestServer:
             await self._health.set(name, status)
 
     async def _watch_sinks(self) -> None:
-        # Wakes every HEALTH_POLL_S to mirror the sinks' state into the health
+        # Wakes every HEALTH_POLL_S to mirror Kafka's state into the health
         # service: NOT_SERVING while Kafka has been unable to take writes for
         # longer than --kafka-unavailable-threshold-s (a leader moving or a
-        # producer being replaced is not worth draining traffic for), while
-        # Bronze has failed for good, or while the log refuses batches. Bronze
-        # files that fail to publish now (S3 down) do not count: the log holds
-        # their rows and batches are still acked safely until it is full.
+        # producer being replaced is not worth draining traffic for). Bronze
+        # does not count: acks depend on Kafka only, and Kafka holds the
+        # records until a Bronze worker writes them.
         serving = True
         while True:
             await asyncio.sleep(HEALTH_POLL_S)
@@ -231,21 +199,14 @@ class IngestServer:
             since = self.kafka.unavailable_since
             kafka_down_s = 0.0 if since is None else time.monotonic() - since
             kafka_down = kafka_down_s >= self.config.kafka_unavailable_threshold_s
-            bronze_error = self.bronze.error
-            self.metrics.bronze_publishing.set(0 if bronze_error is not None else 1)
-            if bronze_error is not None and bronze_error.retriable:
-                bronze_error = None  # absorbed by the log (its budget is checked below)
-            # The log full (Bronze far behind) or failed refuses every batch.
-            wal_error = self.wal.error or ("wal over --wal-max-bytes" if self.wal.over_budget else None)
             self.metrics.kafka_available.set(1 if kafka_ok else 0)
-            if serving != (not kafka_down and bronze_error is None and wal_error is None):
+            if serving == kafka_down:
                 serving = not serving
                 if serving:
-                    log.warning("sinks healthy again: health SERVING")
+                    log.warning("Kafka takes writes again: health SERVING")
                 else:
-                    log.warning("health NOT_SERVING", extra={
-                        "kafka_available": kafka_ok, "kafka_unavailable_s": round(kafka_down_s, 1),
-                        "bronze_error": bronze_error and bronze_error.message, "wal_error": str(wal_error or "") or None})  # fmt: skip
+                    log.warning("health NOT_SERVING", extra={"kafka_available": kafka_ok,
+                                                             "kafka_unavailable_s": round(kafka_down_s, 1)})  # fmt: skip
                 await self._set_health(serving)
 
     def request_stop(self) -> None:
@@ -274,23 +235,10 @@ class IngestServer:
         if self.kafka is not None:  # 4. flush Kafka
             await self.kafka.stop()
 
-        def left() -> float:
-            # A little is always allowed, so a drain that used up the grace
-            # still rolls what the writer holds; the log covers the rest.
-            return max(1.0, c.shutdown_grace_s - (time.monotonic() - started))
-
-        if self.feed is not None and not await self.feed.stop(left()):  # 5. hand Bronze what is committed
-            log.warning("shutdown deadline: committed batches not handed to Bronze stay in the write-ahead log",
-                        extra={"backlog": self.wal.backlog if self.wal else None})  # fmt: skip
-        if self.bronze is not None:  # 6. close Bronze files
-            try:
-                await self.bronze.stop(left())
-            except IngestError as exc:
-                # Rows not published stay in the log (and, on S3, complete files in the spool) for the next start.
-                log.error("bronze files not published at shutdown", extra={"error": exc.message})
-        if self.wal is not None:  # 7. snapshot, delete what is in Bronze
-            await self.wal.close()
-        self._executor.shutdown(wait=True)  # 8. the rest
+        if self.bronze is not None:  # 5. the Bronze worker commits what it consumed
+            left = max(1.0, c.shutdown_grace_s - (time.monotonic() - started))
+            await self.bronze.stop(left)
+        self._executor.shutdown(wait=True)  # 6. the rest
         if self._embedded_broker is not None:
             await asyncio.to_thread(self._embedded_broker.close)
         self.metrics.close()

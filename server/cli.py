@@ -1,6 +1,7 @@
-"""`keystone-ingest`: serve, load, replay.
+"""`keystone-ingest`: serve, bronze, load, replay.
 
     keystone-ingest serve [--listen 127.0.0.1:50051] [--kafka-bootstrap HOST:PORT] ...
+    keystone-ingest bronze --kafka-bootstrap HOST:PORT --bronze-uri s3://lake/bronze
     keystone-ingest load --count 200000 --streams 4
     keystone-ingest replay --olist-dir ./olist
 
@@ -20,24 +21,37 @@ from keystone_ingest.server import logs
 from keystone_ingest.server.config import ServeConfig, add_config_arguments, config_from_args
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _run(command: str, args: argparse.Namespace, config_cls: type, main) -> int:
+    """Config from flags and environment (exit 2 naming a bad value), logging,
+    then `main(config)` on an event loop; a start that fails (a sink, the
+    listen address, an embedded broker) exits 1 with the reason, no traceback."""
     try:
-        config = config_from_args(args, ServeConfig)
+        config = config_from_args(args, config_cls)
     except ValueError as exc:
-        print(f"keystone-ingest serve: {exc}", file=sys.stderr)
+        print(f"keystone-ingest {command}: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
     from keystone_ingest.dev.embedded import StartFailed
-    from keystone_ingest.server.app import serve
     from keystone_ingest.server.errors import IngestError
 
     try:
-        asyncio.run(serve(config))
+        return asyncio.run(main(config)) or 0
     except (IngestError, OSError, StartFailed) as exc:
-        # A sink or the listen address that cannot be had at start: say which, no traceback.
         logging.getLogger("keystone_ingest.server").error("cannot start", extra={"error": str(exc)})
         return 1
-    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from keystone_ingest.server.app import serve
+
+    return _run("serve", args, ServeConfig, serve)
+
+
+def _bronze(args: argparse.Namespace) -> int:
+    from keystone_ingest.server.bronze.config import BronzeWorkerConfig
+    from keystone_ingest.server.bronze.worker import run_worker
+
+    return _run("bronze", args, BronzeWorkerConfig, run_worker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(serve, ServeConfig)
     serve.set_defaults(func=_serve)
+    from keystone_ingest.server.bronze.config import BronzeWorkerConfig
+
+    bronze = commands.add_parser(
+        "bronze",
+        help="run a Bronze worker: the orders topics as Parquet, exactly once",
+        description="Consume the orders and dead-letter topics as a member of --bronze-group and write Bronze "
+        "Parquet exactly once. Run any number of them; the group shares the partitions.",
+    )
+    add_config_arguments(bronze, BronzeWorkerConfig)
+    bronze.set_defaults(func=_bronze)
     add_subcommands(commands)
     # `keystone-ingest --help` documents every flag of every command, so one
     # page answers "how do I set X" without knowing which command owns it.

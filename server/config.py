@@ -24,7 +24,75 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 @dataclass
-class ServeConfig:
+class KafkaClientOptions:
+    """How a Kafka client of ours (the server's producer, the Bronze worker's
+    consumer) authenticates to the brokers: one set of flags for both."""
+
+    kafka_security_protocol: str = field(
+        default="PLAINTEXT", metadata={"help": "how the Kafka clients talk to the brokers", "choices": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")}
+    )
+    kafka_sasl_mechanism: str | None = field(
+        default=None,
+        metadata={"help": "SASL mechanism; AWS_MSK_IAM is OAUTHBEARER with tokens signed from the AWS credential chain", "choices": ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM")},
+    )
+    kafka_sasl_username: str | None = field(default=None, metadata={"metavar": "NAME", "help": "SASL PLAIN/SCRAM user name"})
+    kafka_sasl_password: str | None = field(
+        default=None, repr=False,
+        metadata={"metavar": "SECRET", "secret": True, "help": "SASL PLAIN/SCRAM password; prefer the environment variable (a flag shows in ps)"},
+    )  # fmt: skip
+    kafka_ssl_ca: str | None = field(default=None, metadata={"metavar": "PATH", "help": "CA certificates (PEM) for the brokers' certificates; unset: the system's"})
+    kafka_ssl_cert: str | None = field(default=None, metadata={"metavar": "PATH", "help": "client certificate (PEM) for Kafka mutual TLS"})
+    kafka_ssl_key: str | None = field(default=None, metadata={"metavar": "PATH", "help": "private key (PEM) of --kafka-ssl-cert"})
+    kafka_msk_region: str | None = field(
+        default=None, metadata={"metavar": "REGION", "help": "AWS region of the MSK cluster for AWS_MSK_IAM; unset: AWS_REGION / the AWS config"}
+    )
+
+
+@dataclass
+class BronzeOptions:
+    """Where and how Bronze is written: the Bronze worker's settings that
+    `serve` passes on to the worker it runs."""
+
+    bronze_uri: str = field(
+        default="file://./data/bronze",
+        metadata={"metavar": "URI", "help": "where Bronze Parquet goes: file://PATH or s3://BUCKET/PREFIX; with serve, empty runs no Bronze worker (ingest only)"},
+    )
+    bronze_group: str = field(
+        default="keystone-bronze", metadata={"metavar": "NAME", "help": "Kafka consumer group of the Bronze workers; they share the topics' partitions"}
+    )
+    s3_endpoint_url: str | None = field(
+        default=None, metadata={"metavar": "URL", "help": "S3 endpoint override for S3-compatible stores (MinIO, moto, ...)"}
+    )
+    s3_sse_kms_key_id: str | None = field(
+        default=None, metadata={"metavar": "KEY", "help": "encrypt Bronze objects with SSE-KMS under this KMS key id or ARN; unset: the bucket's default encryption"}
+    )
+    spool_dir: str = field(
+        default="./data/bronze-spool", metadata={"metavar": "PATH", "help": "local directory where Bronze files are built before their S3 upload"}
+    )
+    roll_age_s: float = field(default=60.0, metadata={"help": "write Bronze files at least this often, seconds (how stale Bronze may be)"})
+    bronze_max_buffered_bytes: int = field(
+        default=256 * MiB, metadata={"help": "Arrow bytes a Bronze worker gathers before it writes them as Parquet (the size of a flush), bytes"}
+    )
+
+    bronze_session_timeout_s: float = field(
+        default=10.0, metadata={"help": "a Bronze worker that stops heartbeating this long loses its partitions to the others, seconds"}
+    )
+
+    def check_bronze_options(self) -> None:
+        for name in ("s3_endpoint_url", "s3_sse_kms_key_id"):
+            if getattr(self, name) == "":
+                setattr(self, name, None)
+        if self.bronze_max_buffered_bytes < 1:
+            raise ValueError(f"--bronze-max-buffered-bytes must be at least 1, got {self.bronze_max_buffered_bytes}")
+        for name in ("roll_age_s", "bronze_session_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.bronze_uri and not self.bronze_uri.startswith(("file://", "s3://", "/", ".")):
+            raise ValueError(f"--bronze-uri must be file://PATH, s3://BUCKET/PREFIX or a path, got {self.bronze_uri!r}")
+
+
+@dataclass
+class ServeConfig(KafkaClientOptions, BronzeOptions):
     # -- network
     listen: str = field(default="127.0.0.1:50051", metadata={"metavar": "HOST:PORT", "help": "gRPC address to listen on, HOST:PORT (port 0 picks one)"})
     metrics_listen: str = field(
@@ -92,42 +160,8 @@ class ServeConfig:
     )
     topic_partitions: int = field(default=6, metadata={"help": "partitions of topics created by this server"})
     replication_factor: int = field(default=3, metadata={"help": "replication factor of topics created by this server"})
-    # -- Bronze
-    bronze_uri: str = field(
-        default="file://./data/bronze", metadata={"metavar": "URI", "help": "where Bronze Parquet goes: file://PATH or s3://BUCKET/PREFIX"}
-    )
-    s3_endpoint_url: str | None = field(
-        default=None, metadata={"metavar": "URL", "help": "S3 endpoint override for S3-compatible stores (MinIO, moto, ...)"}
-    )
-    roll_bytes: int = field(default=128 * MiB, metadata={"help": "roll a Bronze file when it reaches this size, bytes"})
-    roll_age_s: float = field(default=60.0, metadata={"help": "roll a Bronze file when it is this old, seconds"})
-    bronze_max_buffered_bytes: int | None = field(
-        default=None,
-        metadata={"derived": True, "help": "memory the Bronze writer may hold before write() waits (backpressure), bytes; default: an eighth of --memory-limit-bytes"},
-    )
-    spool_dir: str = field(
-        default="./data/bronze-spool",
-        metadata={"metavar": "PATH", "help": "local directory where Bronze files wait for their S3 upload"},
-    )
-    # -- write-ahead log
-    wal_dir: str = field(
-        default="./data/wal",
-        metadata={"metavar": "PATH", "help": "write-ahead log directory: acked batches wait here until their Bronze files are durable; one server per directory"},
-    )
-    wal_max_bytes: int = field(
-        default=4 << 30,
-        metadata={"help": "disk budget of the write-ahead log, bytes; while it holds this much (Bronze or S3 behind) batches get UNAVAILABLE"},
-    )
-    wal_segment_bytes: int = field(
-        default=64 * MiB, metadata={"help": "write-ahead log segment size, bytes (segments are deleted whole)"}
-    )
-    wal_commit_delay_ms: float = field(
-        default=0.0,
-        metadata={"help": "group commit: how long the log waits for more batches before an fsync, ms (0: batches arriving during an fsync share the next one)"},
-    )
-    wal_compression: str = field(
-        default="none",
-        metadata={"help": "compression of the rows in the write-ahead log (CPU for disk bandwidth)", "choices": ("none", "lz4", "zstd")},
+    bronze_metrics_listen: str = field(
+        default="127.0.0.1:9465", metadata={"metavar": "HOST:PORT", "help": "Prometheus /metrics address of the Bronze worker serve runs; empty to disable"}
     )
     # -- dedup and idempotency
     dedup_window: int = field(default=1_000_000, metadata={"help": "event_ids remembered for order dedup"})
@@ -178,31 +212,10 @@ class ServeConfig:
     min_client_ping_interval_s: float = field(
         default=10.0, metadata={"help": "clients pinging more often than this are disconnected (GOAWAY too_many_pings), seconds"}
     )
-    kafka_security_protocol: str = field(
-        default="PLAINTEXT", metadata={"help": "how the producer talks to Kafka", "choices": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")}
-    )
-    kafka_sasl_mechanism: str | None = field(
-        default=None,
-        metadata={"help": "SASL mechanism; AWS_MSK_IAM is OAUTHBEARER with tokens signed from the AWS credential chain", "choices": ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM")},
-    )
-    kafka_sasl_username: str | None = field(default=None, metadata={"metavar": "NAME", "help": "SASL PLAIN/SCRAM user name"})
-    kafka_sasl_password: str | None = field(
-        default=None, repr=False,
-        metadata={"metavar": "SECRET", "secret": True, "help": "SASL PLAIN/SCRAM password; prefer the environment variable (a flag shows in ps)"},
-    )  # fmt: skip
-    kafka_ssl_ca: str | None = field(default=None, metadata={"metavar": "PATH", "help": "CA certificates (PEM) for the brokers' certificates; unset: the system's"})
-    kafka_ssl_cert: str | None = field(default=None, metadata={"metavar": "PATH", "help": "client certificate (PEM) for Kafka mutual TLS"})
-    kafka_ssl_key: str | None = field(default=None, metadata={"metavar": "PATH", "help": "private key (PEM) of --kafka-ssl-cert"})
-    kafka_msk_region: str | None = field(
-        default=None, metadata={"metavar": "REGION", "help": "AWS region of the MSK cluster for AWS_MSK_IAM; unset: AWS_REGION / the AWS config"}
-    )
-    s3_sse_kms_key_id: str | None = field(
-        default=None, metadata={"metavar": "KEY", "help": "encrypt Bronze objects with SSE-KMS under this KMS key id or ARN; unset: the bucket's default encryption"}
-    )
-
     def __post_init__(self) -> None:
         # An empty value (KEYSTONE_KAFKA_BOOTSTRAP= in a compose file) means unset.
-        for name in ("kafka_bootstrap", "s3_endpoint_url", "ready_file", "kafka_libs"):
+        self.check_bronze_options()
+        for name in ("kafka_bootstrap", "ready_file", "kafka_libs"):
             if getattr(self, name) == "":
                 setattr(self, name, None)
         if self.memory_limit_bytes < 0:
@@ -216,8 +229,6 @@ class ServeConfig:
         # watch of RSS covers.
         if self.max_bytes_in_flight is None:
             self.max_bytes_in_flight = self.planned_bytes(16)
-        if self.bronze_max_buffered_bytes is None:
-            self.bronze_max_buffered_bytes = self.planned_bytes(8)
         from keystone_ingest.server.security import check_config  # noqa: PLC0415 (security imports this module)
 
         check_config(self)
@@ -225,35 +236,25 @@ class ServeConfig:
 
         check_compression(self.compression, self.compression_level)
         _host_port(self.listen)
-        if self.metrics_listen:
-            _host_port(self.metrics_listen)
+        for address in (self.metrics_listen, self.bronze_metrics_listen):
+            if address:
+                _host_port(address)
         positive = ("max_message_bytes", "max_in_flight_per_stream", "max_stream_bytes_in_flight",
-                    "max_bytes_in_flight", "max_batch_bytes", "roll_bytes", "bronze_max_buffered_bytes",
-                    "dedup_window", "batch_id_window", "core_threads", "topic_partitions", "replication_factor",
-                    "wal_max_bytes", "wal_segment_bytes")  # fmt: skip
+                    "max_bytes_in_flight", "max_batch_bytes", "dedup_window", "batch_id_window", "core_threads",
+                    "topic_partitions", "replication_factor")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("send_timeout_s", "kafka_unavailable_threshold_s", "roll_age_s", "dedup_max_age_s",
+        for name in ("send_timeout_s", "kafka_unavailable_threshold_s", "dedup_max_age_s",
                      "batch_id_max_age_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.wal_commit_delay_ms < 0:
-            raise ValueError(f"--wal-commit-delay-ms must not be negative, got {self.wal_commit_delay_ms}")
         if self.linger_ms < 0 or self.shutdown_grace_s < 0:
             raise ValueError("--linger-ms and --shutdown-grace-s must not be negative")
-        if not (self.bronze_uri.startswith(("file://", "s3://", "/", "."))):
-            raise ValueError(f"--bronze-uri must be file://PATH, s3://BUCKET/PREFIX or a path, got {self.bronze_uri!r}")
 
     def planned_bytes(self, share: int) -> int:
         """1/share of the memory limit (of 1 GiB when there is none), at least 1 MiB."""
         return max(MiB, (self.memory_limit_bytes or 1 << 30) // share)
-
-    @property
-    def wal_feed_memory_bytes(self) -> int:
-        """Rows the write-ahead log keeps in memory for the Bronze feed (beyond
-        them it reads records back from disk): a sixteenth of the limit."""
-        return self.planned_bytes(16)
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -15,9 +15,8 @@ released and the second processes the batch itself.
 Bounded by count and age, oldest first; one entry costs roughly the batch_id
 string plus ~150 bytes of dict and tuple overhead.
 
-Across restarts: `export()` lists the acked ids with wall-clock times and
-`restore()` puts them back into a new window; the write-ahead log keeps them in
-its snapshot and records (server/wal.py).
+In memory only: a restarted server starts with an empty window (Bronze drops
+repeated event_ids whatever the window knew).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 
@@ -76,29 +75,6 @@ class BatchIdWindow:
     def release(self, batch_id: str) -> None:
         """Gives up an owned batch_id without an ack; the next claim processes it."""
         self._wake(batch_id)
-
-    def export(self) -> list[tuple[str, float, AckCounts]]:
-        """Every acked batch_id, oldest first: (id, when it was acked as Unix
-        seconds, its counts)."""
-        self._expire()
-        to_wall = time.time() - self._clock()
-        return [(batch_id, stamp + to_wall, counts) for batch_id, (stamp, counts) in self._acked.items()]
-
-    def restore(self, entries: Iterable[tuple[str, float, Sequence[int]]]) -> int:
-        """Put `export()`ed entries back, oldest first, into a window holding
-        only older ones (a new window at start). Ids already held keep their
-        entry; entries past the window's age are dropped. Returns how many were added."""
-        now = self._clock()
-        to_clock = now - time.time()
-        added = 0
-        for batch_id, acked_at, counts in entries:
-            stamp = acked_at + to_clock
-            if batch_id in self._acked or stamp < now - self.max_age_s:
-                continue
-            self._acked[batch_id] = (stamp, AckCounts(*counts))
-            added += 1
-        self._expire()
-        return added
 
     def _wake(self, batch_id: str) -> None:
         claim = self._claims.pop(batch_id, None)

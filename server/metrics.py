@@ -7,8 +7,7 @@ Prometheus conventions: `_total` for counters, base units (seconds, bytes).
 
 from __future__ import annotations
 
-import threading
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -89,62 +88,28 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.bronze_files_total = Counter(p + "bronze_files_total", "Bronze Parquet files made visible", ["table"], registry=r)
-        self.bronze_bytes_total = Counter(p + "bronze_bytes_total", "Bytes of Bronze Parquet files", ["table"], registry=r)
-        self.bronze_rows_total = Counter(p + "bronze_rows_total", "Rows in Bronze Parquet files", ["table"], registry=r)
-        self.bronze_publish_failures_total = Counter(
-            p + "bronze_publish_failures_total",
-            "Attempts to publish a Bronze file (local rename or S3 upload) that failed; each is retried with backoff",
-            registry=r,
-        )
-        self.bronze_publishing = Gauge(
-            p + "bronze_publishing", "1 while Bronze files publish; 0 while publishing fails (the log holds the rows)",
-            registry=r,
-        )
-        # -- write-ahead log (server/wal.py)
-        self.wal_bytes = Gauge(p + "wal_bytes", "Bytes held by write-ahead log segments", registry=r)
-        self.wal_segments = Gauge(p + "wal_segments", "Write-ahead log segment files", registry=r)
-        self.wal_backlog_records = Gauge(
-            p + "wal_backlog_records", "Committed batches not yet entirely in durable Bronze Parquet", registry=r
-        )
-        self.wal_records_total = Counter(p + "wal_records_total", "Batches committed to the write-ahead log", registry=r)
-        self.wal_appended_bytes_total = Counter(
-            p + "wal_appended_bytes_total", "Bytes appended to the write-ahead log", registry=r
-        )
-        self.wal_fsync_seconds = Histogram(
-            p + "wal_fsync_seconds",
-            "Duration of each write-ahead log fsync (one per group commit; its count is the number of fsyncs)",
-            buckets=_LATENCY_BUCKETS_S,
-            registry=r,
-        )
-        self.wal_refused_total = Counter(
-            p + "wal_refused_total", "Batches refused (UNAVAILABLE) because the log held its --wal-max-bytes", registry=r
-        )
-        self.wal_replayed_records_total = Counter(
-            p + "wal_replayed_records_total",
-            "Records read back from the log for Bronze (after a restart, or when the feed fell behind)",
-            registry=r,
-        )
-        self.wal_truncated_bytes_total = Counter(
-            p + "wal_truncated_bytes_total", "Bytes cut from the log's tail at start (torn or corrupt records)", registry=r
-        )
-        self.wal_corrupt_records_total = Counter(
-            p + "wal_corrupt_records_total", "Corrupt records found in the log at start", registry=r
-        )
         self.dedup_keys = Gauge(p + "dedup_keys", "Keys held by the order dedup window", registry=r)
         self.batch_id_window = Gauge(p + "batch_id_window_size", "batch_ids held by the idempotency window", registry=r)
-        self._http: tuple[WSGIServer, threading.Thread] | None = None
+        self._http: Callable[[], None] | None = None
 
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics endpoint in a daemon thread; returns the bound port."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = (server, thread)
-        return server.server_port
+        port, self._http = serve_registry(self.registry, host, port)
+        return port
 
     def close(self) -> None:
         if self._http is not None:
-            server, thread = self._http
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
+            self._http()
             self._http = None
+
+
+def serve_registry(registry: CollectorRegistry, host: str, port: int) -> tuple[int, Callable[[], None]]:
+    """Serves `registry` on /metrics from a daemon thread: (bound port, stop)."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return server.server_port, stop

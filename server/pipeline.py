@@ -1,28 +1,18 @@
-"""One batch through the stages: batch_id window, native core, Kafka, Bronze, ack.
+"""One batch through the stages: batch_id window, native core, Kafka, ack.
 
     ack = await pipeline.ingest(raw_order_batch_bytes)
 
-`ingest` returns the `BatchAck` once the batch is safe, or raises an
-`IngestError` (see errors.py) when it is not and the client must resend. The
-order of the sinks is deliberate: Kafka first, Bronze second. Kafka is the sink
-that can fail for a while (brokers, leaders, network); the Bronze hand-off only
-places rows in the writer's buffers. Publishing first means a batch that fails
-is never in Bronze, so the client's resend cannot put an order in Bronze twice;
-the worst a resend can do is publish some records of the batch a second time to
-Kafka, with the same event_id (documented in the README).
+`ingest` returns the `BatchAck` once every accepted order of the batch is
+acknowledged by Kafka (acks=all) and every rejected one is on the dead-letter
+topic, or raises an `IngestError` (see errors.py) when it is not and the
+client must resend. Kafka is the log: Bronze is written from it by the Bronze
+workers (server/bronze/), so nothing local stands between a batch and its ack.
 
 When a batch is not acked its effects on the windows are undone: the core
 forgets the batch's orders (so the resend is not taken for duplicates of
-itself) and the batch_id claim is released.
-
-With a write-ahead log (server/wal.py) the Bronze step is the log instead:
-check its disk budget before anything else (a refused batch was never
-published), and after Kafka append the batch's Bronze rows to it; the append's
-fsync is the commit point and the ack follows. The log feeds Bronze in its own
-order, so the ack no longer waits for the Bronze writer. At the commit (in
-`on_commit`, on the event loop, together with the log's committed seq) the
-batch_id is completed in its window and the batch leaves the set of in-flight
-core results the window snapshot excludes (see `Windows`).
+itself) and the batch_id claim is released. The windows live in memory only;
+a restarted server starts with empty ones (the Kafka contract is at least
+once, one event_id per order event; Bronze drops repeats by event_id).
 """
 
 from __future__ import annotations
@@ -37,11 +27,8 @@ from typing import Protocol
 from keystone_ingest.core import Core, InvalidBatch, batch_id_of
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.batch import Batch
-from keystone_ingest.server.errors import SinkUnavailable
 from keystone_ingest.server.idempotency import AckCounts, BatchIdWindow
 from keystone_ingest.server.metrics import Metrics
-from keystone_ingest.server.sinks.bronze import BronzeRows
-from keystone_ingest.server.wal import WalRecord, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +41,17 @@ class Publisher(Protocol):
         """Returns when every record of the batch is acked by Kafka."""
 
 
-class Writer(Protocol):
-    async def write(self, batch: Batch) -> None:
-        """Returns when the batch's rows are owned by the Bronze writer."""
-
-
 class Pipeline:
     def __init__(
         self,
         core: Core,
         kafka: Publisher,
-        bronze: Writer,
         batch_ids: BatchIdWindow,
         executor: Executor,
         metrics: Metrics,
-        *,
-        bronze_timeout_s: float = 30.0,
-        wal: WriteAheadLog | None = None,
     ) -> None:
         self.core = core
-        self.wal = wal
-        self.bronze_timeout_s = bronze_timeout_s
         self.kafka = kafka
-        self.bronze = bronze
         self.batch_ids = batch_ids
         self.executor = executor
         self.metrics = metrics
@@ -114,8 +89,7 @@ class Pipeline:
             self.batch_ids.release(batch_id)
             raise
         if ack.status == ingest_pb2.ACK_STATUS_ACCEPTED:
-            if self.wal is None:  # with a log, completed at the commit
-                self.batch_ids.complete(batch_id, AckCounts(ack.accepted, ack.duplicates, ack.rejected))
+            self.batch_ids.complete(batch_id, AckCounts(ack.accepted, ack.duplicates, ack.rejected))
             self.metrics.batch_id_window.set(len(self.batch_ids))
         else:
             # A rejected batch may come back corrected under the same id.
@@ -134,31 +108,15 @@ class Pipeline:
     async def _process_in_turn(self, raw: bytes, batch_id: str | None, producer: str | None,
                                turn: _Turn) -> ingest_pb2.BatchAck:  # fmt: skip
         loop = asyncio.get_running_loop()
-        wal = self.wal
-        if wal is not None:
-            wal.check_budget()  # before any work: a refused batch is not in Kafka
-        now_ms = time.time_ns() // 1_000_000  # the dedup keys' insert time, kept in the log
+        now_ms = time.time_ns() // 1_000_000  # the dedup keys' insert time
         # decode, validate, dedup, Arrow encode: native, GIL released.
         processing = loop.run_in_executor(self.executor, functools.partial(self.core.process, raw, now_ms=now_ms))
-        if wal is not None:
-            wal.windows.track(processing)  # at submission, before any await (see Windows)
         try:
             result = await processing
         except InvalidBatch as exc:
-            if wal is not None:
-                wal.windows.untrack(processing)
             log.info("batch rejected", extra={"code": exc.code, "offset": exc.offset, "detail": exc.message})
             return _rejected_batch_ack(batch_id_of(raw) or "", exc)
         batch = Batch(raw, result, producer=producer)
-        committed = False
-
-        def on_commit(seq: int) -> None:
-            nonlocal committed
-            committed = True
-            wal.windows.untrack(processing)
-            if batch_id is not None:
-                self.batch_ids.complete(batch_id, AckCounts(result.accepted, result.duplicates, result.rejected))
-
         try:
             # The cores run batches side by side and finish in any order; Kafka
             # must get them in arrival order (one order_id's records in the
@@ -167,24 +125,10 @@ class Pipeline:
             await turn.wait()
             turn.pass_on()
             await self.kafka.publish(batch)
-            if wal is not None:
-                await wal.append(WalRecord.of(batch, BronzeRows.from_batch(batch), now_ms), on_commit)
-            else:
-                try:
-                    # The hand-off waits only while the writer's memory bound is reached.
-                    async with asyncio.timeout(self.bronze_timeout_s):
-                        await self.bronze.write(batch)
-                except TimeoutError:
-                    raise SinkUnavailable(
-                        f"the Bronze writer had no room for the batch within {self.bronze_timeout_s:g} s; resend it"
-                    ) from None
         except BaseException:
-            if not committed:
-                # Not acked: the client resends, and the resend must not be taken
-                # for a duplicate of this attempt.
-                self.core.forget(result)
-                if wal is not None:
-                    wal.windows.untrack(processing)
+            # Not acked: the client resends, and the resend must not be taken
+            # for a duplicate of this attempt.
+            self.core.forget(result)
             raise
         m = self.metrics
         m.orders_total.labels("accepted").inc(result.accepted)

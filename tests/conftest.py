@@ -3,10 +3,12 @@ modules beside this file (kafkautil.py, ...)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
 from kafkautil import KafkaCluster, KafkaSecrets
+from serverutil import BRONZE_ROLL_AGE_S
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +36,13 @@ def breakable_kafka(kafka_cluster: KafkaCluster) -> Iterator[KafkaCluster]:
     yield kafka_cluster
     kafka_cluster.start_all()
     kafka_cluster.wait_in_sync()
+
+
+@pytest.fixture(autouse=True)
+def bronze_workers_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test's Bronze workers (serve's child included, through the
+    environment) form a consumer group of their own, write files within a
+    fraction of a second, and leave their group 2 s after being killed."""
+    monkeypatch.setenv("KEYSTONE_BRONZE_GROUP", f"bronze-{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("KEYSTONE_ROLL_AGE_S", BRONZE_ROLL_AGE_S)
+    monkeypatch.setenv("KEYSTONE_BRONZE_SESSION_TIMEOUT_S", "2")

@@ -1,5 +1,6 @@
 """Real `keystone-ingest serve` processes for tests: one per `Deployment`, with
-topics and a Bronze directory of its own on a shared Kafka cluster."""
+topics, a Bronze directory and a Bronze consumer group of its own on a shared
+Kafka cluster; and `wait_bronze_caught_up`, the sync point before reading Bronze."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from pathlib import Path
 
 from kafkautil import KafkaCluster
 
+from keystone_ingest.dev.catchup import wait_bronze_caught_up
 from keystone_ingest.dev.launcher import ServerProcess
+
+__all__ = ["BRONZE_ROLL_AGE_S", "Deployment", "catch_up_bronze", "deployments", "wait_bronze_caught_up"]
+
+BRONZE_ROLL_AGE_S = "0.3"
+"""Deployments write Bronze files this often, so tests wait a fraction of a second for them."""
 
 
 class Deployment:
@@ -29,6 +36,10 @@ class Deployment:
         )  # fmt: skip
         self.target = self.server.target
         self.port = self.server.port
+
+    def wait_bronze(self, timeout_s: float = 60.0) -> None:
+        """Until the Bronze worker has written everything Kafka holds now."""
+        wait_bronze_caught_up(self.cluster.bootstrap, [self.topic, self.dlq_topic], f"file://{self.bronze}", timeout_s)
 
     def metric(self, name: str) -> float:
         """An unlabelled metric's value from /metrics; KeyError if the server has none of that name."""
@@ -65,3 +76,32 @@ def deployments(cluster: KafkaCluster, tmp_path: Path, *common_args: str, partit
     finally:
         for d in started:
             d.server.close()
+
+
+def catch_up_bronze(bootstrap: str, topic: str, dlq_topic: str, bronze_uri: str, timeout_s: float = 60.0,
+                    **overrides) -> dict[tuple[str, int], int]:  # fmt: skip
+    """Runs a Bronze worker (in this process, in the test's group) until Bronze
+    holds everything the topics hold now: what a worker started after a
+    server is gone does. Returns Kafka's end offsets."""
+    import asyncio
+    import os
+
+    from keystone_ingest.server.bronze.config import BronzeWorkerConfig
+    from keystone_ingest.server.bronze.worker import BronzeWorker
+
+    config = BronzeWorkerConfig(**{"kafka_bootstrap": bootstrap, "topic": topic, "dlq_topic": dlq_topic,
+                                   "bronze_uri": bronze_uri, "bronze_group": os.environ.get("KEYSTONE_BRONZE_GROUP", "keystone-bronze"),
+                                   "roll_age_s": float(BRONZE_ROLL_AGE_S), "bronze_session_timeout_s": 2.0,
+                                   **overrides})  # fmt: skip
+    store_options = {"endpoint_url": config.s3_endpoint_url, "spool_dir": config.spool_dir}
+
+    async def run() -> dict[tuple[str, int], int]:
+        worker = BronzeWorker(config)
+        await worker.start()
+        try:
+            return await asyncio.to_thread(wait_bronze_caught_up, bootstrap, [topic, dlq_topic], bronze_uri,
+                                           timeout_s, **store_options)  # fmt: skip
+        finally:
+            await worker.stop()
+
+    return asyncio.run(run())

@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import fields
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -40,9 +39,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from keystone_ingest.client.client import IngestClient, RetryPolicy
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.server.config import ServeConfig
 from keystone_ingest.dev.kafka import KafkaCluster
 from keystone_ingest.dev.launcher import ServerProcess
+from serverutil import wait_bronze_caught_up
 
 TOPIC, DLQ = "orders", "orders.dlq"
 
@@ -150,8 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     partitions = 12
     serve_args = ["--listen", f"127.0.0.1:{port}", "--bronze-uri", f"file://{data / 'bronze'}", "--roll-age-s", "10",
                   "--topic-partitions", str(partitions), "--send-timeout-s", "10"]  # fmt: skip
-    if "wal_dir" in {f.name for f in fields(ServeConfig)}:
-        serve_args += ["--wal-dir", str(data / "wal")]
     print(f"soak: {args.seconds:.0f} s at {args.rate:.0f} orders/s, seed {args.seed}, data in {data}", flush=True)
 
     broker = KafkaCluster(nodes=3, heap_mb=384).start()
@@ -199,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
         for s in senders:
             s.join(300)
+        wait_bronze_caught_up(broker.bootstrap, [TOPIC, DLQ], f"file://{data / 'bronze'}", timeout_s=300)
         code = server.stop(signal.SIGTERM)
         time.sleep(2)  # let the reader catch up with the last records
     finally:

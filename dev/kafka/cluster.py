@@ -80,6 +80,9 @@ SMALL_MACHINE: dict[str, str] = {
     "share.coordinator.state.topic.num.partitions": "4",
     # Consumer groups of tests and the demo form without the 3 s pause.
     "group.initial.rebalance.delay.ms": "0",
+    # Lets consumers (the Bronze workers in tests) use sessions of a second or
+    # two, so a killed member leaves its group in seconds.
+    "group.min.session.timeout.ms": "1000",
     # As on MSK: topics exist because someone created them, never by a typo.
     "auto.create.topics.enable": "false",
 }

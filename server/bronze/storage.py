@@ -1,4 +1,4 @@
-"""Where Bronze files land: a local directory or an S3 bucket, behind one interface.
+"""Where Bronze lands: a local directory or an S3 bucket, behind one interface.
 
 The Bronze writer builds every file at a local *spool path* that no reader looks
 at, closes it, and hands it to `publish`, which makes it visible in one atomic
@@ -9,21 +9,17 @@ step and durable:
   names starting with `.` or `_`). `publish` fsyncs the file, `os.replace`s it
   to its final name and fsyncs the directory, so a visible file is complete and
   survives a power cut.
-- `S3Store`: the spool path is under a local `spool_dir`. `publish` fsyncs and
-  renames it to a *ready* name there, uploads it with boto3 (`upload_file`:
-  multipart above the threshold; S3 shows an object only when its upload
-  completes, and s3transfer aborts a failed multipart upload), and deletes the
-  spool file. A ready file left behind by a failed upload or a crash is found
-  by `leftovers()` at the next start and uploaded then.
+- `S3Store`: the spool path is under a local `spool_dir`. `publish` uploads it
+  with boto3 (`upload_file`: multipart above the threshold; S3 shows an object
+  only when its upload completes, and s3transfer aborts a failed multipart
+  upload) and deletes the spool file.
 
-After a crash, the write-ahead log asks about the files it had recorded as
-about to be published (server/wal.py): `exists` (is the file visible, and
-durable), `spooled` (is it complete and waiting for its upload) and
-`discard_key` (remove what is left of an unpublished file).
+Small objects (the commit log's markers) are written whole with `put` (local:
+temp file, fsync, rename, fsync of the directory; S3: one PUT), read with
+`get`, listed with `list_keys` and removed with `delete`.
 
-`publish` is one attempt: it raises a classified `IngestError` and leaves the
-file where a second call picks it up (it is idempotent). Retrying, backoff and
-what the sink reports meanwhile live in one place, the committer of bronze.py.
+Every method is one attempt: it raises a classified `IngestError` (retriable
+or not) and can be called again. Retrying lives in server/retry.py.
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ import errno
 import logging
 import os
 import re
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -111,33 +106,23 @@ class ObjectStore(Protocol):
     def publish(self, spool_path: str, key: str) -> None:
         """Make the closed spool file visible as `key`, durably. One attempt, idempotent."""
 
-    def keep(self, spool_path: str, key: str) -> str:
-        """Publishing is given up (stop deadline): leave the closed file where
-        the next start finds it, using local operations only. Returns its path."""
-
-    def discard(self, spool_path: str) -> None:
-        """Remove a spool file whose content was abandoned (the writer failed mid-file)."""
-
-    def leftovers(self) -> list[tuple[str, str]]:
-        """(spool path, key) of complete files an earlier run closed but did not publish."""
-
     def url(self, key: str) -> str:
         """Where `key` is visible, for logs."""
 
     def check(self) -> None:
         """Fail fast at start on a destination that cannot work (SinkFailed)."""
 
-    def exists(self, key: str) -> bool:
-        """Whether `key` is visible. True means durable too (locally: the file
-        and its directories are fsynced first). Raises a classified IngestError
-        when the store cannot answer."""
+    def put(self, key: str, data: bytes) -> None:
+        """Write a small object (a commit marker) atomically and durably. One attempt."""
 
-    def spooled(self, key: str) -> bool:
-        """Whether a complete file for `key` waits in the spool for its upload
-        (`leftovers()` will publish it). Local operations only."""
+    def get(self, key: str) -> bytes | None:
+        """A small object's bytes, or None when there is none."""
 
-    def discard_key(self, key: str) -> None:
-        """Remove whatever unpublished spool file `key` left (a crash mid-write)."""
+    def list_keys(self, prefix: str) -> list[str]:
+        """Keys of the objects directly under the folder `prefix`, sorted."""
+
+    def delete(self, key: str) -> None:
+        """Remove an object; one that is not there is no error."""
 
 
 def _fsync_path(path: str, *, directory: bool = False) -> None:
@@ -192,41 +177,48 @@ class LocalStore:
             self._synced_dirs.add(directory)
             directory = parent
 
-    def keep(self, spool_path: str, key: str) -> str:
-        # Publishing locally is itself a local operation, so this is reached
-        # only when it keeps failing (a rename refused): the hidden temp file
-        # stays for an operator, who can rename it.
-        return spool_path if os.path.exists(spool_path) else os.path.join(self.root, key)
-
-    def discard(self, spool_path: str) -> None:
-        _unlink_if_present(spool_path)
-
-    def exists(self, key: str) -> bool:
+    def put(self, key: str, data: bytes) -> None:
         final = os.path.join(self.root, key)
+        tmp = self.spool_path(key)
         try:
-            if not os.path.exists(final):
-                return False
-            # Visible after a crash is not yet durable: the rename may still be
-            # only in the page cache. Make it so before anyone relies on it.
-            _fsync_path(final)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
             self._sync_dirs(os.path.dirname(final))
         except OSError as exc:
-            raise classify_os_error(exc, f"checking {final}") from exc
-        return True
+            raise classify_os_error(exc, f"writing {final}") from exc
 
-    def spooled(self, key: str) -> bool:
-        return False  # a local file is published by one rename; there is no waiting state
+    def get(self, key: str) -> bytes | None:
+        path = os.path.join(self.root, key)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise classify_os_error(exc, f"reading {path}") from exc
 
-    def discard_key(self, key: str) -> None:
-        directory, name = os.path.split(os.path.join(self.root, key))
-        _unlink_if_present(os.path.join(directory, f".{name}{TMP_SUFFIX}"))
+    def list_keys(self, prefix: str) -> list[str]:
+        directory = os.path.join(self.root, prefix)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise classify_os_error(exc, f"listing {directory}") from exc
+        return sorted(f"{prefix.rstrip('/')}/{n}" for n in names if not n.startswith("."))
 
-    def leftovers(self) -> list[tuple[str, str]]:
-        # A local spool file is a hidden temp file that was never renamed: its
-        # writer died before the footer was written or before publish. It may
-        # also belong to another live process writing the same directory, so
-        # it is neither published nor deleted here.
-        return []
+    def delete(self, key: str) -> None:
+        path = os.path.join(self.root, key)
+        try:
+            os.unlink(path)
+            _fsync_path(os.path.dirname(path), directory=True)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise classify_os_error(exc, f"deleting {path}") from exc
 
     def url(self, key: str) -> str:
         return os.path.join(self.root, key)
@@ -289,75 +281,57 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def spool_path(self, key: str) -> str:
-        ready = os.path.join(self.spool_root, key)
-        directory, name = os.path.split(ready)
+        path = os.path.join(self.spool_root, key)
+        directory, name = os.path.split(path)
         os.makedirs(directory, exist_ok=True)
         return os.path.join(directory, f".{name}{TMP_SUFFIX}")
 
-    def _ready_path(self, key: str) -> str:
-        return os.path.join(self.spool_root, key)
-
-    def keep(self, spool_path: str, key: str) -> str:
-        return self._make_ready(spool_path, key)
-
-    def _make_ready(self, spool_path: str, key: str) -> str:
-        # Durable under its ready name before the upload, so a crash or a given
-        # up upload leaves a complete file that the next start uploads (`leftovers`).
-        ready = self._ready_path(key)
-        try:
-            if os.path.exists(spool_path) and spool_path != ready:
-                _fsync_path(spool_path)
-                os.replace(spool_path, ready)
-                _fsync_path(os.path.dirname(ready), directory=True)
-        except OSError as exc:
-            raise classify_os_error(exc, f"spooling {ready}") from exc
-        return ready
-
     def publish(self, spool_path: str, key: str) -> None:
-        ready = self._make_ready(spool_path, key)
-        if not os.path.exists(ready):
+        if not os.path.exists(spool_path):
             return  # an earlier attempt uploaded it and removed the spool file
         try:
-            self._client.upload_file(ready, self.bucket, self._object_key(key), Config=self._transfer,
+            self._client.upload_file(spool_path, self.bucket, self._object_key(key), Config=self._transfer,
                                      ExtraArgs=self._upload_args)  # fmt: skip
         except Exception as exc:  # boto3 raises several unrelated types; all are classified
             raise classify_s3_error(exc, f"uploading {self.url(key)}") from exc
         try:
-            os.unlink(ready)
+            os.unlink(spool_path)
         except OSError as exc:
-            # The object is complete in S3; a spool file left behind is only
-            # uploaded again (same key, same bytes) at the next start.
-            log.warning("bronze: could not remove spool file", extra={"path": ready, "error": str(exc)})
+            log.warning("bronze: could not remove spool file", extra={"path": spool_path, "error": str(exc)})
 
-    def discard(self, spool_path: str) -> None:
-        _unlink_if_present(spool_path)
-
-    def exists(self, key: str) -> bool:
+    def put(self, key: str, data: bytes) -> None:
         try:
-            self._client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+            self._client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data,
+                                    **(self._upload_args or {}))  # fmt: skip
+        except Exception as exc:
+            raise classify_s3_error(exc, f"writing {self.url(key)}") from exc
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"].read()
         except Exception as exc:
             status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404:
-                return False
-            raise classify_s3_error(exc, f"checking {self.url(key)}") from exc
-        return True
+                return None
+            raise classify_s3_error(exc, f"reading {self.url(key)}") from exc
 
-    def spooled(self, key: str) -> bool:
-        return os.path.exists(self._ready_path(key))
+    def list_keys(self, prefix: str) -> list[str]:
+        folder = self._object_key(prefix.rstrip("/")) + "/"
+        keys: list[str] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder,
+                                                                                Delimiter="/"):  # fmt: skip
+                keys += [o["Key"] for o in page.get("Contents", ())]
+        except Exception as exc:
+            raise classify_s3_error(exc, f"listing {self.url(prefix)}") from exc
+        skip = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(k[skip:] for k in keys)
 
-    def discard_key(self, key: str) -> None:
-        directory, name = os.path.split(self._ready_path(key))
-        _unlink_if_present(os.path.join(directory, f".{name}{TMP_SUFFIX}"))
-
-    def leftovers(self) -> list[tuple[str, str]]:
-        found = []
-        root = Path(self.spool_root)
-        if not root.is_dir():
-            return found
-        for path in sorted(root.rglob("*.parquet")):
-            if not path.name.startswith("."):
-                found.append((str(path), path.relative_to(root).as_posix()))
-        return found
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
+        except Exception as exc:
+            raise classify_s3_error(exc, f"deleting {self.url(key)}") from exc
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"

@@ -7,12 +7,13 @@
 
 Records. Each accepted order becomes one record on `topic`: key = order_id
 (UTF-8), value = the order's `Order` bytes exactly as the client sent them (a
-slice of the request), headers `event_id`, `batch_id`, `source` and
-`content-type: application/x-protobuf; messageType=keystone.ingest.v1.Order`,
-timestamp = when the server received the batch. Each rejected order becomes one
-record on `dlq_topic`: no key, value = the rejected `Order`'s bytes, the same
-headers plus `error.reason` and `error.index` (its position in the batch, as
-decimal text).
+slice of the request), headers `event_id`, `batch_id`, `source`,
+`content-type: application/x-protobuf; messageType=keystone.ingest.v1.Order`
+and, with authentication, `producer` (the authenticated caller), timestamp =
+when the server received the batch. Each rejected order becomes one record on
+`dlq_topic`: no key, value = the rejected `Order`'s bytes, the same headers
+plus `error.reason`, `error.index` (its position in the batch, as decimal
+text) and `error.message` (the rejection's message).
 
 Partitioning. An order goes to partition ``key_hash % partitions``, where
 `key_hash` is the native core's ``murmur2(order_id) & 0x7fffffff``: the
@@ -94,7 +95,6 @@ import asyncio
 import collections
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -117,6 +117,7 @@ from aiokafka.partitioner import murmur2
 from keystone_ingest.core import RecordBatchBuilder, partition_counts
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.errors import IngestError, ShuttingDown, SinkFailed, SinkUnavailable
+from keystone_ingest.server.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -267,28 +268,6 @@ def classify(exc: BaseException) -> IngestError:
     return SinkFailed(text)
 
 
-class _Backoff:
-    """Exponential backoff with jitter: the n-th delay is drawn from the upper
-    half of min(max_s, initial_s * 2**n)."""
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.attempts = 0
-
-    @property
-    def ceiling_s(self) -> float:
-        return min(self.max_s, self.initial_s * 2 ** min(self.attempts, 30))
-
-    def next_delay_s(self) -> float:
-        ceiling = self.ceiling_s
-        self.attempts += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempts = 0
-
-
 class _RateLimitedLogs(logging.Filter):
     """aiokafka logs every failed reconnect at ERROR, ten times a second per
     broker during an outage; the sink reports the outage itself. Lets one record
@@ -390,7 +369,7 @@ class KafkaSink:
         self._last_ok = 0.0  # monotonic time of the last proof the cluster takes writes
         self._unavailable_since: float | None = None
         self._unavailable_counted_to = 0.0  # kafka_unavailable_seconds_total is counted up to here
-        self._backoff = _Backoff(config.reconnect_backoff_s, config.reconnect_backoff_max_s)
+        self._backoff = Backoff(config.reconnect_backoff_s, config.reconnect_backoff_max_s)
         # max.message.bytes of each topic (read at start; absent if the
         # cluster would not say), and the record batch size that fits them all.
         self._max_message_bytes: dict[str, int] = {}

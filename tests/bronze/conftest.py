@@ -1,5 +1,5 @@
-"""Fixtures of the Bronze sink tests: dummy AWS credentials and an S3 endpoint
-(moto over HTTP). The data helpers live in test_bronze_sink.py."""
+"""Fixtures of the Bronze tests: dummy AWS credentials and an S3 endpoint
+(moto over HTTP). The data helpers live in bronzeutil.py."""
 
 from __future__ import annotations
 

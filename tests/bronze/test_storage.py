@@ -1,5 +1,6 @@
-"""Object stores of the Bronze sink: where a file is built, how it becomes
-visible, and how failures are classified. Real directories, real S3 (moto over HTTP)."""
+"""Object stores of Bronze: where a file is built, how it becomes visible,
+small objects (the commit log), and how failures are classified. Real
+directories, real S3 (moto over HTTP)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from keystone_ingest.server.errors import SinkFailed, SinkUnavailable
-from keystone_ingest.server.sinks.storage import LocalStore, S3Store, classify_os_error, open_store
+from keystone_ingest.server.bronze.storage import LocalStore, S3Store, classify_os_error, open_store
 
 KEY = "orders/year=2017/month=11/day=24/part-x.parquet"
 
@@ -72,7 +73,7 @@ def test_local_layout_error_is_permanent(tmp_path):
     (tmp_path / "orders").write_text("a file where a directory should be")
     store = LocalStore(str(tmp_path))
     with pytest.raises(NotADirectoryError):
-        store.spool_path(KEY)  # the writer classifies this (see test_bronze_sink)
+        store.spool_path(KEY)  # the writer classifies this
     assert isinstance(classify_os_error(NotADirectoryError(errno.ENOTDIR, "Not a directory"), "w"), SinkFailed)
 
 
@@ -92,7 +93,6 @@ def test_s3_object_appears_with_the_spool_files_bytes_and_the_spool_is_removed(s
     store.publish(spool, KEY)
     body = s3.client().get_object(Bucket=s3.bucket, Key=f"bronze/{KEY}")["Body"].read()
     assert body == b"parquet bytes"
-    assert store.leftovers() == []
     assert not os.path.exists(spool)
     store.publish(spool, KEY)  # a retry after success is a no-op
 
@@ -111,14 +111,13 @@ def test_s3_multipart_upload_above_the_threshold(s3, tmp_path):
     assert client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
 
 
-def test_s3_missing_bucket_is_permanent_and_the_file_is_kept(s3, tmp_path):
+def test_s3_missing_bucket_is_permanent_and_the_file_is_kept_for_the_next_attempt(s3, tmp_path):
     store = s3_store(s3, tmp_path, bucket=f"{s3.bucket}-missing")
     spool = store.spool_path(KEY)
     build(spool, b"data")
     with pytest.raises(SinkFailed, match="NoSuchBucket"):
         store.publish(spool, KEY)
-    # Complete and under its ready name: the next start uploads it.
-    assert store.leftovers() == [(os.path.join(store.spool_root, KEY), KEY)]
+    assert open(spool, "rb").read() == b"data"
     with pytest.raises(SinkFailed, match="S3 NoSuchBucket"):
         store.check()
 
@@ -136,4 +135,30 @@ def test_s3_unreachable_endpoint_is_retriable_and_quick(aws_env, tmp_path):
         store.publish(spool, KEY)
     assert time.monotonic() - started < 5
     store.check()  # an outage at start only warns
-    assert [key for _, key in store.leftovers()] == [KEY]
+    assert open(spool, "rb").read() == b"data"  # kept for the next attempt
+    with pytest.raises(SinkUnavailable, match="Could not connect"):
+        store.put("_bronze/commits/x.json", b"{}")
+
+
+# -- small objects: the commit log's markers
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_small_objects_are_written_whole_listed_read_and_deleted(where, tmp_path, request):
+    if where == "local":
+        store = LocalStore(str(tmp_path / "bronze"))
+    else:
+        store = s3_store(request.getfixturevalue("s3"), tmp_path)
+    assert store.list_keys("_bronze/commits") == []
+    assert store.get("_bronze/commits/a.json") is None
+    store.put("_bronze/commits/b.json", b'{"b": 1}')
+    store.put("_bronze/commits/a.json", b'{"a": 1}')
+    store.put("_bronze/commits/a.json", b'{"a": 2}')  # replaced whole
+    store.put("_bronze/pending/c.json", b"{}")
+    assert store.list_keys("_bronze/commits") == ["_bronze/commits/a.json", "_bronze/commits/b.json"]
+    assert store.get("_bronze/commits/a.json") == b'{"a": 2}'
+    store.delete("_bronze/commits/a.json")
+    store.delete("_bronze/commits/a.json")  # already gone: no error
+    assert store.list_keys("_bronze/commits") == ["_bronze/commits/b.json"]
+    if where == "local":  # no temp file left where readers or listings could see it
+        assert sorted(os.listdir(tmp_path / "bronze" / "_bronze" / "commits")) == ["b.json"]

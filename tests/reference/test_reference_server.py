@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 from kafkautil import KafkaCluster, read_all
+from serverutil import wait_bronze_caught_up
 
 from benchmarks.processes import ReferenceProcess
 from keystone_ingest.client.client import AsyncIngestClient
@@ -96,6 +97,7 @@ def test_reference_server_gives_the_real_servers_acks_records_and_bronze_rows(si
     assert sorted(ref_dead) == sorted(real_dead)
     assert _grouped(ref_dead, _batch_id) == _grouped(real_dead, _batch_id)  # a batch's rejects in batch order
 
+    wait_bronze_caught_up(real.cluster.bootstrap, [real.topic, real.dlq_topic], f"file://{real.bronze}")
     assert real.server.stop(signal.SIGTERM) == 0
     assert ref.server.stop(signal.SIGTERM) == 0
     for table in BRONZE_TABLES:

@@ -88,7 +88,7 @@ def test_calls_without_a_valid_token_are_unauthenticated_and_callers_without_ing
 
 
 def test_the_authenticated_caller_is_the_producer_in_kafka_headers_and_bronze_beside_source(deploy, tokens_path):
-    d = deploy("--auth-tokens-file", str(tokens_path), "--roll-age-s", "3600")
+    d = deploy("--auth-tokens-file", str(tokens_path))
     gen = OrderGenerator(seed=3, invalid_ratio=0.1)
     sent = {}
     for caller, source in (("checkout-api", "claims-to-be-backfill"), ("backfill-job", "backfill")):
@@ -97,6 +97,7 @@ def test_the_authenticated_caller_is_the_producer_in_kafka_headers_and_bronze_be
             ack = client.ingest(batch)
             assert ack.status == ingest_pb2.ACK_STATUS_ACCEPTED
             sent[batch.batch_id] = (caller, source, ack)
+    d.wait_bronze()
     assert d.server.stop() == 0
 
     records = read_all(d.cluster.bootstrap, d.topic)
@@ -120,6 +121,7 @@ def test_without_authentication_the_producer_is_null_and_there_is_no_producer_he
     with IngestClient(d.target) as client:
         ack = client.ingest(OrderGenerator(seed=4).batch(10, batch_id="anonymous", source="someone"))
     assert ack.accepted == 10
+    d.wait_bronze()
     assert d.server.stop() == 0
     records = read_all(d.cluster.bootstrap, d.topic)
     assert len(records) == 10

@@ -136,7 +136,8 @@ def test_streams_and_unary_calls_land_every_accepted_order_once_in_kafka_and_bro
     assert errors == {k: reason for k, (reason, _) in expected.rejects.items()}
 
     check_kafka(d, expected)
-    assert d.server.stop(signal.SIGTERM) == 0  # graceful: Bronze files closed
+    d.wait_bronze()
+    assert d.server.stop(signal.SIGTERM) == 0
     check_bronze(d, expected)
     messages = [r["msg"] for r in d.server.log_records()]
     assert "serving" in messages and messages[-1] == "stopped"

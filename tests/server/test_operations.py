@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kafkautil import KafkaCluster, read_all
 from s3util import AWS_ENV, s3_server
+from serverutil import catch_up_bronze, wait_bronze_caught_up
 
 from keystone_ingest.client.client import IngestClient, IngestRpcError, RetryPolicy
 from keystone_ingest.client.generator import OrderGenerator
@@ -76,20 +77,25 @@ def test_health_reflection_and_metrics_describe_a_serving_server(deploy):
     assert metric(text, f'keystone_ingest_kafka_records_total{{topic="{d.topic}"}}') == ack.accepted
     assert metric(text, "keystone_ingest_kafka_send_seconds_count") >= 1
 
-    # Files roll by age; once every accepted row is in a visible file the counters say so.
+    # The Bronze worker serve runs has metrics of its own: once every accepted
+    # row is in a visible file its counters say so, and it lags by nothing.
+    bronze_port = d.server.bronze_metrics_port
+
     def rows_in_files() -> float:
         try:
-            return metric(metrics_text(d.server.metrics_port), 'keystone_ingest_bronze_rows_total{table="orders"}')
+            return metric(metrics_text(bronze_port), 'keystone_bronze_rows_total{table="orders"}')
         except KeyError:
             return 0
 
     assert wait_for(lambda: rows_in_files() == ack.accepted, 15)
-    text = metrics_text(d.server.metrics_port)
+    d.wait_bronze()
+    text = metrics_text(bronze_port)
     orders = ds.dataset(d.bronze / "orders", format="parquet", partitioning="hive")
-    assert metric(text, 'keystone_ingest_bronze_files_total{table="orders"}') == len(orders.files)
-    assert metric(text, 'keystone_ingest_bronze_bytes_total{table="orders"}') == sum(
-        os.path.getsize(f) for f in orders.files
-    )
+    assert metric(text, 'keystone_bronze_files_total{table="orders"}') == len(orders.files)
+    assert metric(text, 'keystone_bronze_bytes_total{table="orders"}') == sum(os.path.getsize(f) for f in orders.files)
+    assert metric(text, f'keystone_bronze_records_total{{topic="{d.topic}"}}') == ack.accepted
+    assert wait_for(lambda: all(metric(metrics_text(bronze_port), f'keystone_bronze_lag_records{{partition="{p}",topic="{d.topic}"}}') == 0
+                                for p in range(6)), 15)  # fmt: skip
     assert orders.count_rows() == ack.accepted
     assert d.server.stop() == 0
 
@@ -144,6 +150,7 @@ def test_dev_broker_mock_runs_librdkafkas_mock_cluster_and_says_it_is_not_kafka(
     with ServerProcess(args, env={"KEYSTONE_KAFKA_BOOTSTRAP": ""}) as server:
         banner = [r for r in server.log_records() if r.get("embedded_broker")]
         assert banner and banner[0]["embedded_broker"] == "mock" and "It is not Kafka" in banner[0]["msg"]
+        assert "no Bronze worker runs" in banner[0]["msg"] and server.bronze_pid is None
         with IngestClient(server.target) as client:
             assert client.ingest(OrderGenerator(seed=2).batch(30)).accepted == 30
         assert len(read_all(server.kafka_bootstrap, "orders")) == 30
@@ -183,10 +190,12 @@ def test_sigterm_mid_stream_acks_what_was_received_and_exits_zero(deploy):
     assert d.server.stop(signal.SIGTERM) == 0
     sender.join(60)
     assert failure and isinstance(failure[0], IngestRpcError)
-    # Every acked order is in Kafka and, after the shutdown rolled the files, in Bronze.
+    # Every acked order is in Kafka, and in Bronze once a worker has caught up
+    # (serve's own worker wrote what it had consumed when it stopped).
     acked_ids = {b for a in acked for b in [a.batch_id]}
     kafka = read_all(d.cluster.bootstrap, d.topic)
     assert {r.header("batch_id").decode() for r in kafka} >= acked_ids
+    catch_up_bronze(d.cluster.bootstrap, d.topic, d.dlq_topic, f"file://{d.bronze}")
     bronze = ds.dataset(d.bronze / "orders", format="parquet", partitioning="hive").to_table()
     assert set(bronze["batch_id"].to_pylist()) >= acked_ids
     assert bronze.num_rows == len(set(bronze["event_id"].to_pylist()))  # no order twice
@@ -194,17 +203,22 @@ def test_sigterm_mid_stream_acks_what_was_received_and_exits_zero(deploy):
     assert records[-1]["msg"] == "stopped"
 
 
-def test_bronze_goes_to_s3_through_the_endpoint_override(kafka_cluster: KafkaCluster, tmp_path):
+def test_bronze_goes_to_s3_through_the_endpoint_override(kafka_cluster: KafkaCluster, tmp_path, monkeypatch):
+    for key, value in AWS_ENV.items():  # this process reads Bronze's commit log on S3 too
+        monkeypatch.setenv(key, value)
     with s3_server() as s3:
+        topic, dlq = kafka_cluster.new_topic("orders"), kafka_cluster.new_topic("dlq")
         with ServerProcess(
-            ["--kafka-bootstrap", kafka_cluster.bootstrap, "--topic", kafka_cluster.new_topic("orders"),
-             "--dlq-topic", kafka_cluster.new_topic("dlq"), "--bronze-uri", s3.uri("lake/bronze"),
-             "--s3-endpoint-url", s3.endpoint_url],
+            ["--kafka-bootstrap", kafka_cluster.bootstrap, "--topic", topic, "--dlq-topic", dlq,
+             "--bronze-uri", s3.uri("lake/bronze"), "--s3-endpoint-url", s3.endpoint_url,
+             "--spool-dir", str(tmp_path / "spool")],
             env=AWS_ENV,
         ) as server:  # fmt: skip
             batch = OrderGenerator(seed=4, invalid_ratio=0.05).batch(200)
             with IngestClient(server.target) as client:
                 ack = client.ingest(batch)
+            wait_bronze_caught_up(kafka_cluster.bootstrap, [topic, dlq], s3.uri("lake/bronze"),
+                                  endpoint_url=s3.endpoint_url, spool_dir=str(tmp_path / "spool"))
             assert server.stop() == 0
         fs = s3.filesystem()
         orders = ds.dataset(f"{s3.bucket}/lake/bronze/orders", filesystem=fs, format="parquet", partitioning="hive")
@@ -213,7 +227,10 @@ def test_bronze_goes_to_s3_through_the_endpoint_override(kafka_cluster: KafkaClu
         )
         quarantine = ds.dataset(f"{s3.bucket}/lake/bronze/_quarantine", filesystem=fs, format="parquet")
         assert quarantine.count_rows() == ack.rejected > 0
-        assert all(key.endswith(".parquet") for key in s3.objects("lake/bronze"))
+        # Parquet files and the commit markers that say they are complete; no flush left pending.
+        keys = s3.objects("lake/bronze")
+        assert all(k.endswith(".parquet") or k.startswith("lake/bronze/_bronze/commits/") for k in keys), keys
+        assert any(k.startswith("lake/bronze/_bronze/commits/") for k in keys)
 
 
 def test_every_serve_flag_is_documented_with_its_environment_variable():
@@ -226,15 +243,15 @@ def test_every_serve_flag_is_documented_with_its_environment_variable():
         assert "KEYSTONE_" + f.name.upper() in flat
     top = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "--help"],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
-    assert all(command in top for command in ("serve", "load", "replay"))
+    assert all(command in top for command in ("serve", "bronze", "load", "replay"))
 
 
 def test_flags_come_from_the_environment_and_bad_values_are_named(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve"],
-                         env={**AWS_ENV, "PATH": "/usr/bin", "KEYSTONE_ROLL_BYTES": "lots"},
+                         env={**AWS_ENV, "PATH": "/usr/bin", "KEYSTONE_MAX_BATCH_BYTES": "lots"},
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2
-    assert "KEYSTONE_ROLL_BYTES='lots' is not a valid int" in bad.stderr
+    assert "KEYSTONE_MAX_BATCH_BYTES='lots' is not a valid int" in bad.stderr
     bad = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--roll-age-s", "0"],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2
@@ -243,20 +260,11 @@ def test_flags_come_from_the_environment_and_bad_values_are_named(tmp_path):
 
 def test_the_budgets_default_to_shares_of_the_memory_limit_and_set_ones_are_kept():
     MiB = 1 << 20
-    default = ServeConfig()
-    assert (default.memory_limit_bytes, default.max_bytes_in_flight, default.bronze_max_buffered_bytes,
-            default.wal_feed_memory_bytes) == (1024 * MiB, 64 * MiB, 128 * MiB, 64 * MiB)  # fmt: skip
-    small = ServeConfig(memory_limit_bytes=400 * MiB)
-    assert (small.max_bytes_in_flight, small.bronze_max_buffered_bytes, small.wal_feed_memory_bytes) == (
-        25 * MiB, 50 * MiB, 25 * MiB)  # fmt: skip
-    unlimited = ServeConfig(memory_limit_bytes=0)  # no limit: the shares of 1 GiB
-    assert (unlimited.max_bytes_in_flight, unlimited.bronze_max_buffered_bytes) == (64 * MiB, 128 * MiB)
-    tiny = ServeConfig(memory_limit_bytes=8 * MiB)  # never under 1 MiB
-    assert (tiny.max_bytes_in_flight, tiny.bronze_max_buffered_bytes) == (MiB, MiB)
-    chosen = ServeConfig(memory_limit_bytes=400 * MiB, max_bytes_in_flight=7 * MiB, bronze_max_buffered_bytes=9 * MiB)
-    assert (chosen.max_bytes_in_flight, chosen.bronze_max_buffered_bytes) == (7 * MiB, 9 * MiB)
-    with pytest.raises(ValueError, match=r"--memory-limit-bytes must not be negative \(0 disables it\), got -1"):
-        ServeConfig(memory_limit_bytes=-1)
+    assert (ServeConfig().memory_limit_bytes, ServeConfig().max_bytes_in_flight) == (1024 * MiB, 64 * MiB)
+    assert ServeConfig(memory_limit_bytes=400 * MiB).max_bytes_in_flight == 25 * MiB
+    assert ServeConfig(memory_limit_bytes=0).max_bytes_in_flight == 64 * MiB  # no limit: the share of 1 GiB
+    assert ServeConfig(memory_limit_bytes=MiB).max_bytes_in_flight == MiB
+    assert ServeConfig(memory_limit_bytes=400 * MiB, max_bytes_in_flight=7 * MiB).max_bytes_in_flight == 7 * MiB
 
 
 def test_an_unreachable_kafka_at_start_exits_1_with_the_reason(tmp_path):
@@ -298,6 +306,7 @@ def test_a_batch_kafka_could_not_take_is_not_acked_and_its_resend_is_accepted_in
         assert len(by_event) == distinct and all(len(v) == 1 for v in by_event.values())
         text = metrics_text(server.metrics_port)
         assert metric(text, 'keystone_ingest_batches_total{status="error"}') >= 1
+        wait_bronze_caught_up(cluster.bootstrap, [topic, dlq], f"file://{tmp_path}")
         assert server.stop() == 0
         orders = ds.dataset(tmp_path / "orders", format="parquet", partitioning="hive").to_table()
         assert sorted(orders["event_id"].to_pylist()) == sorted({o.event_id for o in batch.orders})

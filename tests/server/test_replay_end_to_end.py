@@ -36,6 +36,7 @@ def test_replayed_olist_orders_land_in_kafka_and_in_bronze_with_olist_columns(de
         assert r.header("event_id").decode() == order.event_id == f"olist:{order.order_id}"
         assert r.header("source") == b"olist-replay"
 
+    d.wait_bronze()
     assert d.server.stop() == 0
     items = ds.dataset(d.bronze / "order_items", format="parquet", partitioning="hive").to_table()
     a_items = sorted((r["order_item_id"], r["price"], r["freight_value"]) for r in items.to_pylist() if r["order_id"] == A)

@@ -1,0 +1,384 @@
+"""The Bronze worker: consume, decode, gather, flush, commit; one loop.
+
+    worker = BronzeWorker(BronzeWorkerConfig(kafka_bootstrap="broker:9092", bronze_uri="s3://lake/bronze"))
+    await worker.start()      # joins the consumer group
+    ...
+    await worker.stop()       # writes and commits what it consumed, leaves the group
+
+Each member of the consumer group (`--bronze-group`) owns some partitions of
+the orders and dead-letter topics. For each it owns, it:
+  1. finds where Bronze ends (commits.py: the commit markers, never a local
+     file), deleting the files of a flush some earlier owner cut short;
+  2. warms the partition's dedup window by reading the `dedup_records`
+     offsets before that point (decisions are a function of the log, so the
+     same offsets get the same decisions whoever reads them, however often);
+  3. fetches record batches (fetch.py), decodes them natively into Bronze's
+     tables (dropping repeated event_ids) and gathers them (rows.py);
+  4. flushes (writer.py) when `bronze_max_buffered_bytes` are gathered or
+     the oldest is `roll_age_s` old, when partitions are taken away, and at
+     stop; then commits the offsets to the group as well (for lag tools;
+     Bronze's own markers are what counts).
+Fetching pauses during a flush, so memory holds one flush's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import errors as kafka_errors
+from aiokafka.structs import TopicPartition
+
+from keystone_ingest.core import CorruptRecords, LogDedup, decode_order_records, decode_reject_records
+from keystone_ingest.server.bronze.commits import CommitLog
+from keystone_ingest.server.bronze.config import BronzeWorkerConfig
+from keystone_ingest.server.bronze.fetch import Fetched, Fetcher
+from keystone_ingest.server.bronze.layout import DESTINATIONS
+from keystone_ingest.server.bronze.metrics import BronzeMetrics
+from keystone_ingest.server.bronze.rows import FlushBuffer
+from keystone_ingest.server.bronze.writer import FlushWriter, WriterOptions
+from keystone_ingest.server.errors import IngestError
+from keystone_ingest.server.retry import Backoff, retry
+from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
+from keystone_ingest.server.bronze.storage import open_store
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_BATCH_BYTES = 64 << 20
+"""Largest decompressed record batch the decoder accepts (the broker's own limit is far lower)."""
+
+
+@dataclass
+class _Partition:
+    position: int  # the next offset to fetch
+    committed: int  # where Bronze ends
+    dedup: LogDedup
+    high_watermark: int = 0
+    committed_timestamp_ms: int | None = None  # of the last record committed to Bronze
+
+
+class BronzeWorker:
+    def __init__(self, config: BronzeWorkerConfig, metrics: BronzeMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or BronzeMetrics()
+        self.error: BaseException | None = None
+        self.metrics_port: int | None = None
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._unready: set[TopicPartition] = set()
+        self._buffer = FlushBuffer()
+        self._lock = asyncio.Lock()
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._joined = asyncio.Event()
+        # One thread decodes: a partition's dedup window is used by one thread at a time.
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="bronze-decode")
+        self._tasks: list[asyncio.Task] = []
+        self.consumer: AIOKafkaConsumer | None = None
+        # While fetches fail or no leader is known (brokers down, leaders
+        # moving), each round waits a little longer, up to 2 s.
+        self._fetch_backoff = Backoff(0.05, 2.0)
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        c = self.config
+        if c.metrics_address:
+            self.metrics_port = self.metrics.serve(*c.metrics_address)
+        store = open_store(c.bronze_uri, endpoint_url=c.s3_endpoint_url, spool_dir=c.spool_dir,
+                           sse_kms_key_id=c.s3_sse_kms_key_id)  # fmt: skip
+        await asyncio.to_thread(store.check)
+        self.commits = CommitLog(store)
+        self.writer = FlushWriter(store, self.commits, WriterOptions(compression=c.parquet_compression,
+                                  row_group_rows=c.row_group_rows, threads=c.write_threads), self.metrics)  # fmt: skip
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=c.kafka_bootstrap,
+            group_id=c.bronze_group,
+            client_id=f"keystone-bronze-{os.getpid()}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(c.bronze_session_timeout_s * 1000),
+            heartbeat_interval_ms=max(100, int(c.bronze_session_timeout_s * 1000) // 3),
+            **KafkaSecurity.from_config(c).client_kwargs(),
+        )
+        self.consumer.subscribe([c.topic, c.dlq_topic], listener=_Rebalance(self))
+        await self.consumer.start()
+        self.fetcher = Fetcher(self.consumer._client)
+        self._tasks = [asyncio.create_task(self._keep_membership(), name="bronze-membership"),
+                       asyncio.create_task(self._run(), name="bronze-run")]  # fmt: skip
+        log.info("bronze worker started", extra={"group": c.bronze_group, "bronze": c.bronze_uri,
+                                                  "topics": [c.topic, c.dlq_topic]})  # fmt: skip
+
+    async def wait_joined(self) -> None:
+        """Returns once the group has given this worker its first assignment (possibly none)."""
+        await self._joined.wait()
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Writes and commits what was consumed (within `timeout_s`; beyond it
+        the next owner consumes it again), then leaves the group."""
+        timeout_s = self.config.shutdown_grace_s if timeout_s is None else timeout_s
+        self._stopping = True
+        self._wakeup.set()
+        run = self._tasks[1] if len(self._tasks) > 1 else None
+        try:
+            async with asyncio.timeout(timeout_s):
+                if run is not None:
+                    await asyncio.wait([run])
+                async with self._lock:
+                    if self.error is None:
+                        await self._flush()
+        except TimeoutError:
+            log.error("bronze: stop deadline passed; what was not committed is consumed again by the next owner")
+        except IngestError as exc:
+            log.error("bronze: the last flush failed; its offsets are consumed again", extra={"error": exc.message})
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.consumer is not None:
+            self._parts.clear()  # nothing left to flush when the group revokes
+            await self.consumer.stop()
+        self._decoder.shutdown(wait=True)
+        self.metrics.close()
+        log.info("bronze worker stopped")
+
+    async def wait_failed(self) -> BaseException:
+        """Returns the error that ended the worker's loop."""
+        await asyncio.wait([self._tasks[1]])
+        return self.error or RuntimeError("bronze worker loop ended")
+
+    # -- the loop
+
+    async def _keep_membership(self) -> None:
+        # aiokafka leaves the group when getmany() has not been called for
+        # max_poll_interval_ms; every partition is paused, so it returns nothing.
+        while True:
+            await self.consumer.getmany(timeout_ms=1000)
+
+    async def _run(self) -> None:
+        try:
+            while not self._stopping:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while not self._stopping:
+                    async with self._lock:
+                        if self._unready:
+                            await self._set_up(self._unready)
+                        if not self._parts:
+                            break
+                        await self._step()
+                        self._wakeup.set()  # go on unless stopping; assignment changes set it too
+        except Exception as exc:
+            self.error = exc
+            log.error("bronze worker failed", extra={"error": getattr(exc, "message", None) or repr(exc)})
+            raise
+
+    async def _step(self) -> None:
+        """One fetch from every owned partition, decoded and gathered; a flush when due."""
+        positions = {tp: p.position for tp, p in self._parts.items()}
+        fetched = await self.fetcher.fetch(positions)
+        if len(fetched) < len(positions) or any(f.error is not None for f in fetched.values()):
+            await asyncio.sleep(self._fetch_backoff.next_delay_s())
+        else:
+            self._fetch_backoff.reset()
+        loop = asyncio.get_running_loop()
+        for tp, f in fetched.items():
+            part = self._parts.get(tp)
+            if part is None or part.position != positions[tp]:
+                continue
+            part.high_watermark = f.high_watermark
+            if f.error is kafka_errors.OffsetOutOfRangeError:
+                await self._out_of_range(tp, part)
+                continue
+            if f.error is not None or not f.records:
+                continue
+            try:
+                decoded = await loop.run_in_executor(self._decoder, functools.partial(
+                    self._decode, tp.topic, f.records, part.position, part.dedup))  # fmt: skip
+            except CorruptRecords as exc:
+                # A broken fetch (CRC, lengths): fetch it again, after a pause.
+                log.error("bronze: corrupt record batch", extra={"topic": tp.topic, "partition": tp.partition,
+                                                                 "offset": part.position, "error": str(exc)})  # fmt: skip
+                await asyncio.sleep(1.0)
+                continue
+            self._gather(tp, part, decoded)
+        self._update_lag()
+        if self._buffer and (self._buffer.nbytes >= self.config.bronze_max_buffered_bytes
+                             or self._buffer.age_s() >= self.config.roll_age_s):  # fmt: skip
+            await self._flush()
+
+    def _decode(self, topic: str, records: bytes, first_offset: int, dedup: LogDedup, end_offset: int | None = None):
+        decode = decode_reject_records if topic == self.config.dlq_topic else decode_order_records
+        return decode(records, first_offset=first_offset, end_offset=end_offset, dedup=dedup,
+                      max_batch_bytes=MAX_RECORD_BATCH_BYTES)  # fmt: skip
+
+    def _gather(self, tp: TopicPartition, part: _Partition, decoded) -> None:
+        if decoded.next_offset <= part.position:
+            return
+        tables = {name: pa.record_batch(t) for name, t in decoded.tables.items() if name in DESTINATIONS}
+        counts = pa.record_batch(decoded.child_counts) if decoded.child_counts is not None else None
+        self._buffer.add((tp.topic, tp.partition), part.position, decoded.next_offset, tables, counts,
+                         decoded.max_timestamp_ms)  # fmt: skip
+        part.position = decoded.next_offset
+        m = self.metrics
+        m.records_total.labels(tp.topic).inc(decoded.records)
+        m.duplicates_total.labels(tp.topic).inc(decoded.duplicates)
+        if tp.topic == self.config.topic:
+            m.quarantined_total.inc(decoded.quarantined)
+        m.buffered_bytes.set(self._buffer.nbytes)
+
+    async def _flush(self) -> None:
+        if not self._buffer:
+            return
+        buffer, self._buffer = self._buffer, FlushBuffer()
+        self.metrics.buffered_bytes.set(0)
+        flush = await self.writer.write(buffer)
+        offsets = {}
+        for (topic, partition), (_, end) in flush.ranges.items():
+            tp = TopicPartition(topic, partition)
+            part = self._parts.get(tp)
+            if part is not None:
+                part.committed = end
+                part.committed_timestamp_ms = buffer.max_timestamp_ms.get((topic, partition),
+                                                                          part.committed_timestamp_ms)  # fmt: skip
+                offsets[tp] = end
+        log.info("bronze flush committed", extra={"flush": flush.id, "files": len(flush.files), "rows": buffer.rows})
+        self._update_lag()
+        if offsets:
+            try:
+                await self.consumer.commit(offsets)
+            except kafka_errors.KafkaError as exc:  # informational: Bronze's markers are what counts
+                log.warning("bronze: committing offsets to the group failed", extra={"error": repr(exc)})
+
+    async def _out_of_range(self, tp: TopicPartition, part: _Partition) -> None:
+        # The log no longer holds the position: retention deleted records
+        # Bronze had not written (retention shorter than the worst lag), or
+        # the log was truncated. Nothing can bring them back; say so loudly.
+        await self._flush()
+        begin = (await self.consumer.beginning_offsets([tp]))[tp]
+        end = (await self.consumer.end_offsets([tp]))[tp]
+        target = begin if part.position < begin else end
+        log.error("bronze: offset out of range; records lost to retention or truncation", extra={
+            "topic": tp.topic, "partition": tp.partition, "position": part.position, "resumes_at": target})  # fmt: skip
+        part.position = part.committed = target
+        part.dedup.reset()
+
+    # -- partitions coming and going
+
+    async def _set_up(self, tps: set[TopicPartition]) -> None:
+        """Where Bronze ends for each partition, the recovery of flushes cut
+        short, and the dedup window warmed up to that point."""
+        c = self.config
+        pending = sorted(tps)
+        backoff = Backoff(0.2, 10.0)
+        progress = await retry(self.commits.progress, what="reading Bronze's commit markers", backoff=backoff)
+        deleted = await retry(lambda: self.commits.recover((tp.topic, tp.partition) for tp in pending),
+                              what="recovering flushes cut short", backoff=backoff)  # fmt: skip
+        if deleted:
+            self.metrics.deleted_files_total.inc(len(deleted))
+            log.warning("bronze: deleted the files of a flush cut short", extra={"files": deleted})
+        begins = await self.consumer.beginning_offsets(pending)
+        for tp in pending:
+            position = max(progress.get((tp.topic, tp.partition), 0), begins[tp])
+            dedup = LogDedup(c.dedup_records, int(c.dedup_window_s * 1000))
+            await self._warm_up(tp, dedup, max(begins[tp], position - c.dedup_records), position)
+            self._parts[tp] = _Partition(position, position, dedup)
+            self._unready.discard(tp)
+            log.info("bronze partition assigned", extra={"topic": tp.topic, "partition": tp.partition,
+                                                        "offset": position})  # fmt: skip
+        self.metrics.assigned_partitions.set(len(self._parts))
+
+    async def _warm_up(self, tp: TopicPartition, dedup: LogDedup, start: int, end: int) -> None:
+        loop = asyncio.get_running_loop()
+        position = start
+        while position < end:
+            fetched: Fetched | None = (await self.fetcher.fetch({tp: position})).get(tp)
+            if fetched is None or fetched.error is not None or not fetched.records:
+                if fetched is not None and fetched.error is kafka_errors.OffsetOutOfRangeError:
+                    return  # the window's start was deleted meanwhile: nothing older can repeat
+                await asyncio.sleep(0.2)
+                continue
+            decoded = await loop.run_in_executor(self._decoder, functools.partial(
+                self._decode, tp.topic, fetched.records, position, dedup, end))  # fmt: skip
+            if decoded.next_offset <= position:  # a batch cut short only: fetch again
+                await asyncio.sleep(0.2)
+                continue
+            position = decoded.next_offset
+
+    async def revoked(self, tps: set[TopicPartition]) -> None:
+        async with self._lock:
+            if any((tp.topic, tp.partition) in self._buffer.ranges for tp in tps) and self.error is None:
+                await self._flush()
+            for tp in tps:
+                self._parts.pop(tp, None)
+                self._unready.discard(tp)
+            self.metrics.assigned_partitions.set(len(self._parts))
+
+    def assigned(self, tps: set[TopicPartition]) -> None:
+        self.consumer.pause(*tps)
+        self._unready |= set(tps) - self._parts.keys()
+        self._joined.set()
+        self._wakeup.set()
+
+    def _update_lag(self) -> None:
+        now_ms = time.time() * 1000
+        for tp, part in self._parts.items():
+            lag = max(0, part.high_watermark - part.committed)
+            labels = (tp.topic, str(tp.partition))
+            self.metrics.lag_records.labels(*labels).set(lag)
+            ts = part.committed_timestamp_ms
+            self.metrics.lag_seconds.labels(*labels).set(max(0.0, (now_ms - ts) / 1000) if lag and ts else 0.0)
+
+    def status(self) -> dict:
+        """Per partition: position, where Bronze ends, high watermark (for tests and the ready file)."""
+        return {f"{tp.topic}/{tp.partition}": {"position": p.position, "committed": p.committed,
+                                               "high_watermark": p.high_watermark}
+                for tp, p in sorted(self._parts.items())}  # fmt: skip
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: BronzeWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self.worker.revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self.worker.assigned(set(assigned))
+
+
+async def run_worker(config: BronzeWorkerConfig) -> int:
+    """`keystone-ingest bronze`: run until SIGTERM/SIGINT; 1 when the worker fails."""
+    import signal
+
+    worker = BronzeWorker(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await worker.start()
+    except BaseException:
+        await worker.stop(1.0)
+        raise
+    await worker.wait_joined()
+    if config.ready_file:
+        tmp = f"{config.ready_file}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"pid": os.getpid(), "metrics_port": worker.metrics_port}, f)
+        os.replace(tmp, config.ready_file)
+    failed = asyncio.create_task(worker.wait_failed())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([failed, stopped], return_when=asyncio.FIRST_COMPLETED)
+    await worker.stop()
+    if failed.done():
+        log.error("bronze worker failed", extra={"error": str(failed.result())})
+        return 1
+    failed.cancel()
+    return 0
