@@ -122,8 +122,11 @@ class Target:
         log_path = workdir / f"{kind}.log"
         if kind in ("real", "ingest"):
             bronze = f"file://{self.bronze}" if kind == "real" else ""
+            # Bronze files every 2 s (default 60 s), so the time the worker
+            # takes to catch up after a run measures its work, not the wait.
             self.process = ServerProcess([*common, "--bronze-uri", bronze, "--bronze-group", f"bench-{suffix}",
-                                          "--log-level", "warning", *server_args], log_path=log_path)  # fmt: skip
+                                          "--roll-age-s", "2", "--log-level", "warning", *server_args],
+                                         log_path=log_path)  # fmt: skip
         else:
             self.process = ReferenceProcess([*common, "--bronze-dir", str(self.bronze)], log_path=log_path)
         self.pid = self.process.process.pid
@@ -190,8 +193,9 @@ class Harness:
         if result is None:
             raise RuntimeError(f"the load driver wrote no result for {target.kind} {phase}")
         run = Run(target.kind, phase, batch_size, streams, rate, result, after.cpu_s - before.cpu_s,
-                  after.peak_rss_bytes, client_cpu_s, broker_after.cpu_s - broker_before.cpu_s,
-                  os.getloadavg()[0], bronze_cpu_s, catchup_s)  # fmt: skip
+                  after.peak_rss_bytes, client_cpu_s=client_cpu_s,
+                  broker_cpu_s=broker_after.cpu_s - broker_before.cpu_s, bronze_cpu_s=bronze_cpu_s,
+                  bronze_catchup_s=catchup_s, load_average=os.getloadavg()[0])  # fmt: skip
         self.runs.append(run)
         row = run.row()
         lat = row["latency_ms"]
@@ -320,7 +324,7 @@ def plot(rows: list[dict], runs: list[Run], out_dir: Path) -> list[Path]:
         print("matplotlib is not installed: no plots (pip install '.[test]')")
         return []
     paths = []
-    colours = {"real": "tab:blue", "reference": "tab:orange"}
+    colours = {"real": "tab:blue", "ingest": "tab:green", "reference": "tab:orange"}
     for phase, key, label, name in (("batch_size", "batch_size", "orders per batch", "throughput_vs_batch_size.png"),
                                     ("streams", "streams", "concurrent streams", "throughput_vs_streams.png")):  # fmt: skip
         series = {kind: sorted((r[key], r["orders_per_s"]) for r in rows if r["server"] == kind and r["phase"] == phase)

@@ -41,7 +41,7 @@ from keystone_ingest.dev.launcher import ServerProcess
 # (stage, substrings any of which in a frame puts the sample in the stage);
 # frames are checked from the leaf up, and the first frame that matches a rule decides.
 RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("compression of the Kafka record batches (worker thread)", ("_compress_record_batch", "ZSTD", "zstd", "cramjam")),
+    ("compression of the Kafka record batches (worker thread)", ("compress_record_batch", "ZSTD", "zstd", "cramjam")),
     # The core runs on the server's thread pool with the GIL released: without
     # --native its frames end in the pool's call of it (thread.py:58).
     ("native core: decode, validate, dedup, encode", ("Core.process", "process_batch", "keystone::", "_core.",
@@ -49,7 +49,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("Parquet encoding (Bronze writer)", ("parquet", "Parquet", "ParquetWriter", "write_table")),
     ("Kafka record batches: records encoded by the core from the request", ("_append_orders", "_append_rejects",
                                                                              "RecordBatchBuilder")),
-    ("Kafka sink: lanes, hand-over, delivery", ("sinks/kafka.py",)),
+    ("Kafka sink: lanes, hand-over, delivery", ("sinks/kafka/",)),
     ("aiokafka: sender, Produce requests, network", ("aiokafka",)),
     ("Bronze worker: fetch, native decode, gather, commit", ("server/bronze/", "bronze_decode", "decode_order_records",
                                                              "decode_reject_records")),

@@ -40,7 +40,8 @@ from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.bronze.layout import parquet_options
 from keystone_ingest.server.bronze.rows import FlushBuffer
-from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink, _Lane
+from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink
+from keystone_ingest.server.sinks.kafka.lanes import Lane
 
 ORDERS = 1000
 REPO = Path(__file__).resolve().parent.parent
@@ -121,8 +122,8 @@ def test_stage_kafka_record_batching(benchmark, batches, record):
     async def make_sink() -> KafkaSink:
         # Never started: only its lanes and record batches are used.
         sink = KafkaSink(KafkaConfig(bootstrap="127.0.0.1:9", topic="orders", dlq_topic="orders.dlq"))
-        sink._lanes = {"orders": [_Lane("orders", p) for p in range(6)],
-                       "orders.dlq": [_Lane("orders.dlq", p) for p in range(3)]}  # fmt: skip
+        sink._lanes = {"orders": [Lane("orders", p) for p in range(6)],
+                       "orders.dlq": [Lane("orders.dlq", p) for p in range(3)]}  # fmt: skip
         return sink
 
     sink = loop.run_until_complete(make_sink())

@@ -1,8 +1,9 @@
 """`serve`'s Bronze worker: `keystone-ingest bronze` in a child process.
 
 A child, not a task, so Parquet encoding runs on another core than the
-gRPC server's event loop, and a worker that fails does not take the ingest
-path down with it (acks depend on Kafka only). Its settings travel as
+gRPC server's event loop, at a lower CPU priority (nice 10), and a worker
+that fails does not take the ingest path down with it (acks depend on Kafka
+only). Its settings travel as
 KEYSTONE_* environment variables, so no password shows in `ps`. It dies with
 the server (PR_SET_PDEATHSIG), is restarted with backoff when it exits on
 its own (it keeps no state: it resumes where Bronze ends), and at shutdown
@@ -33,11 +34,18 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec. The signal follows the thread
-    # that forked: asyncio's subprocess support forks from the loop's thread,
-    # which lives as long as the server.
+NICENESS = 10
+"""The worker's CPU priority below the server's: on a shared machine a flush's
+Parquet encoding must not take the cores from the ack path (acks wait for
+Kafka only; Bronze catches up from Kafka in the idle time)."""
+
+
+def _in_child() -> None:
+    # Runs in the child between fork and exec. The death signal follows the
+    # thread that forked: asyncio's subprocess support forks from the loop's
+    # thread, which lives as long as the server.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.nice(NICENESS)
 
 
 def worker_environment(config: BronzeWorkerConfig) -> dict[str, str]:
@@ -92,7 +100,7 @@ class BronzeProcess:
             os.unlink(self.config.ready_file)
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "keystone_ingest.server.cli", "bronze",
-            env=worker_environment(self.config), preexec_fn=_die_with_parent,
+            env=worker_environment(self.config), preexec_fn=_in_child,
         )  # fmt: skip
         log.info("bronze worker process started", extra={"pid": self._process.pid})
 

@@ -49,7 +49,7 @@ def expected_headers(batch: Batch, event_id: str) -> list[tuple[str, bytes]]:
             ("source", batch.source.encode()), ("content-type", CONTENT_TYPE)]
 
 
-def run_sink(config: KafkaConfig, scenario, metrics: Metrics | None = None):
+def run_sink(config: KafkaConfig, scenario, metrics: Metrics | None = None, timeout_s: float = 180.0):
     async def main():
         sink = KafkaSink(config, metrics=metrics)
         await sink.start()
@@ -58,7 +58,8 @@ def run_sink(config: KafkaConfig, scenario, metrics: Metrics | None = None):
         finally:
             await sink.stop()
 
-    return asyncio.run(main())
+    # Bounded, so a hang fails the test (with the stack) instead of stalling the suite.
+    return asyncio.run(asyncio.wait_for(main(), timeout_s))
 
 
 def by_partition(records: list[Record]) -> dict[int, list[Record]]:

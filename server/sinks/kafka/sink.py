@@ -92,264 +92,40 @@ batches before its first await; the caller may drop the batch at any time.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import math
 import time
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
-    InvalidProducerEpoch,
     KafkaError,
     KafkaTimeoutError,
-    OutOfOrderSequenceNumber,
     ProducerClosed,
-    ProducerFenced,
     TopicAlreadyExistsError,
-    UnknownProducerId,
     for_code,
 )
 from aiokafka.partitioner import murmur2
 
 from keystone_ingest.core import RecordBatchBuilder, partition_counts
 from keystone_ingest.server.batch import Batch
-from keystone_ingest.server.errors import IngestError, ShuttingDown, SinkFailed, SinkUnavailable
+from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavailable
 from keystone_ingest.server.retry import Backoff
+from keystone_ingest.server.sinks.kafka.config import (
+    BATCH_HEADER_ROOM,
+    CODEC_GROWTH,
+    CONTENT_TYPE,
+    MIN_RETRY_AFTER_S,
+    PRODUCER_STATES,
+    RECORD_OVERHEAD,
+    KafkaConfig,
+)
+from keystone_ingest.server.sinks.kafka.errors import PRODUCER_STATE_ERRORS, ProducerReplaced, classify
+from keystone_ingest.server.sinks.kafka.lanes import Lane, Segment, compress_record_batch
+from keystone_ingest.server.sinks.kafka.logs import AIOKAFKA_LOG_FILTER, AIOKAFKA_LOGGERS
 
 log = logging.getLogger(__name__)
-
-CONTENT_TYPE = b"application/x-protobuf; messageType=keystone.ingest.v1.Order"
-COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
-# Levels each codec's library takes (0: its default where it has levels).
-_LEVELS = {"zstd": (1, 19), "lz4": (0, 12), "gzip": (0, 9), "snappy": (0, 0), "none": (0, 0)}
-MiB = 1024 * 1024
-
-# The broker no longer accepts this producer's id or sequence numbers: every
-# later record batch would fail the same way until a new producer (new id) is
-# made, which the sink does; resending the batch then succeeds.
-_PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced, InvalidProducerEpoch)
-
-# The smallest delay a failed batch's RetryInfo asks for.
-_MIN_RETRY_AFTER_S = 0.5
-
-# A record batch must fit the topic's max.message.bytes after compression.
-# Batches are capped before compression (what the native builder measures,
-# as Kafka's clients do), so the cap leaves room for the v2 batch header and for a codec
-# that cannot shrink the records (zstd's worst case grows them by ~0.4%).
-_BATCH_HEADER_ROOM = 512
-_CODEC_GROWTH = 1.01
-# Per record beyond key and value: headers (ids, source, content type, lineage)
-# and the record's varints; used to tell an order too large for any batch.
-_RECORD_OVERHEAD = 512
-
-PRODUCER_STATES = ("connected", "unavailable", "replacing")
-
-
-@dataclass(frozen=True)
-class KafkaConfig:
-    bootstrap: str
-    topic: str = "orders"
-    dlq_topic: str = "orders.dlq"
-    # The record batches' codec, applied by the native core. zstd at level 1:
-    # on generated orders it compresses better than lz4 (the per-record
-    # headers repeat) at a similar speed; higher levels cost more CPU per order
-    # for a few percent.
-    compression: str = "zstd"
-    # The codec's level; None: 1 for zstd, the library's default for gzip and
-    # lz4 (snappy and none have no levels).
-    compression_level: int | None = None
-    # 0: no fixed wait; lanes batch naturally while the previous batch is in flight.
-    linger_ms: int = 0
-    # Largest record batch before compression. Kept well under the brokers'
-    # default message.max.bytes (1 MiB, checked after compression) so that even
-    # incompressible orders fit.
-    max_batch_bytes: int = MiB // 2
-    # aiokafka's bound on connecting, on waiting for any response (then it
-    # drops the connection and retries), and the broker's wait for acks=all.
-    # 10 s rather than Java's 30 s: a silently dead broker (no RST) costs one
-    # request timeout before aiokafka retries on the new leader, and that must
-    # fit well inside send_timeout_s.
-    request_timeout_ms: int = 10_000
-    # aiokafka's pause before re-sending a failed record batch or asking for
-    # metadata again. It is fixed (aiokafka has no exponential reconnect
-    # backoff); a refused connection costs a SYN, so 100 ms is cheap and
-    # bounds how soon publishing resumes once a broker is back.
-    retry_backoff_ms: int = 100
-    # The sink's own retries (metadata probes while Kafka is unreachable,
-    # starting a replacement producer): exponential with jitter from the first
-    # value up to the second, which also bounds the delay before a recovered
-    # cluster is noticed by an idle sink.
-    reconnect_backoff_s: float = 0.1
-    reconnect_backoff_max_s: float = 1.0
-    # Deadline for every record of one publish() to be acked; beyond it
-    # publish() raises SinkUnavailable (the records may still be delivered).
-    send_timeout_s: float = 30.0
-    # A record batch handed to the producer and not acked for this long means
-    # the producer is stuck: it is replaced (see "Outages" above). None: the
-    # larger of 60 s and twice send_timeout_s, so every publish waiting for
-    # that record batch has already failed on its own deadline.
-    replace_after_s: float | None = None
-    # How long a producer being replaced may still finish the record batches
-    # it holds before they fail with ProducerReplaced.
-    replace_drain_s: float = 2.0
-    # Deadline for start(): connect, producer id, both topics' metadata.
-    start_timeout_s: float = 30.0
-    # Bytes of records handed to the sink and not yet acked or failed; beyond
-    # it publish() fails fast with SinkUnavailable instead of queueing more.
-    max_buffer_bytes: int = 256 * MiB
-    client_id: str = "keystone-ingest"
-    # Create the topics at start if missing (needs CreateTopics; the dev
-    # broker lacks it and creates its topics itself).
-    create_topics: bool = False
-    partitions: int = 6
-    replication: int = 3
-    # How often an idle sink asks the cluster for metadata to keep `available` true.
-    probe_interval_s: float = 1.0
-    # TLS and SASL (sinks/kafka_security.KafkaSecurity); None: PLAINTEXT.
-    security: Any = None
-
-    def __post_init__(self) -> None:
-        check_compression(self.compression, self.compression_level)
-        if not self.bootstrap:
-            raise ValueError("bootstrap must name at least one broker")
-        if self.topic == self.dlq_topic:
-            raise ValueError("topic and dlq_topic must differ")
-        if self.replace_after_s is None:
-            object.__setattr__(self, "replace_after_s", max(60.0, 2 * self.send_timeout_s))
-        for name in ("max_batch_bytes", "request_timeout_ms", "retry_backoff_ms", "reconnect_backoff_s",
-                     "reconnect_backoff_max_s", "send_timeout_s", "replace_after_s", "replace_drain_s",
-                     "start_timeout_s", "max_buffer_bytes", "partitions", "replication", "probe_interval_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if self.linger_ms < 0:
-            raise ValueError("linger_ms must not be negative")
-        if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
-            raise ValueError("reconnect_backoff_max_s must not be below reconnect_backoff_s")
-
-    @property
-    def level(self) -> int:
-        """The level handed to the native codec (0: the library's default)."""
-        if self.compression_level is not None:
-            return self.compression_level
-        return 1 if self.compression == "zstd" else 0
-
-
-def check_compression(compression: str, level: int | None) -> None:
-    """Refuse a codec the record batches cannot have, or a level it does not take."""
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"--compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
-    low, high = _LEVELS[compression]
-    if level is not None and not low <= level <= high:
-        raise ValueError(f"--compression-level {level} is outside {compression}'s levels, {low} to {high}")
-
-
-class ProducerReplaced(SinkUnavailable):
-    """The producer holding these records was replaced before they were acked;
-    the broker may or may not have appended them. Resend the batch."""
-
-
-def classify(exc: BaseException) -> IngestError:
-    """The sink's one mapping from a producer failure to an `IngestError`."""
-    if isinstance(exc, IngestError):
-        return exc
-    text = f"Kafka: {type(exc).__name__}: {exc}".rstrip(": ")
-    # KafkaTimeoutError (no room in the producer's queue in time) and
-    # ProducerClosed (the producer is being replaced or stopped) carry no
-    # `retriable` flag, yet a later attempt can succeed; so does a batch the
-    # broker refused for the producer's id or sequence, once the sink has
-    # replaced the producer.
-    if isinstance(exc, (KafkaTimeoutError, ProducerClosed, TimeoutError, ConnectionError, *_PRODUCER_STATE_ERRORS)):
-        return SinkUnavailable(text, retry_after_s=1.0)
-    if getattr(exc, "retriable", False):
-        return SinkUnavailable(text, retry_after_s=1.0)
-    return SinkFailed(text)
-
-
-class _RateLimitedLogs(logging.Filter):
-    """aiokafka logs every failed reconnect at ERROR, ten times a second per
-    broker during an outage; the sink reports the outage itself. Lets one record
-    per logger and message template through every `interval_s` and puts the
-    number held back in the next one's `suppressed` field."""
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        super().__init__()
-        self.interval_s = interval_s
-        self._seen: dict[tuple[str, object], list[float | int]] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        key = (record.name, record.msg)
-        seen = self._seen.get(key)
-        if seen is None or now - seen[0] >= self.interval_s:
-            if seen is not None and seen[1]:
-                record.suppressed = seen[1]
-            self._seen[key] = [now, 0]
-            if len(self._seen) > 1000:  # templates are few; this only guards against surprises
-                self._seen.clear()
-            return True
-        seen[1] += 1
-        return False
-
-
-_AIOKAFKA_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.producer.sender", "aiokafka.producer.producer")
-_AIOKAFKA_LOG_FILTER = _RateLimitedLogs()
-
-
-def _compress_record_batch(builder: RecordBatchBuilder) -> None:
-    # A worker thread's job: the core compresses with the GIL released. A
-    # function of its own so that profiles can tell this work from the core's.
-    builder.close()
-
-
-def _retrieve(fut: asyncio.Future) -> None:
-    # A segment whose publishers all gave up waiting still settles; reading
-    # its exception here keeps asyncio from logging it as never retrieved.
-    if not fut.cancelled():
-        fut.exception()
-
-
-class _Segment:
-    """One record batch: filled by publish(), handed to a producer by its lane,
-    settled (`done`) when the broker acked it or it failed or was withdrawn."""
-
-    __slots__ = ("lane", "builder", "done", "created", "handed_at", "generation", "accounted", "waiters")
-
-    def __init__(self, lane: _Lane, builder: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.lane = lane
-        self.builder = builder
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.done.add_done_callback(_retrieve)
-        self.created = time.monotonic()
-        self.handed_at = 0.0  # when a producer took it (0: no producer has it)
-        self.generation = 0  # which producer took it
-        self.accounted = 0  # bytes counted against max_buffer_bytes
-        self.waiters = 0  # publish() calls still waiting for it
-
-    @property
-    def topic(self) -> str:
-        return self.lane.topic
-
-
-class _Lane:
-    """The records bound for one topic-partition, in arrival order."""
-
-    __slots__ = ("topic", "partition", "open", "full", "sending", "handed", "wakeup", "task")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.open: _Segment | None = None  # takes appends
-        self.full: collections.deque[_Segment] = collections.deque()  # closed, waiting for their turn
-        self.sending: _Segment | None = None  # being handed to a producer
-        self.handed: collections.deque[_Segment] = collections.deque()  # held by a producer, not yet settled
-        self.wakeup = asyncio.Event()
-        self.task: asyncio.Task | None = None
-
-    def segments(self) -> list[_Segment]:
-        return [s for s in (*self.handed, self.sending, *self.full, self.open) if s is not None]
 
 
 class KafkaSink:
@@ -361,8 +137,8 @@ class KafkaSink:
         self._ready = asyncio.Event()  # set while a producer takes record batches
         self._replacement: asyncio.Task | None = None
         self.replacements = 0
-        self._lanes: dict[str, list[_Lane]] = {}
-        self._unsettled: set[_Segment] = set()
+        self._lanes: dict[str, list[Lane]] = {}
+        self._unsettled: set[Segment] = set()
         self._buffered_bytes = 0
         self._probe_task: asyncio.Task | None = None
         self._stopping = False
@@ -385,8 +161,8 @@ class KafkaSink:
         if c.create_topics:
             await self._create_topics()
         await self._read_message_limits()
-        for name in _AIOKAFKA_LOGGERS:
-            logging.getLogger(name).addFilter(_AIOKAFKA_LOG_FILTER)  # idempotent
+        for name in AIOKAFKA_LOGGERS:
+            logging.getLogger(name).addFilter(AIOKAFKA_LOG_FILTER)  # idempotent
         producer = self._new_producer()
         try:
             partitions = await asyncio.wait_for(self._connect(producer), c.start_timeout_s)
@@ -403,7 +179,7 @@ class KafkaSink:
             raise error(f"cannot reach Kafka at {c.bootstrap} (topics {c.topic}, {c.dlq_topic}) within "
                         f"{c.start_timeout_s} s: {detail}", retry_after_s=5.0) from exc
         for topic, count in partitions.items():
-            lanes = [_Lane(topic, p) for p in range(count)]
+            lanes = [Lane(topic, p) for p in range(count)]
             for lane in lanes:
                 lane.task = asyncio.create_task(self._run_lane(lane), name=f"kafka-lane-{topic}-{lane.partition}")
                 lane.task.add_done_callback(partial(self._lane_died, lane))
@@ -571,7 +347,7 @@ class KafkaSink:
             await admin.close()
         if self._max_message_bytes:
             smallest = min(self._max_message_bytes.values())
-            fits = int((smallest - _BATCH_HEADER_ROOM) / _CODEC_GROWTH)
+            fits = int((smallest - BATCH_HEADER_ROOM) / CODEC_GROWTH)
             if fits < c.max_batch_bytes:
                 self._batch_bytes = max(1, fits)
                 log.info("record batches capped to fit the topics' max.message.bytes", extra={
@@ -590,7 +366,7 @@ class KafkaSink:
             ids = (batch.orders if table == "spans" else batch.rejects).column("event_id")
             lengths = spans.column("length").to_numpy()
             largest = int(lengths.argmax())
-            if int(lengths[largest]) + _RECORD_OVERHEAD + _BATCH_HEADER_ROOM > limit:
+            if int(lengths[largest]) + RECORD_OVERHEAD + BATCH_HEADER_ROOM > limit:
                 raise SinkFailed(
                     f"order {ids[largest].as_py()!r} of batch {batch.batch_id!r} is {int(lengths[largest])} bytes, "
                     f"too large for a Kafka record on topic {topic} (max.message.bytes {limit}); "
@@ -680,7 +456,7 @@ class KafkaSink:
     def retry_after_s(self) -> float:
         """When a client should resend a batch that failed here: the sink's
         current reconnect backoff, between 0.5 s and reconnect_backoff_max_s."""
-        return max(_MIN_RETRY_AFTER_S, min(self._backoff.ceiling_s, self.config.reconnect_backoff_max_s))
+        return max(MIN_RETRY_AFTER_S, min(self._backoff.ceiling_s, self.config.reconnect_backoff_max_s))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -867,7 +643,7 @@ class KafkaSink:
         self._check_record_sizes(batch)
         # Everything up to the first await is synchronous: that is what keeps
         # concurrent publishes in call order on every partition.
-        segments: set[_Segment] = set()
+        segments: set[Segment] = set()
         common = [("batch_id", batch.batch_id.encode()), ("source", batch.source.encode()),
                   ("content-type", CONTENT_TYPE)]
         if batch.producer is not None:  # the authenticated caller (server/auth.py)
@@ -922,7 +698,7 @@ class KafkaSink:
                 continue  # lane.sending: being handed over right now; it checks its waiters itself
             self._settle(segment, SinkUnavailable("withdrawn: every publish waiting for these records gave up"))
 
-    def _append_orders(self, batch: Batch, timestamp_ms: int, common: list, segments: set[_Segment]) -> None:
+    def _append_orders(self, batch: Batch, timestamp_ms: int, common: list, segments: set[Segment]) -> None:
         # One call into the core per partition: it encodes the partition's
         # records straight from the request bytes, in arrival order, and says
         # where it stopped when the record batch filled up.
@@ -943,7 +719,7 @@ class KafkaSink:
                 segment = self._roll(lane)  # full: an empty record batch takes any record
             lane.wakeup.set()
 
-    def _append_rejects(self, batch: Batch, timestamp_ms: int, common: list, segments: set[_Segment]) -> None:
+    def _append_rejects(self, batch: Batch, timestamp_ms: int, common: list, segments: set[Segment]) -> None:
         # All rejects of a batch go to one partition chosen by its batch_id:
         # they stay together and in batch order for whoever inspects them, a
         # resend of the batch lands where the first attempt did, and a
@@ -960,18 +736,18 @@ class KafkaSink:
             segment = self._roll(lane)
         lane.wakeup.set()
 
-    def _open_segment(self, lane: _Lane) -> _Segment:
+    def _open_segment(self, lane: Lane) -> Segment:
         if lane.open is None:
             # A record batch belongs to no producer until one takes it
             # (aiokafka stamps the producer id and sequence numbers when it
             # first sends it), so a segment queued during a replacement goes
             # to the next one.
             builder = RecordBatchBuilder(self.config.compression, self.config.level, self._batch_bytes)
-            lane.open = _Segment(lane, builder, asyncio.get_running_loop())
+            lane.open = Segment(lane, builder, asyncio.get_running_loop())
             self._unsettled.add(lane.open)
         return lane.open
 
-    def _roll(self, lane: _Lane) -> _Segment:
+    def _roll(self, lane: Lane) -> Segment:
         """The open segment is full: queue it (it is compressed when its turn
         comes, off the event loop) and open the next."""
         assert lane.open is not None
@@ -979,7 +755,7 @@ class KafkaSink:
         lane.open = None
         return self._open_segment(lane)
 
-    def _account(self, segment: _Segment) -> None:
+    def _account(self, segment: Segment) -> None:
         if segment.builder.closed():
             if segment.accounted:
                 return  # its size is final and counted
@@ -987,7 +763,7 @@ class KafkaSink:
         self._buffered_bytes += size - segment.accounted
         segment.accounted = size
 
-    def _next_segment(self, lane: _Lane) -> _Segment | None:
+    def _next_segment(self, lane: Lane) -> Segment | None:
         if lane.full:
             return lane.full.popleft()
         segment = lane.open
@@ -996,7 +772,7 @@ class KafkaSink:
         lane.open = None
         return segment
 
-    async def _run_lane(self, lane: _Lane) -> None:
+    async def _run_lane(self, lane: Lane) -> None:
         # Wakes when publish() put records in the lane. Hands its segments to
         # the producer oldest first. send_batch() returns only once aiokafka
         # took the partition's previous record batch for sending; meanwhile new
@@ -1019,10 +795,10 @@ class KafkaSink:
                 finally:
                     lane.sending = None
 
-    async def _hand_over(self, lane: _Lane, segment: _Segment) -> None:
+    async def _hand_over(self, lane: Lane, segment: Segment) -> None:
         """Give `segment` to the current producer; across a replacement, to the next one."""
         if not segment.builder.closed():
-            await asyncio.to_thread(_compress_record_batch, segment.builder)
+            await asyncio.to_thread(compress_record_batch, segment.builder)
         self._account(segment)
         while True:
             if segment.waiters <= 0:
@@ -1047,7 +823,7 @@ class KafkaSink:
                 if isinstance(exc, ProducerClosed) or not getattr(exc, "retriable", False):
                     # aiokafka's sender died and the producer refuses everything
                     # now, or the record batch ahead of this one failed for good.
-                    kind = "producer_state" if isinstance(exc, _PRODUCER_STATE_ERRORS) else "refused"
+                    kind = "producer_state" if isinstance(exc, PRODUCER_STATE_ERRORS) else "refused"
                     self._replace(kind, f"the producer refused a record batch: {type(exc).__name__}: {exc}")
                     if self._ready.is_set():  # no replacement while stopping
                         self._settle(segment, exc)
@@ -1062,7 +838,7 @@ class KafkaSink:
             delivered.add_done_callback(partial(self._delivered, segment))
             return
 
-    def _lane_died(self, lane: _Lane, task: asyncio.Task) -> None:
+    def _lane_died(self, lane: Lane, task: asyncio.Task) -> None:
         # A lane ends only when stop() cancels it, or by a bug; either way
         # nothing it holds may be left waiting forever.
         if not task.cancelled() and task.exception() is not None:
@@ -1076,7 +852,7 @@ class KafkaSink:
         lane.open, lane.sending = None, None
         lane.full.clear()
 
-    def _delivered(self, segment: _Segment, fut: asyncio.Future) -> None:
+    def _delivered(self, segment: Segment, fut: asyncio.Future) -> None:
         if segment.done.done():  # settled when its producer was replaced
             return
         exc = SinkUnavailable("the Kafka send was cancelled") if fut.cancelled() else fut.exception()
@@ -1094,12 +870,12 @@ class KafkaSink:
             return
         # The producer gave this record batch sequence numbers that the broker
         # never took: its later record batches on the partition would be refused.
-        kind = "producer_state" if isinstance(exc, _PRODUCER_STATE_ERRORS) else "failed_batch"
+        kind = "producer_state" if isinstance(exc, PRODUCER_STATE_ERRORS) else "failed_batch"
         if classify(exc).retriable:
             self._mark_failed(f"{type(exc).__name__}: {exc}")
         self._replace(kind, f"a record batch failed: {type(exc).__name__}: {exc}")
 
-    def _settle(self, segment: _Segment, exc: BaseException | None) -> None:
+    def _settle(self, segment: Segment, exc: BaseException | None) -> None:
         if segment.done.done():
             return
         self._unsettled.discard(segment)

@@ -1,0 +1,15 @@
+"""The Kafka sink: one record per accepted order, rejected orders to the
+dead-letter topic, acked with acks=all (sink.py says how).
+
+    config     KafkaConfig, codecs and their levels, the records' constants
+    errors     producer failures -> IngestError, the one mapping
+    lanes      segments (one native record batch each) and per-partition lanes
+    logs       aiokafka's reconnect errors, rate-limited
+    sink       KafkaSink: publish, lanes handed to the producer, outages, producer replacement
+"""
+
+from keystone_ingest.server.sinks.kafka.config import COMPRESSIONS, CONTENT_TYPE, KafkaConfig, check_compression
+from keystone_ingest.server.sinks.kafka.errors import ProducerReplaced, classify
+from keystone_ingest.server.sinks.kafka.sink import KafkaSink
+
+__all__ = ["COMPRESSIONS", "CONTENT_TYPE", "KafkaConfig", "KafkaSink", "ProducerReplaced", "check_compression", "classify"]
