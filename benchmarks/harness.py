@@ -18,10 +18,10 @@ The runs:
   1. maximum sustainable rate: as fast as acks allow, `--repeats` runs, median;
   2. fixed fractions of that rate (`--fractions`), open loop: ack latency under
      a load the server keeps up with;
-  3. sweeps at full speed: batch size (`--batch-sizes`) and concurrent streams
-     (`--streams-sweep`);
-  4. for `real`, `--sustained` seconds at full speed, then how long its Bronze
-     worker takes to hold everything Kafka holds (its lag, bounded or not).
+  3. for `real`, `--sustained` seconds at full speed, then how long its Bronze
+     worker takes to hold everything Kafka holds (its lag, bounded or not);
+  4. sweeps at full speed: batch size (`--batch-sizes`) and concurrent streams
+     (`--streams-sweep`).
 
 Per run: orders/s and batches/s (acked in the measured window), ack latency
 (p50/p90/p99/max of the batches sent in the window), server CPU seconds per
@@ -218,15 +218,17 @@ class Harness:
         for fraction in a.fractions:
             self.drive(target, f"{fraction:g}x", batch_size=a.batch_size, streams=a.streams,
                        rate=fraction * max_rate, duration_s=a.duration, warmup_s=a.warmup)  # fmt: skip
+        # Before the sweeps: their many streams leave RSS high, and a peak is
+        # measured from where the process is.
+        if target.bronze_pid is not None and a.sustained:
+            self.drive(target, "sustained", batch_size=a.batch_size, streams=a.streams,
+                       duration_s=a.sustained, warmup_s=a.warmup)  # fmt: skip
         for size in a.batch_sizes:
             self.drive(target, "batch_size", batch_size=size, streams=a.streams,
                        duration_s=a.sweep_duration, warmup_s=a.sweep_warmup)  # fmt: skip
         for streams in a.streams_sweep:
             self.drive(target, "streams", batch_size=a.batch_size, streams=streams,
                        duration_s=a.sweep_duration, warmup_s=a.sweep_warmup)  # fmt: skip
-        if target.bronze_pid is not None and a.sustained:
-            self.drive(target, "sustained", batch_size=a.batch_size, streams=a.streams,
-                       duration_s=a.sustained, warmup_s=a.warmup)  # fmt: skip
 
 
 def _children_cpu_s() -> float:
