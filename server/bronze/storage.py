@@ -28,6 +28,8 @@ import errno
 import logging
 import os
 import re
+import shutil
+import socket
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -252,9 +254,11 @@ class S3Store:
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        # The spool is namespaced by bucket and prefix, so one spool_dir can
-        # serve several sinks and leftovers go back where they belong.
-        self.spool_root = os.path.join(os.path.abspath(spool_dir), bucket, *filter(None, self.prefix.split("/")))
+        # The spool is namespaced by bucket and prefix, and by process: files
+        # a killed worker left are never uploaded (its flush is redone from
+        # Kafka), so the next worker on this host deletes its folder (check()).
+        self._spool_parent = os.path.join(os.path.abspath(spool_dir), bucket, *filter(None, self.prefix.split("/")))
+        self.spool_root = os.path.join(self._spool_parent, f"{_HOST}-{os.getpid()}")
         self.endpoint_url = endpoint_url
         # SSE-KMS under this key for every object (None: the bucket's default encryption).
         self._upload_args = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": sse_kms_key_id} if sse_kms_key_id else None
@@ -336,9 +340,19 @@ class S3Store:
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
 
+    def _remove_dead_spools(self) -> None:
+        """Deletes the spool folders of this host's processes that are gone."""
+        for name in os.listdir(self._spool_parent):
+            host, _, pid = name.rpartition("-")
+            if host != _HOST or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            shutil.rmtree(os.path.join(self._spool_parent, name), ignore_errors=True)
+            log.info("bronze: removed the spool files of a worker that is gone", extra={"pid": int(pid)})
+
     def check(self) -> None:
         try:
             os.makedirs(self.spool_root, exist_ok=True)
+            self._remove_dead_spools()
         except OSError as exc:
             raise classify_os_error(exc, f"creating spool directory {self.spool_root}") from exc
         try:
@@ -357,7 +371,19 @@ class S3Store:
             log.warning("bronze: S3 not reachable at start; uploads will retry", extra={"error": err.message})
 
 
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._=/-]*$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def open_store(

@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -34,7 +36,7 @@ def test_uris_name_local_directories_and_s3_prefixes(tmp_path, monkeypatch, aws_
     s3 = open_store("s3://lake/bronze/v1/", spool_dir=str(tmp_path / "spool"))
     assert isinstance(s3, S3Store)
     assert (s3.bucket, s3.prefix, s3.url(KEY)) == ("lake", "bronze/v1", f"s3://lake/bronze/v1/{KEY}")
-    assert s3.spool_root == f"{tmp_path}/spool/lake/bronze/v1"
+    assert s3.spool_root.startswith(f"{tmp_path}/spool/lake/bronze/v1/")  # then host-pid: one folder per process
     with pytest.raises(ValueError, match="scheme"):
         open_store("gs://bucket/prefix")
     with pytest.raises(ValueError, match="no bucket"):
@@ -162,3 +164,21 @@ def test_small_objects_are_written_whole_listed_read_and_deleted(where, tmp_path
     assert store.list_keys("_bronze/commits") == ["_bronze/commits/b.json"]
     if where == "local":  # no temp file left where readers or listings could see it
         assert sorted(os.listdir(tmp_path / "bronze" / "_bronze" / "commits")) == ["b.json"]
+
+
+def test_s3_spool_files_of_a_worker_that_is_gone_are_deleted_at_the_next_start(s3, tmp_path):
+    # A killed worker's half-uploaded flush is redone from Kafka, never
+    # uploaded from its spool: the next worker on the host deletes it.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store = s3_store(s3, tmp_path)
+    parent = os.path.dirname(store.spool_root)
+    host = os.path.basename(store.spool_root).rpartition("-")[0]
+    left = os.path.join(parent, f"{host}-{int(dead.stdout)}", "orders", ".part-x.parquet.tmp")
+    os.makedirs(os.path.dirname(left))
+    build(left, b"half a file")
+    other_host = os.path.join(parent, "another-host-1", "x.tmp")
+    os.makedirs(os.path.dirname(other_host))
+    build(other_host, b"not ours")
+    store.check()
+    assert not os.path.exists(os.path.dirname(os.path.dirname(left)))
+    assert os.path.exists(other_host) and os.path.isdir(store.spool_root)
