@@ -50,7 +50,7 @@ class Batch:
 
     @cached_property
     def orders(self) -> pa.RecordBatch:
-        return self.tables["orders"]
+        return pa.record_batch(self.result.orders)
 
     @cached_property
     def spans(self) -> pa.RecordBatch:

@@ -98,6 +98,20 @@ inline int64_t micros(int64_t ms) {  // wraps rather than overflowing on hostile
   return static_cast<int64_t>(static_cast<uint64_t>(ms) * 1000u);
 }
 
+// A quarantine row's lineage, ids, bytes and time from its record; the caller
+// sets why (reason, message) and, for the dead-letter topic, the index.
+QuarantineRow quarantine_row(const Record& r, const RecordHeaders& h) {
+  QuarantineRow q;
+  q.batch_id = utf8_or_empty(h.batch_id);
+  q.source = utf8_or_empty(h.source);
+  q.producer = utf8_or_empty(h.producer);
+  q.has_producer = h.producer.present && utf8(h.producer.value);
+  q.event_id = utf8_or_empty(h.event_id);
+  q.raw = r.value;
+  q.received_at_us = micros(r.timestamp_ms);
+  return q;
+}
+
 inline int64_t batch_end(const RecordBatchInfo& b) { return b.base_offset + b.last_offset_delta + 1; }
 
 // The offsets a fetch claims, checked before anything is decoded or observed
@@ -404,17 +418,9 @@ void OrderRecords::encode(DecodedRecords* out) {
   for (const Entry& e : entries_) {
     if (e.dropped) continue;
     const Record& r = set_.records[e.record];
-    const RecordHeaders h = headers_of(set_, r);
-    QuarantineRow q;
-    q.batch_id = utf8_or_empty(h.batch_id);
-    q.source = utf8_or_empty(h.source);
-    q.producer = utf8_or_empty(h.producer);
-    q.has_producer = h.producer.present && utf8(h.producer.value);
-    q.event_id = utf8_or_empty(h.event_id);
+    QuarantineRow q = quarantine_row(r, headers_of(set_, r));
     q.reason = e.reason;
     q.message = e.message;
-    q.raw = r.value;
-    q.received_at_us = micros(r.timestamp_ms);
     quarantined.push_back(q);
   }
   out->quarantine = encode_quarantine(quarantined);
@@ -517,17 +523,10 @@ Code decode_reject_records(const uint8_t* data, size_t n, int64_t first_offset, 
           continue;
         }
       }
-      QuarantineRow q;
-      q.batch_id = utf8_or_empty(h.batch_id);
-      q.source = utf8_or_empty(h.source);
-      q.producer = utf8_or_empty(h.producer);
-      q.has_producer = h.producer.present && utf8(h.producer.value);
+      QuarantineRow q = quarantine_row(r, h);
       q.index = parse_index(h.index);
-      q.event_id = utf8_or_empty(h.event_id);
       q.reason = utf8_or_empty(h.reason);
       q.message = utf8_or_empty(h.message);
-      q.raw = r.value;
-      q.received_at_us = micros(r.timestamp_ms);
       rows.push_back(q);
     }
     commit(b, at, end_offset, out);

@@ -362,11 +362,11 @@ class KafkaSink:
             limit = self._max_message_bytes.get(topic)
             if limit is None or not count:
                 continue
-            spans = getattr(batch, table)
-            ids = (batch.orders if table == "spans" else batch.rejects).column("event_id")
-            lengths = spans.column("length").to_numpy()
+            lengths = getattr(batch, table).column("length").to_numpy()
             largest = int(lengths.argmax())
             if int(lengths[largest]) + RECORD_OVERHEAD + BATCH_HEADER_ROOM > limit:
+                # Only now the event_id column: the check itself reads the lengths alone.
+                ids = (batch.orders if table == "spans" else batch.rejects).column("event_id")
                 raise SinkFailed(
                     f"order {ids[largest].as_py()!r} of batch {batch.batch_id!r} is {int(lengths[largest])} bytes, "
                     f"too large for a Kafka record on topic {topic} (max.message.bytes {limit}); "
