@@ -13,7 +13,7 @@ runs it); their sum is `Core.process`, timed in test_core_throughput.py. Here:
                     batches encoded by the native core from the request (keys,
                     values, headers), compressed (zstd level 1) and stamped as
                     they are before a Produce request
-  bronze gather     the decoded tables cut by partition day into the next flush (`FlushBuffer.add`)
+  bronze gather     the decoded tables cut by partition day into the next spill (`RowBuffer.add`)
   parquet encoding  Bronze's Parquet settings (layout.parquet_options) on 20 batches' decoded
                     orders and child rows; per order
   ack               the BatchAck message the pipeline answers with, serialised
@@ -39,7 +39,7 @@ from keystone_ingest.core import Core, LogDedup, RecordBatchBuilder, decode_orde
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.bronze.layout import parquet_options
-from keystone_ingest.server.bronze.rows import FlushBuffer
+from keystone_ingest.server.bronze.rows import RowBuffer
 from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink
 from keystone_ingest.server.sinks.kafka.lanes import Lane
 
@@ -161,7 +161,7 @@ def test_stage_bronze_gather(benchmark, decoded, record):
     tables, counts = decoded
 
     def run():
-        buffer = FlushBuffer()
+        buffer = RowBuffer()
         buffer.add(("orders", 0), 0, 1, tables, counts, 0)
         return buffer
 

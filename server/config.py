@@ -69,9 +69,15 @@ class BronzeOptions:
     spool_dir: str = field(
         default="./data/bronze-spool", metadata={"metavar": "PATH", "help": "local directory where Bronze files are built before their S3 upload"}
     )
-    roll_age_s: float = field(default=60.0, metadata={"help": "write Bronze files at least this often, seconds (how stale Bronze may be)"})
+    roll_age_s: float = field(default=60.0, metadata={"help": "publish Bronze files at least this often, seconds (how stale Bronze may be)"})
+    bronze_roll_bytes: int = field(
+        default=128 * MiB, metadata={"help": "publish the Bronze files being written once one of them reaches this size, bytes"}
+    )
     bronze_max_buffered_bytes: int = field(
-        default=256 * MiB, metadata={"help": "Arrow bytes a Bronze worker gathers before it writes them as Parquet (the size of a flush), bytes"}
+        default=256 * MiB, metadata={"help": "Arrow bytes a Bronze worker gathers in memory before it appends them to the files being written, bytes"}
+    )
+    bronze_max_open_files: int = field(
+        default=4096, metadata={"help": "Bronze files (tables x days) a worker writes at once; a backfill over more days publishes more often"}
     )
 
     bronze_session_timeout_s: float = field(
@@ -82,8 +88,9 @@ class BronzeOptions:
         for name in ("s3_endpoint_url", "s3_sse_kms_key_id"):
             if getattr(self, name) == "":
                 setattr(self, name, None)
-        if self.bronze_max_buffered_bytes < 1:
-            raise ValueError(f"--bronze-max-buffered-bytes must be at least 1, got {self.bronze_max_buffered_bytes}")
+        for name in ("bronze_roll_bytes", "bronze_max_buffered_bytes", "bronze_max_open_files"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("roll_age_s", "bronze_session_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

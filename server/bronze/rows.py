@@ -1,9 +1,10 @@
-"""What a flush will write: decoded rows gathered per (table, day), and the offsets they came from.
+"""Decoded rows gathered per (table, day) in memory, and the offsets they came from.
 
 The native decoder turns one partition's fetched bytes into Arrow tables in
 Bronze's schemas. Here they are cut by partition day (vectorised: one stable
 sort per table per fetch when a fetch spans days, none when it does not) and
-kept as Arrow slices until the flush; no Python object per row.
+kept as Arrow slices until they are appended to the open files (writer.py);
+no Python object per row.
 """
 
 from __future__ import annotations
@@ -55,15 +56,14 @@ def decoded_days(tables: dict[str, pa.RecordBatch], child_counts: pa.RecordBatch
     return days
 
 
-class FlushBuffer:
-    """Rows gathered for the next flush, and the [first, end) offsets per
+class RowBuffer:
+    """Rows gathered for the next spill into the open files, and the [first, end) offsets per
     topic-partition they hold all the rows of."""
 
     def __init__(self) -> None:
         self.parts: dict[tuple[str, int], list[pa.RecordBatch]] = {}
         self.ranges: dict[TopicPartition, tuple[int, int]] = {}
         self.nbytes = 0
-        self.rows = 0
         self.started: float | None = None  # monotonic time of the first offsets gathered
         self.max_timestamp_ms: dict[TopicPartition, int] = {}
 
@@ -93,7 +93,3 @@ class FlushBuffer:
             for day, part in split_by_day(rows, days[dest]):
                 self.parts.setdefault((dest, day), []).append(part)
             self.nbytes += rows.nbytes
-            self.rows += rows.num_rows
-
-    def age_s(self) -> float:
-        return 0.0 if self.started is None else time.monotonic() - self.started

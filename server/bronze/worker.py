@@ -14,11 +14,14 @@ the orders and dead-letter topics. For each it owns, it:
      same offsets get the same decisions whoever reads them, however often);
   3. fetches record batches (fetch.py), decodes them natively into Bronze's
      tables (dropping repeated event_ids) and gathers them (rows.py);
-  4. flushes (writer.py) when `bronze_max_buffered_bytes` are gathered or
-     the oldest is `roll_age_s` old, when partitions are taken away, and at
-     stop; then commits the offsets to the group as well (for lag tools;
+  4. spills the gathered rows into the open Parquet files (writer.py) when
+     `bronze_max_buffered_bytes` are gathered;
+  5. flushes (publishes and commits the open files) when one reaches
+     `bronze_roll_bytes`, when `bronze_max_open_files` would be passed, when
+     the oldest row is `roll_age_s` old, when partitions are taken away, and
+     at stop; then commits the offsets to the group as well (for lag tools;
      Bronze's own markers are what counts).
-Fetching pauses during a flush, so memory holds one flush's rows.
+Fetching pauses during a spill or a flush, so memory holds one buffer's rows.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import functools
 import json
 import logging
 import os
+import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,7 +47,7 @@ from keystone_ingest.server.bronze.config import BronzeWorkerConfig
 from keystone_ingest.server.bronze.fetch import Fetched, Fetcher
 from keystone_ingest.server.bronze.layout import DESTINATIONS
 from keystone_ingest.server.bronze.metrics import BronzeMetrics
-from keystone_ingest.server.bronze.rows import FlushBuffer
+from keystone_ingest.server.bronze.rows import RowBuffer
 from keystone_ingest.server.bronze.writer import FlushWriter, WriterOptions
 from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.retry import Backoff, retry
@@ -51,6 +55,9 @@ from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
 from keystone_ingest.server.bronze.storage import open_store
 
 log = logging.getLogger(__name__)
+
+OTHER_FILES = 256
+"""Descriptors a worker keeps for everything but its open Bronze files (sockets, logs, libraries)."""
 
 MAX_RECORD_BATCH_BYTES = 64 << 20
 """Largest decompressed record batch the decoder accepts (the broker's own limit is far lower)."""
@@ -73,7 +80,7 @@ class BronzeWorker:
         self.metrics_port: int | None = None
         self._parts: dict[TopicPartition, _Partition] = {}
         self._unready: set[TopicPartition] = set()
-        self._buffer = FlushBuffer()
+        self._buffer = RowBuffer()
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -92,6 +99,7 @@ class BronzeWorker:
         c = self.config
         if c.metrics_address:
             self.metrics_port = self.metrics.serve(*c.metrics_address)
+        self._max_open_files = _allow_open_files(c.bronze_max_open_files)
         store = open_store(c.bronze_uri, endpoint_url=c.s3_endpoint_url, spool_dir=c.spool_dir,
                            sse_kms_key_id=c.s3_sse_kms_key_id)  # fmt: skip
         await asyncio.to_thread(store.check)
@@ -209,9 +217,20 @@ class BronzeWorker:
                 continue
             self._gather(tp, part, decoded)
         self._update_lag()
-        if self._buffer and (self._buffer.nbytes >= self.config.bronze_max_buffered_bytes
-                             or self._buffer.age_s() >= self.config.roll_age_s):  # fmt: skip
+        c = self.config
+        if self._flush_due():
             await self._flush()
+        elif self._buffer.nbytes >= c.bronze_max_buffered_bytes:
+            if self.writer.open_files + self.writer.new_files(self._buffer) > self._max_open_files:
+                await self._flush()  # publish what is open before this buffer opens more
+            else:
+                await self._spill()
+                if self.writer.largest_file_bytes() >= c.bronze_roll_bytes:
+                    await self._flush()
+
+    def _flush_due(self) -> bool:
+        started = [t for t in (self.writer.started, self._buffer.started) if t is not None]
+        return bool(started) and time.monotonic() - min(started) >= self.config.roll_age_s
 
     def _decode(self, topic: str, records: bytes, first_offset: int, dedup: LogDedup, end_offset: int | None = None):
         decode = decode_reject_records if topic == self.config.dlq_topic else decode_order_records
@@ -233,22 +252,36 @@ class BronzeWorker:
             m.quarantined_total.inc(decoded.quarantined)
         m.buffered_bytes.set(self._buffer.nbytes)
 
-    async def _flush(self) -> None:
-        if not self._buffer:
-            return
-        buffer, self._buffer = self._buffer, FlushBuffer()
+    async def _spill(self) -> None:
+        buffer, self._buffer = self._buffer, RowBuffer()
         self.metrics.buffered_bytes.set(0)
-        flush = await self.writer.write(buffer)
+        try:
+            await self.writer.append(buffer)
+        except Exception:
+            await asyncio.to_thread(self.writer.discard)
+            raise
+
+    async def _flush(self) -> None:
+        """Spills what is gathered, then publishes and commits the open files."""
+        if self._buffer:
+            await self._spill()
+        if not self.writer:
+            return
+        max_timestamp_ms = dict(self.writer.max_timestamp_ms)
+        try:
+            flush = await self.writer.flush()
+        except Exception:
+            await asyncio.to_thread(self.writer.discard)
+            raise
         offsets = {}
         for (topic, partition), (_, end) in flush.ranges.items():
             tp = TopicPartition(topic, partition)
             part = self._parts.get(tp)
             if part is not None:
                 part.committed = end
-                part.committed_timestamp_ms = buffer.max_timestamp_ms.get((topic, partition),
-                                                                          part.committed_timestamp_ms)  # fmt: skip
+                part.committed_timestamp_ms = max_timestamp_ms.get((topic, partition), part.committed_timestamp_ms)
                 offsets[tp] = end
-        log.info("bronze flush committed", extra={"flush": flush.id, "files": len(flush.files), "rows": buffer.rows})
+        log.info("bronze flush committed", extra={"flush": flush.id, "files": len(flush.files)})
         self._update_lag()
         if offsets:
             try:
@@ -313,7 +346,8 @@ class BronzeWorker:
 
     async def revoked(self, tps: set[TopicPartition]) -> None:
         async with self._lock:
-            if any((tp.topic, tp.partition) in self._buffer.ranges for tp in tps) and self.error is None:
+            ours = {(tp.topic, tp.partition) for tp in tps}
+            if ours & (self._buffer.ranges.keys() | self.writer.ranges.keys()) and self.error is None:
                 await self._flush()
             for tp in tps:
                 self._parts.pop(tp, None)
@@ -340,6 +374,21 @@ class BronzeWorker:
         return {f"{tp.topic}/{tp.partition}": {"position": p.position, "committed": p.committed,
                                                "high_watermark": p.high_watermark}
                 for tp, p in sorted(self._parts.items())}  # fmt: skip
+
+
+def _allow_open_files(wanted: int) -> int:
+    """Raises the soft open-file limit so `wanted` Bronze files fit beside the
+    sockets (many systems start at 1,024); returns how many fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + OTHER_FILES
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
+        log.warning("bronze: the open-file limit allows fewer files at once than --bronze-max-open-files",
+                    extra={"hard_limit": hard, "files": target - OTHER_FILES})  # fmt: skip
+    return max(1, target - OTHER_FILES)
 
 
 class _Rebalance(ConsumerRebalanceListener):

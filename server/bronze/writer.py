@@ -1,17 +1,28 @@
-"""A flush: the gathered rows as one Parquet file per (table, day), then the commit.
+"""Bronze files: open Parquet files that grow spill by spill, then a flush that publishes and commits them.
 
-    flush = await writer.write(buffer)   # returns once the commit marker is durable
+    await writer.append(buffer)   # the buffer's rows as row groups of the open files
+    ...
+    flush = await writer.flush()  # returns once the commit marker is durable
 
-Steps, each durable before the next (server/bronze/commits.py says why):
-  1. the pending marker: the offset ranges and the key of every file to come;
-  2. the files, encoded and published by `write_threads` threads at once
-     (pyarrow releases the GIL while it encodes, so a flush uses the cores);
-  3. the commit marker.
-A file that fails to publish is retried with backoff for as long as it takes
+Memory holds one buffer of decoded rows (`bronze_max_buffered_bytes`); files
+are as large as the roll rules let them grow (`bronze_roll_bytes`,
+`roll_age_s`), so a small memory budget does not mean small files. Each
+append writes the buffer's rows of each (table, day) as row groups of that
+day's open file, at a local spool path no reader looks at, `write_threads`
+files at a time (pyarrow releases the GIL while it encodes, so this uses the
+cores).
+
+A flush, each step durable before the next (server/bronze/commits.py says why):
+  1. the open files are closed (their footers written);
+  2. the pending marker: the offset ranges and the key of every file;
+  3. the files are published, `write_threads` at a time;
+  4. the commit marker.
+Publishing and committing are retried with backoff for as long as it takes
 (an S3 outage stalls the flush, the worker stops fetching, Kafka keeps the
-records); encoding happens once, before the first attempt. A permanent error
-(access denied, a bucket that does not exist) ends the flush with it, and the
-worker with it: what was not committed is consumed again by the next worker.
+records). A permanent error (access denied, a bucket that does not exist)
+ends the flush with it, and so does any failure to write the local spool
+(the rows of the open files are then nowhere but in Kafka): the worker ends,
+and whoever runs it next consumes the uncommitted offsets again.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -27,10 +39,10 @@ import pyarrow.parquet as pq
 from keystone_ingest.server.bronze.commits import CommitLog, Flush, new_flush_id
 from keystone_ingest.server.bronze.layout import SCHEMAS, parquet_options, partition_path
 from keystone_ingest.server.bronze.metrics import BronzeMetrics
-from keystone_ingest.server.bronze.rows import FlushBuffer
+from keystone_ingest.server.bronze.rows import RowBuffer, TopicPartition
+from keystone_ingest.server.bronze.storage import ObjectStore, classify_os_error
 from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.retry import Backoff, retry
-from keystone_ingest.server.bronze.storage import ObjectStore, classify_os_error
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +57,44 @@ class WriterOptions:
     retry_max_s: float = 10.0
 
 
+class _OpenFile:
+    """One (table, day)'s file of the coming flush, open at its spool path."""
+
+    def __init__(self, store: ObjectStore, dest: str, key: str, options: WriterOptions) -> None:
+        self.dest = dest
+        self.key = key
+        self.spool = store.spool_path(key)
+        self.rows = 0
+        self._closed_bytes: int | None = None
+        self._sink = pa.OSFile(self.spool, "wb")
+        schema = SCHEMAS[dest]
+        self._writer = pq.ParquetWriter(self._sink, schema, **parquet_options(schema, options.compression,
+                                                                               options.compression_level))  # fmt: skip
+
+    @property
+    def nbytes(self) -> int:
+        return self._sink.tell() if self._closed_bytes is None else self._closed_bytes
+
+    def append(self, batches: list[pa.RecordBatch], row_group_rows: int) -> None:
+        self._writer.write_table(pa.Table.from_batches(batches, SCHEMAS[self.dest]), row_group_size=row_group_rows)
+        self.rows += sum(b.num_rows for b in batches)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._closed_bytes = self._sink.tell()
+        self._sink.close()
+
+    def discard(self) -> None:
+        try:
+            self.close()
+        except (OSError, pa.ArrowException):
+            pass  # a file that failed to write; it is deleted either way
+        try:
+            os.unlink(self.spool)
+        except FileNotFoundError:
+            pass
+
+
 class FlushWriter:
     def __init__(self, store: ObjectStore, commits: CommitLog, options: WriterOptions, metrics: BronzeMetrics) -> None:
         self.store = store
@@ -52,15 +102,70 @@ class FlushWriter:
         self.options = options
         self.metrics = metrics
         self._threads = asyncio.Semaphore(options.threads)
+        self._reset()
 
-    async def write(self, buffer: FlushBuffer) -> Flush:
-        flush = Flush(new_flush_id(), dict(buffer.ranges))
-        files = {(dest, day): f"{partition_path(dest, day)}/part-{flush.id}.parquet" for dest, day in buffer.parts}
-        flush.files = sorted(files.values())
+    def _reset(self) -> None:
+        self._id = new_flush_id()
+        self._files: dict[tuple[str, int], _OpenFile] = {}
+        self.ranges: dict[TopicPartition, tuple[int, int]] = {}
+        """[first, end) offsets per topic-partition whose rows the open files hold."""
+        self.max_timestamp_ms: dict[TopicPartition, int] = {}
+        self.started: float | None = None  # monotonic time of the first offsets appended
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    @property
+    def open_files(self) -> int:
+        return len(self._files)
+
+    def new_files(self, buffer: RowBuffer) -> int:
+        """How many files appending `buffer` would open."""
+        return sum(1 for part in buffer.parts if part not in self._files)
+
+    def largest_file_bytes(self) -> int:
+        return max((f.nbytes for f in self._files.values()), default=0)
+
+    def spooled_bytes(self) -> int:
+        return sum(f.nbytes for f in self._files.values())
+
+    async def append(self, buffer: RowBuffer) -> None:
+        """Writes the buffer's rows to the open files. A failure raises a
+        classified IngestError and leaves the open files unusable: `discard()`."""
+        for tp, (first, end) in buffer.ranges.items():
+            held = self.ranges.get(tp)
+            if held is not None and held[1] != first:
+                raise ValueError(f"bronze: {tp} offsets {first}..{end} do not follow {held[0]}..{held[1]}")
+            self.ranges[tp] = (held[0] if held else first, end)
+        self.max_timestamp_ms.update(buffer.max_timestamp_ms)
+        if self.started is None:
+            self.started = buffer.started or time.monotonic()
+        await asyncio.gather(*(self._append(dest, day, batches) for (dest, day), batches in buffer.parts.items()))
+
+    async def _append(self, dest: str, day: int, batches: list[pa.RecordBatch]) -> None:
+        async with self._threads:
+            await asyncio.to_thread(self._append_blocking, dest, day, batches)
+
+    def _append_blocking(self, dest: str, day: int, batches: list[pa.RecordBatch]) -> None:
+        f = self._files.get((dest, day))
+        try:
+            if f is None:
+                key = f"{partition_path(dest, day)}/part-{self._id}.parquet"
+                f = self._files[dest, day] = _OpenFile(self.store, dest, key, self.options)
+            f.append(batches, self.options.row_group_rows)
+        except OSError as exc:
+            raise classify_os_error(exc, f"writing {f.spool if f else dest}") from exc
+
+    async def flush(self) -> Flush:
+        """Closes, publishes and commits the open files. Raises on a
+        permanent error or a failure to close a spool file (then `discard()`)."""
+        files = sorted(self._files.values(), key=lambda f: f.key)
+        flush = Flush(self._id, dict(self.ranges), [f.key for f in files])
+        await asyncio.gather(*(self._close(f) for f in files))
         await self._retry(lambda: self.commits.begin(flush), f"recording flush {flush.id}")
-        await asyncio.gather(*(self._write_file(dest, files[dest, day], batches)
-                               for (dest, day), batches in buffer.parts.items()))  # fmt: skip
+        await asyncio.gather(*(self._publish(f) for f in files))
         await self._retry(lambda: self.commits.commit(flush), f"committing flush {flush.id}")
+        self._reset()
         try:
             await asyncio.to_thread(self.commits.fold)
         except IngestError as exc:  # tidying only: the next flush tries again
@@ -68,25 +173,25 @@ class FlushWriter:
         self.metrics.flushes_total.inc()
         return flush
 
-    async def _write_file(self, dest: str, key: str, batches: list[pa.RecordBatch]) -> None:
+    async def _close(self, f: _OpenFile) -> None:
         async with self._threads:
-            spool = await self._retry(lambda: self._encode(dest, key, batches), f"writing {key}")
-            await self._retry(lambda: self.store.publish(spool, key), f"publishing {key}")
-        rows = sum(b.num_rows for b in batches)
-        self.metrics.files_total.labels(dest).inc()
-        self.metrics.rows_total.labels(dest).inc(rows)
+            try:
+                await asyncio.to_thread(f.close)
+            except OSError as exc:
+                raise classify_os_error(exc, f"writing {f.spool}") from exc
+        self.metrics.bytes_total.labels(f.dest).inc(f.nbytes)
 
-    def _encode(self, dest: str, key: str, batches: list[pa.RecordBatch]) -> str:
-        schema = SCHEMAS[dest]
-        spool = self.store.spool_path(key)
-        o = self.options
-        try:
-            pq.write_table(pa.Table.from_batches(batches, schema), spool, row_group_size=o.row_group_rows,
-                           **parquet_options(schema, o.compression, o.compression_level))  # fmt: skip
-            self.metrics.bytes_total.labels(dest).inc(os.path.getsize(spool))
-        except OSError as exc:
-            raise classify_os_error(exc, f"writing {spool}") from exc
-        return spool
+    async def _publish(self, f: _OpenFile) -> None:
+        async with self._threads:
+            await self._retry(lambda: self.store.publish(f.spool, f.key), f"publishing {f.key}")
+        self.metrics.files_total.labels(f.dest).inc()
+        self.metrics.rows_total.labels(f.dest).inc(f.rows)
+
+    def discard(self) -> None:
+        """Deletes the open files (blocking): their offsets are consumed again."""
+        for f in self._files.values():
+            f.discard()
+        self._reset()
 
     async def _retry(self, operation, what: str):
         def failed(exc: IngestError) -> None:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from keystone_ingest.client.generator import OrderGenerator
+from keystone_ingest.dev.catchup import end_offsets
 from keystone_ingest.core import TABLES, Core
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.bronze.config import BronzeWorkerConfig
@@ -50,26 +51,30 @@ def worker_config(bootstrap: str, topic: str, dlq: str, bronze: str, **overrides
                                  "bronze_session_timeout_s": 2.0, **overrides})  # fmt: skip
 
 
-async def caught_up(worker: BronzeWorker, ends: dict[str, int], timeout_s: float = 60.0) -> None:
-    """Until Bronze ends where Kafka does for every partition of the topics in `ends` (topic -> partition count)."""
+async def caught_up(worker: BronzeWorker, timeout_s: float = 60.0, *, committed: bool = True) -> None:
+    """Until Bronze ends where Kafka ends now for every partition of the
+    worker's topics (end offsets asked of the brokers, not the worker's last
+    fetch, which may predate the latest records); with `committed=False`,
+    until the worker has consumed that far (its files may still be open)."""
+    c = worker.config
+    ends = await asyncio.to_thread(end_offsets, c.kafka_bootstrap, [c.topic, c.dlq_topic])
+    upto = "committed" if committed else "position"
     async with asyncio.timeout(timeout_s):
         while True:
-            status = worker.status()
             if worker.error is not None:
                 raise worker.error
-            if sum(ends.values()) == len(status) and all(
-                    s["committed"] == s["high_watermark"] and s["position"] == s["committed"]
-                    for s in status.values()):  # fmt: skip
+            status = worker.status()
+            if all(status.get(f"{topic}/{p}", {}).get(upto, -1) >= end for (topic, p), end in ends.items()):
                 return
             await asyncio.sleep(0.05)
 
 
-async def run_worker_until_caught_up(config: BronzeWorkerConfig, ends: dict[str, int]) -> dict:
+async def run_worker_until_caught_up(config: BronzeWorkerConfig) -> dict:
     worker = BronzeWorker(config)
     await worker.start()
     try:
         await worker.wait_joined()
-        await caught_up(worker, ends)
+        await caught_up(worker)
         return worker.status()
     finally:
         await worker.stop()
