@@ -25,14 +25,15 @@ from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.server.config import ServeConfig
 from keystone_ingest.dev.launcher import ServerProcess
-from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
+from keystone_ingest.server.sinks.kafka import KafkaConfig
+from keystone_ingest.server.sinks.kafka.producer import new_producer
 from keystone_ingest.server.sinks.kafka_security import KafkaSecurity, MskIamTokenProvider
 
 
 def producer_of(security: KafkaSecurity) -> AIOKafkaProducer:
     async def build() -> AIOKafkaProducer:
-        sink = KafkaSink(KafkaConfig(bootstrap="127.0.0.1:9", security=security))
-        return sink._new_producer()
+        config = KafkaConfig(bootstrap="127.0.0.1:9", security=security)
+        return new_producer(config, config.max_batch_bytes)
 
     return asyncio.run(build())
 
@@ -41,8 +42,8 @@ async def connect_once(broker, config: ServeConfig):
     """The sink's producer for `config` connects to the stand-in `broker` (TLS
     handshake, SASL authentication, metadata); then both stop. Returns the
     broker, which remembers the connections."""
-    producer = KafkaSink(KafkaConfig(bootstrap=config.kafka_bootstrap,
-                                     security=KafkaSecurity.from_config(config)))._new_producer()  # fmt: skip
+    kafka = KafkaConfig(bootstrap=config.kafka_bootstrap, security=KafkaSecurity.from_config(config))
+    producer = new_producer(kafka, kafka.max_batch_bytes)
     try:
         await producer.client.bootstrap()
     finally:
@@ -173,8 +174,8 @@ def test_msk_iam_tokens_go_on_the_wire_and_every_reconnect_authenticates_with_a_
         await broker.start()
         config = ServeConfig(kafka_bootstrap=f"127.0.0.1:{broker.port}", kafka_security_protocol="SASL_PLAINTEXT",
                              kafka_sasl_mechanism="AWS_MSK_IAM", kafka_msk_region="eu-west-1")  # fmt: skip
-        sink = KafkaSink(KafkaConfig(bootstrap=config.kafka_bootstrap, security=KafkaSecurity.from_config(config)))
-        producer = sink._new_producer()
+        kafka = KafkaConfig(bootstrap=config.kafka_bootstrap, security=KafkaSecurity.from_config(config))
+        producer = new_producer(kafka, kafka.max_batch_bytes)
         client = producer.client
         try:
             await client.bootstrap()  # connection 1: bootstrap

@@ -5,7 +5,8 @@ dead-letter topic, acked with acks=all (sink.py says how).
     errors     producer failures -> IngestError, the one mapping
     lanes      segments (one native record batch each) and per-partition lanes
     logs       aiokafka's reconnect errors, rate-limited
-    sink       KafkaSink: publish, lanes handed to the producer, outages, producer replacement
+    producer   the aiokafka producer made, connected and retired; topics and their limits at start
+    sink       KafkaSink: publish, lanes handed to the producer, health, when a producer is replaced
 """
 
 from keystone_ingest.server.sinks.kafka.config import COMPRESSIONS, CONTENT_TYPE, KafkaConfig, check_compression

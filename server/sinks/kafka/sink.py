@@ -93,7 +93,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from functools import partial
 from typing import Any
@@ -103,8 +102,6 @@ from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     ProducerClosed,
-    TopicAlreadyExistsError,
-    for_code,
 )
 from aiokafka.partitioner import murmur2
 
@@ -124,6 +121,14 @@ from keystone_ingest.server.sinks.kafka.config import (
 from keystone_ingest.server.sinks.kafka.errors import PRODUCER_STATE_ERRORS, ProducerReplaced, classify
 from keystone_ingest.server.sinks.kafka.lanes import Lane, Segment, compress_record_batch
 from keystone_ingest.server.sinks.kafka.logs import AIOKAFKA_LOG_FILTER, AIOKAFKA_LOGGERS
+from keystone_ingest.server.sinks.kafka.producer import (
+    connect,
+    create_topics,
+    new_producer,
+    read_message_limits,
+    retire,
+    why_unreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,19 +164,20 @@ class KafkaSink:
         SinkUnavailable if that does not succeed within start_timeout_s."""
         c = self.config
         if c.create_topics:
-            await self._create_topics()
-        await self._read_message_limits()
+            await create_topics(c)
+        self._max_message_bytes = await read_message_limits(c)
+        self._fit_record_batches()
         for name in AIOKAFKA_LOGGERS:
             logging.getLogger(name).addFilter(AIOKAFKA_LOG_FILTER)  # idempotent
         producer = self._new_producer()
         try:
-            partitions = await asyncio.wait_for(self._connect(producer), c.start_timeout_s)
+            partitions = await asyncio.wait_for(connect(producer, c), c.start_timeout_s)
         except BaseException as exc:
-            await self._retire(producer)
+            await retire(producer)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 raise
             detail = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            cause = await self._why_unreachable()
+            cause = await why_unreachable(c)
             if cause is not None:
                 detail += f"; a connection to {c.bootstrap.split(',')[0]} says {type(cause).__name__}: {cause}"
             # Refused credentials or certificates stay refused; anything else may pass later.
@@ -190,87 +196,16 @@ class KafkaSink:
         log.info("kafka producer started", extra={"bootstrap": c.bootstrap, "partitions": partitions,
                                                   "compression": c.compression})
 
-    async def _why_unreachable(self) -> BaseException | None:
-        """aiokafka's bootstrap reports only that no broker could be reached.
-        One connection of our own to the first bootstrap address, with the
-        same security settings, says why: refused, TLS handshake, SASL
-        credentials. None if that connection succeeds."""
-        from aiokafka.conn import create_conn
-
-        c = self.config
-        host, _, port = c.bootstrap.split(",")[0].strip().rpartition(":")
-        try:
-            conn = await asyncio.wait_for(create_conn(
-                host.strip("[]"), int(port), client_id=c.client_id, request_timeout_ms=c.request_timeout_ms,
-                **(c.security.client_kwargs() if c.security is not None else {})), c.request_timeout_ms / 1000)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 (the point is to name whatever it is)
-            return exc
-        conn.close()
-        return None
-
     def _new_producer(self) -> AIOKafkaProducer:
-        c = self.config
-        producer = AIOKafkaProducer(
-            bootstrap_servers=c.bootstrap,
-            client_id=c.client_id,
-            acks="all",
-            enable_idempotence=True,
-            # The record batches arrive compressed and framed (RecordBatchBuilder).
-            compression_type=None,
-            max_batch_size=self._batch_bytes,
-            # The lanes close each record batch before handing it over, so
-            # aiokafka's own linger would never apply; ours is in _run_lane.
-            linger_ms=0,
-            request_timeout_ms=c.request_timeout_ms,
-            retry_backoff_ms=c.retry_backoff_ms,
-            **(c.security.client_kwargs() if c.security is not None else {}),
-        )
-        # aiokafka fails a record batch whose partition has no leader once the
-        # batch is older than request_timeout_ms, idempotent or not; after a
-        # full outage a restarted cluster names no leaders for a moment, and
-        # batches that waited through it would fail then. Waiting is the
-        # sink's to bound (send_timeout_s for the publish, replace_after_s for
-        # the producer), so aiokafka's own expiry is switched off (an internal
-        # of aiokafka 0.14's MessageAccumulator, read when a batch is added).
-        producer._message_accumulator._batch_ttl = math.inf
-        self._count_produce_retries(producer)
-        return producer
-
-    def _count_produce_retries(self, producer: AIOKafkaProducer) -> None:
-        # aiokafka retries failed Produce requests inside its sender and says
-        # so only in its logs. Its client's send() is the one door every
-        # request goes through: a retriable failure there (no connection,
-        # timeout) or a retriable per-partition error in the answer (not
-        # leader, not enough replicas, ...) means aiokafka sends those record
-        # batches again. The last one is kept to say why a batch timed out.
-        client = producer.client
-        send = client.send
         retries = self.metrics.kafka_retries_total.labels(kind="produce") if self.metrics is not None else None
 
         def retried(error: str) -> None:
+            # The last one is kept to say why a batch timed out.
             self._last_produce_error = (time.monotonic(), error)
             if retries is not None:
                 retries.inc()
 
-        async def send_and_count(node_id, request, **kwargs):
-            if getattr(request, "API_KEY", None) != 0:  # not a Produce request
-                return await send(node_id, request, **kwargs)
-            try:
-                response = await send(node_id, request, **kwargs)
-            except KafkaError as exc:
-                if exc.retriable:
-                    retried(type(exc).__name__)
-                raise
-            for _, partitions in getattr(response, "topics", ()):
-                for partition_info in partitions:
-                    error = for_code(partition_info[1]) if partition_info[1] else None
-                    if getattr(error, "retriable", False):
-                        retried(error.__name__)
-            return response
-
-        client.send = send_and_count
+        return new_producer(self.config, self._batch_bytes, on_retry=retried)
 
     def _timeout_reason(self) -> str:
         """What the brokers last said while this send deadline ran, if anything."""
@@ -278,16 +213,6 @@ class KafkaSink:
             return ""
         at, error = self._last_produce_error
         return f" (Kafka answered {error})" if time.monotonic() - at <= self.config.send_timeout_s else ""
-
-    async def _connect(self, producer: AIOKafkaProducer) -> dict[str, int]:
-        await producer.start()
-        counts = {}
-        for topic in (self.config.topic, self.config.dlq_topic):
-            partitions = await producer.partitions_for(topic)
-            if sorted(partitions) != list(range(len(partitions))):
-                raise SinkFailed(f"topic {topic} has partitions {sorted(partitions)}, expected 0..n-1")
-            counts[topic] = len(partitions)
-        return counts
 
     def _install(self, producer: AIOKafkaProducer) -> None:
         """Make `producer` the one the lanes hand record batches to."""
@@ -297,58 +222,14 @@ class KafkaSink:
         self._mark_ok()
         self._publish_state()
 
-    async def _create_topics(self) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-        c = self.config
-        admin = AIOKafkaAdminClient(bootstrap_servers=c.bootstrap, client_id=c.client_id,
-                                    request_timeout_ms=c.request_timeout_ms,
-                                    **(c.security.client_kwargs() if c.security is not None else {}))
-        try:
-            await asyncio.wait_for(admin.start(), c.start_timeout_s)
-            for topic in (c.topic, c.dlq_topic):
-                try:
-                    await admin.create_topics([NewTopic(topic, c.partitions, c.replication)])
-                    log.info("created topic", extra={"topic": topic, "partitions": c.partitions})
-                except TopicAlreadyExistsError:
-                    pass
-        except (KafkaError, TimeoutError, OSError) as exc:
-            # Not fatal: the topics may exist or be auto-created; start() finds out.
-            log.warning("could not create topics", extra={"error": f"{type(exc).__name__}: {exc}"})
-        finally:
-            await admin.close()
-
-    async def _read_message_limits(self) -> None:
-        """Learn each topic's max.message.bytes and cap record batches so that
-        they fit it: a topic with a smaller limit than --max-batch-bytes gets
-        smaller record batches, not a refusal of every large one. Without the
-        DescribeConfigs permission the configured size stands, and a record
-        batch the broker refuses as too large fails its batches for good."""
-        from aiokafka.admin import AIOKafkaAdminClient
-        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-        c = self.config
-        admin = AIOKafkaAdminClient(bootstrap_servers=c.bootstrap, client_id=c.client_id,
-                                    request_timeout_ms=c.request_timeout_ms,
-                                    **(c.security.client_kwargs() if c.security is not None else {}))
-        try:
-            await asyncio.wait_for(admin.start(), c.start_timeout_s)
-            resources = [ConfigResource(ConfigResourceType.TOPIC, t, configs={"max.message.bytes": None})
-                         for t in (c.topic, c.dlq_topic)]
-            for response in await asyncio.wait_for(admin.describe_configs(resources), c.start_timeout_s):
-                for error, _, _, topic, entries in response.resources:
-                    for entry in entries if not error else ():
-                        if entry[0] == "max.message.bytes":
-                            self._max_message_bytes[topic] = int(entry[1])
-        except (KafkaError, TimeoutError, OSError, ValueError) as exc:
-            log.warning("could not read the topics' max.message.bytes; record batches stay at --max-batch-bytes",
-                        extra={"error": f"{type(exc).__name__}: {exc}", "max_batch_bytes": c.max_batch_bytes})
-        finally:
-            await admin.close()
+    def _fit_record_batches(self) -> None:
+        """Caps record batches to fit the topics' max.message.bytes: a topic
+        with a smaller limit than --max-batch-bytes gets smaller record
+        batches, not a refusal of every large one."""
         if self._max_message_bytes:
             smallest = min(self._max_message_bytes.values())
             fits = int((smallest - BATCH_HEADER_ROOM) / CODEC_GROWTH)
-            if fits < c.max_batch_bytes:
+            if fits < self.config.max_batch_bytes:
                 self._batch_bytes = max(1, fits)
                 log.info("record batches capped to fit the topics' max.message.bytes", extra={
                     "max_message_bytes": self._max_message_bytes, "batch_bytes": self._batch_bytes})
@@ -393,42 +274,10 @@ class KafkaSink:
         for segment in list(self._unsettled):
             self._settle(segment, ShuttingDown("the server stopped before Kafka acked these records"))
         if self._producer is not None:
-            await self._retire(self._producer, max(1.0, timeout_s / 2))
+            await retire(self._producer, max(1.0, timeout_s / 2))
         self._ready.clear()
         self._account_unavailable_time()
         log.info("kafka producer stopped")
-
-    async def _retire(self, producer: AIOKafkaProducer, timeout_s: float = 2.0) -> None:
-        """Close `producer` for good: no Produce request leaves it afterwards.
-
-        aiokafka's stop() first waits for every record batch it holds to be
-        delivered, which an idempotent producer never gives up on while the
-        brokers are down, and leaves its sender running when that wait is cut
-        short. So this uses two aiokafka 0.14 internals: it cancels the sender
-        task (which then sends nothing new and waits for its requests in
-        flight; a second cancel after timeout_s abandons those) and marks the
-        producer closed. The record batches it still holds never settle: the
-        caller settles their segments.
-        """
-        sender = getattr(producer._sender, "sender_task", None)
-        if sender is not None and not sender.done():
-            sender.cancel()
-            done, _ = await asyncio.wait({sender}, timeout=timeout_s)
-            if not done:
-                sender.cancel()
-                await asyncio.wait({sender}, timeout=1.0)
-        if sender is not None and sender.done() and not sender.cancelled() and sender.exception() is not None:
-            log.debug("kafka producer's sender had failed", extra={"error": repr(sender.exception())})
-        producer._closed = True  # what stop() sets; keeps aiokafka from warning about an unclosed producer
-        try:
-            await producer.client.close()
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
-                raise
-            # A close interrupted earlier left its connections' futures
-            # cancelled; the connections themselves are closed.
-        except Exception as exc:  # a connection that was already broken
-            log.debug("kafka connections closed with an error", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     # -- health -------------------------------------------------------------------------
 
@@ -582,7 +431,7 @@ class KafkaSink:
         # 2. Nothing leaves the old producer any more. What it still holds
         #    fails retriably (the broker may have appended some of it); the
         #    client resends those batches.
-        await self._retire(old, timeout_s=0.1)  # its requests had their replace_drain_s
+        await retire(old, timeout_s=0.1)  # its requests had their replace_drain_s
         lost = [s for lanes in self._lanes.values() for lane in lanes for s in lane.handed
                 if s.generation == old_generation]
         for segment in lost:
@@ -595,15 +444,15 @@ class KafkaSink:
             attempts += 1
             producer = self._new_producer()
             try:
-                counts = await asyncio.wait_for(self._connect(producer), self.config.start_timeout_s)
+                counts = await asyncio.wait_for(connect(producer, self.config), self.config.start_timeout_s)
                 lanes = {topic: len(lanes) for topic, lanes in self._lanes.items()}
                 if any(counts[t] < n for t, n in lanes.items()):
                     raise SinkFailed(f"topics now have partitions {counts}, fewer than the {lanes} at start")
             except asyncio.CancelledError:
-                await self._retire(producer)
+                await retire(producer)
                 raise
             except Exception as exc:
-                await self._retire(producer)
+                await retire(producer)
                 self._count_retry("producer_start")
                 delay_s = self._backoff.next_delay_s()
                 # Up to one attempt a second for as long as Kafka is away: say so now and then.
