@@ -126,8 +126,9 @@ class IngestServer:
         if c.bronze_uri and not embedded_without_groups:
             self.bronze = BronzeProcess(self._bronze_worker_config())
             await self.bronze.start()
+        # Kafka records need the spans and rejects only; Bronze decodes its rows from Kafka.
         core = Core(dedup_max_keys=c.dedup_window, dedup_max_age_s=c.dedup_max_age_s,
-                    max_orders_per_batch=c.max_orders_per_batch)
+                    max_orders_per_batch=c.max_orders_per_batch, bronze_tables=False)
         batch_ids = BatchIdWindow(c.batch_id_window, c.batch_id_max_age_s)
         pipeline = Pipeline(core, self.kafka, batch_ids, self._executor, self.metrics)
         self.service = IngestService(

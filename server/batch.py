@@ -45,16 +45,13 @@ class Batch:
 
     @cached_property
     def tables(self) -> dict[str, pa.RecordBatch]:
-        """The four Bronze tables, zero-copy views of the core's Arrow output."""
+        """The four Bronze tables, zero-copy views of the core's Arrow output
+        (a Core made with bronze_tables=False, the server's, has none)."""
         return {name: pa.record_batch(self.result.table(name)) for name in TABLES}
 
     @cached_property
-    def orders(self) -> pa.RecordBatch:
-        return pa.record_batch(self.result.orders)
-
-    @cached_property
     def spans(self) -> pa.RecordBatch:
-        """Row for row with `orders`: `offset`, `length` of the order's bytes in
+        """One row per accepted order: `offset`, `length` of the order's bytes in
         `raw`; `key_hash` (murmur2 of order_id, positive, as Kafka's Java client
         computes it); `item_count`, `payment_count`, `customer_count` (how many
         rows of each child table belong to this order, in order)."""

@@ -82,7 +82,14 @@ class PyBatchResult {
 
   const BatchOutput& output() const { return out_; }
 
-  ArrowBatch table(TableId id) const { return ArrowBatch(id, out_.tables.tables[static_cast<size_t>(id)]); }
+  ArrowBatch table(TableId id) const {
+    const auto& t = out_.tables.tables[static_cast<size_t>(id)];
+    if (!t) {
+      throw py::value_error(std::string("the ") + table_def(id).name +
+                            " table was not built: this Core was made with bronze_tables=False");
+    }
+    return ArrowBatch(id, t);
+  }
 
   ArrowBatch table_named(const std::string& name) const {
     const TableId id = table_by_name(name.c_str());
@@ -150,7 +157,7 @@ class PyCore {
  public:
   PyCore(int64_t dedup_max_keys, double dedup_max_age_s, int64_t max_orders_per_batch, int64_t max_items_per_order,
          int64_t max_payments_per_order, int64_t max_batch_id_bytes, int64_t max_source_bytes, int64_t max_event_id_bytes,
-         int64_t max_id_bytes, int64_t max_text_bytes, int32_t min_year, int32_t max_year) {
+         int64_t max_id_bytes, int64_t max_text_bytes, int32_t min_year, int32_t max_year, bool bronze_tables) {
     if (dedup_max_keys < 0 || dedup_max_keys > (int64_t{1} << 30)) {
       throw py::value_error("dedup_max_keys must be between 0 and 2**30, got " + std::to_string(dedup_max_keys));
     }
@@ -170,6 +177,7 @@ class PyCore {
     options_.validation.max_text_bytes = positive_u32(max_text_bytes, "max_text_bytes");
     options_.validation.min_year = min_year;
     options_.validation.max_year = max_year;
+    options_.bronze_tables = bronze_tables;
     DedupOptions dedup;
     dedup.max_keys = static_cast<uint32_t>(dedup_max_keys);
     dedup.max_age_ms = static_cast<int64_t>(std::llround(dedup_max_age_s * 1000.0));
@@ -486,13 +494,13 @@ PYBIND11_MODULE(_core, m) {
                      "process() releases the GIL and may run on several threads; only the dedup window is "
                      "shared, locked for the dedup stage alone.")
       .def(py::init<int64_t, double, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                    int32_t, int32_t>(),
+                    int32_t, int32_t, bool>(),
            py::kw_only(), py::arg("dedup_max_keys") = 1000000, py::arg("dedup_max_age_s") = 3600.0,
            py::arg("max_orders_per_batch") = 100000, py::arg("max_items_per_order") = 1000,
            py::arg("max_payments_per_order") = 1000, py::arg("max_batch_id_bytes") = 128,
            py::arg("max_source_bytes") = 128,
            py::arg("max_event_id_bytes") = 128, py::arg("max_id_bytes") = 64, py::arg("max_text_bytes") = 256,
-           py::arg("min_year") = 2000, py::arg("max_year") = 2100)
+           py::arg("min_year") = 2000, py::arg("max_year") = 2100, py::arg("bronze_tables") = true)
       .def("process", &PyCore::process, py::arg("data"), py::kw_only(), py::arg("now_ms") = py::none())
       .def("forget", &PyCore::forget, py::arg("result"))
       .def_property_readonly("dedup_size", &PyCore::dedup_size)

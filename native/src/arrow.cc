@@ -66,6 +66,10 @@ constexpr FieldDef kOrderSpans[] = {
     {"item_count", CT::kInt32},
     {"payment_count", CT::kInt32},
     {"customer_count", CT::kInt32},
+    {"event_id_offset", CT::kInt64},
+    {"event_id_length", CT::kInt32},
+    {"order_id_offset", CT::kInt64},
+    {"order_id_length", CT::kInt32},
 };
 constexpr FieldDef kRejects[] = {
     {"index", CT::kInt32},
@@ -460,8 +464,7 @@ std::shared_ptr<Table> encode_customers(const BatchView& b, const std::vector<ui
 std::shared_ptr<Table> encode_spans(const BatchView& b, const std::vector<uint32_t>& rows) {
   auto t = new_table(TableId::kOrderSpans);
   Column* c = t->columns.data();
-  c[0].values.reserve(rows.size() * 8);
-  for (int k = 1; k < 6; ++k) c[k].values.reserve(rows.size() * 4);
+  for (int k = 0; k < 10; ++k) c[k].values.reserve(rows.size() * (k == 0 || k == 6 || k == 8 ? 8 : 4));
   for (uint32_t i : rows) {
     const OrderView& o = b.orders[i];
     put<int64_t>(&c[0], o.bytes.offset);
@@ -470,6 +473,11 @@ std::shared_ptr<Table> encode_spans(const BatchView& b, const std::vector<uint32
     put<int32_t>(&c[3], static_cast<int32_t>(o.items_end - o.items_begin));
     put<int32_t>(&c[4], static_cast<int32_t>(o.payments_end - o.payments_begin));
     put<int32_t>(&c[5], o.customer.present ? 1 : 0);
+    // The Kafka record's event_id header and key, as slices of the request.
+    put<int64_t>(&c[6], o.event_id.offset);
+    put<int32_t>(&c[7], static_cast<int32_t>(o.event_id.length));
+    put<int64_t>(&c[8], o.order_id.offset);
+    put<int32_t>(&c[9], static_cast<int32_t>(o.order_id.length));
   }
   t->num_rows = static_cast<int64_t>(rows.size());
   return t;
@@ -629,17 +637,19 @@ Code check_encodable(const BatchView& batch, const std::vector<Verdict>& verdict
 }
 
 void encode_tables(const BatchView& batch, const std::vector<Verdict>& verdicts,
-                   const std::vector<Rejection>& rejections, EncodedBatch* out) {
+                   const std::vector<Rejection>& rejections, bool bronze_tables, EncodedBatch* out) {
   std::vector<uint32_t> rows;
   rows.reserve(verdicts.size());
   for (uint32_t i = 0; i < verdicts.size(); ++i) {
     if (verdicts[i] == Verdict::kAccept) rows.push_back(i);
   }
   auto& t = out->tables;
-  t[static_cast<size_t>(TableId::kOrders)] = encode_orders(batch, rows, TableId::kOrders);
-  t[static_cast<size_t>(TableId::kOrderItems)] = encode_items(batch, rows, TableId::kOrderItems);
-  t[static_cast<size_t>(TableId::kOrderPayments)] = encode_payments(batch, rows, TableId::kOrderPayments);
-  t[static_cast<size_t>(TableId::kCustomers)] = encode_customers(batch, rows, TableId::kCustomers);
+  if (bronze_tables) {
+    t[static_cast<size_t>(TableId::kOrders)] = encode_orders(batch, rows, TableId::kOrders);
+    t[static_cast<size_t>(TableId::kOrderItems)] = encode_items(batch, rows, TableId::kOrderItems);
+    t[static_cast<size_t>(TableId::kOrderPayments)] = encode_payments(batch, rows, TableId::kOrderPayments);
+    t[static_cast<size_t>(TableId::kCustomers)] = encode_customers(batch, rows, TableId::kCustomers);
+  }
   t[static_cast<size_t>(TableId::kOrderSpans)] = encode_spans(batch, rows);
   t[static_cast<size_t>(TableId::kRejects)] = encode_rejects(batch, rejections);
 }

@@ -36,14 +36,14 @@ Result<BatchOutput> process_batch(const uint8_t* data, size_t size, const Proces
 
   if (window != nullptr) dedup_orders(view, window, now_ms, &verdicts, &out.inserted_keys);
 
-  encode_tables(view, verdicts, out.rejections, &out.tables);
+  encode_tables(view, verdicts, out.rejections, options.bronze_tables, &out.tables);
 
   out.batch_id.assign(view.str(view.batch_id), view.batch_id.length);
   out.source.assign(view.str(view.source), view.source.length);
   out.input_bytes = size;
   out.orders = static_cast<uint32_t>(view.orders.size());
   out.rejected = static_cast<uint32_t>(out.rejections.size());
-  out.accepted = static_cast<uint32_t>(out.tables.tables[static_cast<size_t>(TableId::kOrders)]->num_rows);
+  out.accepted = static_cast<uint32_t>(out.tables.tables[static_cast<size_t>(TableId::kOrderSpans)]->num_rows);
   out.duplicates = out.orders - out.accepted - out.rejected;
   // A rare huge batch should not pin its memory to this thread for good.
   if (view.orders.capacity() > kKeepOrdersCapacity) view = BatchView();

@@ -60,8 +60,8 @@ T value_at(const Column& column, int64_t row) {
 }
 
 // Column positions, fixed by the table definitions in arrow.cc.
-constexpr int kOrdersEventId = 0, kOrdersOrderId = 1;
-constexpr int kSpanOffset = 0, kSpanLength = 1, kSpanKeyHash = 2;
+constexpr int kSpanOffset = 0, kSpanLength = 1, kSpanKeyHash = 2, kSpanEventIdOffset = 6, kSpanEventIdLength = 7,
+              kSpanOrderIdOffset = 8, kSpanOrderIdLength = 9;
 constexpr int kRejectIndex = 0, kRejectEventId = 1, kRejectReason = 2, kRejectMessage = 3, kRejectOffset = 4,
               kRejectLength = 5;
 
@@ -171,7 +171,6 @@ const Buffer& RecordBatchBuilder::batch() {
 
 size_t append_orders(RecordBatchBuilder* builder, const BatchOutput& out, const uint8_t* raw, int32_t partition, int32_t partitions, size_t from, int64_t timestamp_ms,
                      const std::vector<RecordHeader>& common) {
-  const Table& orders = table_of(out, TableId::kOrders);
   const Table& spans = table_of(out, TableId::kOrderSpans);
   const size_t rows = static_cast<size_t>(spans.num_rows);
   std::vector<RecordHeader> headers(1 + common.size());
@@ -181,8 +180,10 @@ size_t append_orders(RecordBatchBuilder* builder, const BatchOutput& out, const 
     const auto r = static_cast<int64_t>(row);
     const auto hash = static_cast<uint32_t>(value_at<int32_t>(spans.columns[kSpanKeyHash], r));
     if (static_cast<int32_t>(hash % static_cast<uint32_t>(partitions)) != partition) continue;
-    const std::string_view key = utf8_at(orders.columns[kOrdersOrderId], r);
-    headers[0].value = utf8_at(orders.columns[kOrdersEventId], r);
+    const std::string_view key = slice(raw, value_at<int64_t>(spans.columns[kSpanOrderIdOffset], r),
+                                       value_at<int32_t>(spans.columns[kSpanOrderIdLength], r));
+    headers[0].value = slice(raw, value_at<int64_t>(spans.columns[kSpanEventIdOffset], r),
+                             value_at<int32_t>(spans.columns[kSpanEventIdLength], r));
     const std::string_view value = slice(raw, value_at<int64_t>(spans.columns[kSpanOffset], r),
                                          value_at<int32_t>(spans.columns[kSpanLength], r));
     if (!builder->append(timestamp_ms, &key, value, headers.data(), headers.size())) return row;

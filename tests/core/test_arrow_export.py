@@ -77,6 +77,10 @@ EXPECTED_SCHEMAS = {
             ("item_count", pa.int32()),
             ("payment_count", pa.int32()),
             ("customer_count", pa.int32()),
+            ("event_id_offset", pa.int64()),
+            ("event_id_length", pa.int32()),
+            ("order_id_offset", pa.int64()),
+            ("order_id_length", pa.int32()),
         ]
     ),
     "rejects": pa.schema(
@@ -149,6 +153,23 @@ def test_each_table_is_exported_without_copying(name, generated_result):
         ]
         assert addresses[0] == addresses[1] == addresses[2]
     assert first.equals(second)
+
+
+def test_a_core_without_bronze_tables_builds_the_same_spans_and_rejects_and_says_what_it_did_not_build():
+    raw = OrderGenerator(seed=7, invalid_ratio=0.1, duplicate_ratio=0.05).batch(300).SerializeToString()
+    full = Core().process(raw, now_ms=NOW_MS)
+    lean = Core(bronze_tables=False).process(raw, now_ms=NOW_MS)
+    assert (lean.accepted, lean.duplicates, lean.rejected) == (full.accepted, full.duplicates, full.rejected)
+    assert full.rejected > 0 and full.duplicates > 0
+    assert pa.record_batch(lean.order_spans).equals(pa.record_batch(full.order_spans))
+    assert pa.record_batch(lean.rejects).equals(pa.record_batch(full.rejects))
+    assert lean.errors() == full.errors()
+    for name in TABLES:
+        with pytest.raises(ValueError, match=f"the {name} table was not built: this Core was made with "
+                                             "bronze_tables=False"):  # fmt: skip
+            lean.table(name)
+    with pytest.raises(ValueError, match="the orders table was not built"):
+        pa.record_batch(lean.orders)
 
 
 def test_row_counts_match_the_result_counts(generated_result):

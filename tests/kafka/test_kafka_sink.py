@@ -71,7 +71,7 @@ def by_partition(records: list[Record]) -> dict[int, list[Record]]:
 
 def test_the_native_key_hash_is_kafkas_murmur2():
     batch = make_batch(seed=7, orders=500)
-    order_ids = batch.orders.column("order_id").to_pylist()
+    order_ids = batch.tables["orders"].column("order_id").to_pylist()
     key_hashes = batch.spans.column("key_hash").to_pylist()
     assert key_hashes == [murmur2(k.encode()) & 0x7FFFFFFF for k in order_ids]
 
@@ -102,8 +102,8 @@ def test_accepted_orders_land_once_each_with_key_value_headers_and_java_partitio
     run_sink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch))
 
     records = read_all(kafka_cluster.bootstrap, topic)
-    order_ids = batch.orders.column("order_id").to_pylist()
-    event_ids = batch.orders.column("event_id").to_pylist()
+    order_ids = batch.tables["orders"].column("order_id").to_pylist()
+    event_ids = batch.tables["orders"].column("event_id").to_pylist()
     spans = batch.spans.to_pylist()
     expected = {
         event_id: (order_id.encode(), batch.raw[span["offset"]:span["offset"] + span["length"]])
@@ -180,8 +180,8 @@ def test_concurrent_publishes_keep_each_order_ids_records_in_call_order(
     run_sink(config, scenario)
     expected: dict[bytes, list[str]] = {}
     for batch in batches:
-        for order_id, event_id in zip(batch.orders.column("order_id").to_pylist(),
-                                      batch.orders.column("event_id").to_pylist()):
+        for order_id, event_id in zip(batch.tables["orders"].column("order_id").to_pylist(),
+                                      batch.tables["orders"].column("event_id").to_pylist()):
             expected.setdefault(order_id.encode(), []).append(event_id)
     got: dict[bytes, list[str]] = {}
     for record in read_all(kafka_cluster.bootstrap, topic):
@@ -266,7 +266,7 @@ def test_publish_while_all_brokers_are_down_raises_sink_unavailable_and_recovers
     # The timed-out batch was still delivered once the brokers came back, once:
     # the idempotent producer's retries are deduplicated by the real broker.
     records = read_all(cluster.bootstrap, topic)
-    expected = {e for b in (before, during, after) for e in b.orders.column("event_id").to_pylist()}
+    expected = {e for b in (before, during, after) for e in b.tables["orders"].column("event_id").to_pylist()}
     assert sorted(r.header("event_id").decode() for r in records) == sorted(expected)
 
 
@@ -315,11 +315,11 @@ def test_produce_errors_are_retried_or_classified_by_their_retriable_flag(mock_b
     finally:
         mock_broker.clear_request_errors("Produce")
     records = read_all(mock_broker.bootstrap, topic)
-    assert [r.header("event_id").decode() for r in records] == retried.orders.column("event_id").to_pylist()
+    assert [r.header("event_id").decode() for r in records] == retried.tables["orders"].column("event_id").to_pylist()
 
 
 def event_ids(batch: Batch) -> list[str]:
-    return batch.orders.column("event_id").to_pylist()
+    return batch.tables["orders"].column("event_id").to_pylist()
 
 
 def test_a_producer_the_broker_no_longer_accepts_is_replaced_and_the_resend_succeeds(mock_broker: MockBroker):

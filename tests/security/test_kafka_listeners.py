@@ -63,7 +63,7 @@ def test_the_producer_authenticates_on_a_sasl_listener_and_its_records_arrive_in
         records = publish(kafka_cluster, sasl(kafka_cluster, kafka_secrets, mechanism, password), batch)
     spans = batch.spans.to_pylist()
     expected = {o["event_id"]: (o["order_id"].encode(), batch.raw[s["offset"]:s["offset"] + s["length"]])
-                for o, s in zip(batch.orders.to_pylist(), spans)}
+                for o, s in zip(batch.tables["orders"].to_pylist(), spans)}
     assert len(records) == len(expected) == 40
     assert {r.header("event_id").decode(): (r.key, r.value) for r in records} == expected
     assert "DEBUG    aiokafka" in caplog.text  # aiokafka's request log was on

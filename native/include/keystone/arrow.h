@@ -146,10 +146,12 @@ struct QuarantineRow {
 // Runs before dedup, so a refused batch leaves no keys behind.
 Code check_encodable(const BatchView& batch, const std::vector<Verdict>& verdicts, Error* error);
 
-// Builds every table from the orders whose verdict is kAccept (and, for
-// kRejects, the rejections). check_encodable() must have passed.
+// Builds the tables from the orders whose verdict is kAccept (and, for
+// kRejects, the rejections): the spans and the rejects always, the four
+// Bronze tables when `bronze_tables` (null otherwise). check_encodable()
+// must have passed.
 void encode_tables(const BatchView& batch, const std::vector<Verdict>& verdicts,
-                   const std::vector<Rejection>& rejections, EncodedBatch* out);
+                   const std::vector<Rejection>& rejections, bool bronze_tables, EncodedBatch* out);
 
 // The Bronze tables of the orders `rows` of a view whose orders carry their
 // own lineage (BatchView::lineage), in row order, and their child counts.

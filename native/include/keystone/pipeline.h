@@ -19,6 +19,10 @@ namespace keystone {
 struct ProcessOptions {
   DecodeLimits limits;
   ValidationOptions validation;
+  // The four Bronze tables of the accepted orders. The server's ack path
+  // needs only the spans and the rejects (Bronze is built from Kafka), so
+  // it turns them off; tools and tests that look at the rows keep them.
+  bool bronze_tables = true;
 };
 
 struct BatchOutput {
@@ -31,7 +35,7 @@ struct BatchOutput {
   uint32_t rejected = 0;
   std::vector<Rejection> rejections;  // index order
   std::vector<Key128> inserted_keys;  // what this batch added to the dedup window
-  EncodedBatch tables;
+  EncodedBatch tables;  // the four Bronze tables are null unless ProcessOptions::bronze_tables
 };
 
 // Inputs of 2 GiB or more are refused before decoding (offsets are 32-bit).

@@ -38,12 +38,14 @@ class BatchResult:
     def customers(self) -> ArrowBatch: ...
     @property
     def order_spans(self) -> ArrowBatch:
-        """Row for row with `orders`: `offset: int64, length: int32` of the
+        """One row per accepted order, in order (row for row with `orders`): `offset: int64, length: int32` of the
         accepted order's `Order` message inside the input buffer; `key_hash:
         int32`, murmur2 of order_id made positive, as Kafka's Java partitioner
         computes it; `item_count`, `payment_count`, `customer_count: int32`,
         how many rows of each child table belong to the order (children follow
-        their orders' order)."""
+        their orders' order); `event_id_offset, order_id_offset: int64` and
+        `event_id_length, order_id_length: int32`, where the two ids lie in
+        the input buffer (the Kafka record's header and key)."""
     @property
     def rejects(self) -> ArrowBatch:
         """One row per rejected order: `index: int32, event_id: utf8,
@@ -67,7 +69,11 @@ class Core:
         max_text_bytes: int = 256,
         min_year: int = 2000,
         max_year: int = 2100,
-    ) -> None: ...
+        bronze_tables: bool = True,
+    ) -> None:
+        """`bronze_tables=False` builds only `order_spans` and `rejects` (what
+        the Kafka records need); the four Bronze tables of its results then
+        raise ValueError."""
     def process(self, data: bytes | bytearray | memoryview, *, now_ms: int | None = None) -> BatchResult: ...
     def forget(self, result: BatchResult) -> int: ...
     @property

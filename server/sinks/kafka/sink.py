@@ -106,6 +106,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from keystone_ingest.core import RecordBatchBuilder, partition_counts
+from keystone_ingest.proto.v1.ingest_pb2 import Order
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavailable
 from keystone_ingest.server.retry import Backoff
@@ -246,10 +247,11 @@ class KafkaSink:
             lengths = getattr(batch, table).column("length").to_numpy()
             largest = int(lengths.argmax())
             if int(lengths[largest]) + RECORD_OVERHEAD + BATCH_HEADER_ROOM > limit:
-                # Only now the event_id column: the check itself reads the lengths alone.
-                ids = (batch.orders if table == "spans" else batch.rejects).column("event_id")
+                # Only now the order's event_id, parsed from its bytes: the check reads the lengths alone.
+                offset = int(getattr(batch, table).column("offset")[largest].as_py())
+                event_id = Order.FromString(batch.raw[offset:offset + int(lengths[largest])]).event_id
                 raise SinkFailed(
-                    f"order {ids[largest].as_py()!r} of batch {batch.batch_id!r} is {int(lengths[largest])} bytes, "
+                    f"order {event_id!r} of batch {batch.batch_id!r} is {int(lengths[largest])} bytes, "
                     f"too large for a Kafka record on topic {topic} (max.message.bytes {limit}); "
                     f"the batch was not published")
 
