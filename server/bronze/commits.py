@@ -117,14 +117,18 @@ class CommitLog:
             flush = Flush.from_json(data, key)
             if not ours & flush.ranges.keys():
                 continue  # another worker's, maybe in progress
-            for file_key in flush.files:
-                self.store.delete(file_key)
-                deleted.append(file_key)
-            self.store.delete(key)
+            self.abandon(flush)
+            deleted += flush.files
         return deleted
 
     def begin(self, flush: Flush) -> None:
         self.store.put(f"{PENDING}/{flush.id}.json", flush.to_json())
+
+    def abandon(self, flush: Flush) -> None:
+        """Deletes the files of a flush that will not be committed, then its pending marker."""
+        for file_key in flush.files:
+            self.store.delete(file_key)
+        self.store.delete(f"{PENDING}/{flush.id}.json")
 
     def commit(self, flush: Flush) -> None:
         key = f"{COMMITS}/{flush.id}.json"

@@ -37,6 +37,11 @@ class BronzeMetrics:
             p + "publish_failures_total", "Failed attempts to write, publish or commit (each retried with backoff)",
             registry=r,
         )  # fmt: skip
+        self.fenced_flushes_total = Counter(
+            p + "fenced_flushes_total",
+            "Flushes abandoned, files deleted, because their partitions had gone to another worker (a pause past the session timeout)",
+            registry=r,
+        )  # fmt: skip
         self.buffered_bytes = Gauge(p + "buffered_bytes", "Arrow bytes gathered for the next flush", registry=r)
         self.assigned_partitions = Gauge(p + "assigned_partitions", "Topic-partitions this worker owns", registry=r)
         self.deleted_files_total = Counter(

@@ -19,8 +19,9 @@ the orders and dead-letter topics. For each it owns, it:
   5. flushes (publishes and commits the open files) when one reaches
      `bronze_roll_bytes`, when `bronze_max_open_files` would be passed, when
      the oldest row is `roll_age_s` old, when partitions are taken away, and
-     at stop; then commits the offsets to the group as well (for lag tools;
-     Bronze's own markers are what counts).
+     at stop. Before a flush's commit marker, its end offsets are committed
+     to the group: the fence that stops a worker which lost its partitions
+     (writer.py), and what lag tools read (Bronze's markers are what counts).
 Fetching pauses during a spill or a flush, so memory holds one buffer's rows.
 """
 
@@ -42,13 +43,13 @@ from aiokafka import errors as kafka_errors
 from aiokafka.structs import TopicPartition
 
 from keystone_ingest.core import CorruptRecords, LogDedup, decode_order_records, decode_reject_records
-from keystone_ingest.server.bronze.commits import CommitLog
+from keystone_ingest.server.bronze.commits import CommitLog, Flush
 from keystone_ingest.server.bronze.config import BronzeWorkerConfig
 from keystone_ingest.server.bronze.fetch import Fetched, Fetcher
 from keystone_ingest.server.bronze.layout import DESTINATIONS
 from keystone_ingest.server.bronze.metrics import BronzeMetrics
 from keystone_ingest.server.bronze.rows import RowBuffer
-from keystone_ingest.server.bronze.writer import FlushWriter, WriterOptions
+from keystone_ingest.server.bronze.writer import Fenced, FlushWriter, WriterOptions
 from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.retry import Backoff, retry
 from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
@@ -89,6 +90,7 @@ class BronzeWorker:
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="bronze-decode")
         self._tasks: list[asyncio.Task] = []
         self.consumer: AIOKafkaConsumer | None = None
+        self._generation = -1  # the group generation of the current assignment
         # While fetches fail or no leader is known (brokers down, leaders
         # moving), each round waits a little longer, up to 2 s.
         self._fetch_backoff = Backoff(0.05, 2.0)
@@ -269,25 +271,45 @@ class BronzeWorker:
             return
         max_timestamp_ms = dict(self.writer.max_timestamp_ms)
         try:
-            flush = await self.writer.flush()
+            flush = await self.writer.flush(self._fence)
+        except Fenced as exc:
+            # Another worker owns these partitions now and consumes them from
+            # Bronze's end; ours were deleted. Whatever this worker still owns
+            # is set up again from Bronze (its dedup windows have moved on).
+            log.warning("bronze: flush abandoned, the partitions belong to another worker now",
+                        extra={"error": str(exc)})  # fmt: skip
+            self.metrics.fenced_flushes_total.inc()
+            self._buffer = RowBuffer()
+            self._unready |= self._parts.keys()
+            self._parts.clear()
+            return
         except Exception:
             await asyncio.to_thread(self.writer.discard)
             raise
-        offsets = {}
         for (topic, partition), (_, end) in flush.ranges.items():
-            tp = TopicPartition(topic, partition)
-            part = self._parts.get(tp)
+            part = self._parts.get(TopicPartition(topic, partition))
             if part is not None:
                 part.committed = end
                 part.committed_timestamp_ms = max_timestamp_ms.get((topic, partition), part.committed_timestamp_ms)
-                offsets[tp] = end
         log.info("bronze flush committed", extra={"flush": flush.id, "files": len(flush.files)})
         self._update_lag()
-        if offsets:
-            try:
-                await self.consumer.commit(offsets)
-            except kafka_errors.KafkaError as exc:  # informational: Bronze's markers are what counts
-                log.warning("bronze: committing offsets to the group failed", extra={"error": repr(exc)})
+
+    async def _fence(self, flush: Flush) -> None:
+        """Commits the flush's end offsets to the group, before its commit
+        marker. The coordinator takes a commit only from a member of the
+        current generation, so success proves the partitions are still ours;
+        lag tools read these offsets too (Bronze's markers are what counts)."""
+        offsets = {TopicPartition(topic, partition): end for (topic, partition), (_, end) in flush.ranges.items()}
+        # aiokafka 0.14 internal: the generation this member is in. A member
+        # the coordinator dropped resets it, and a commit it sent then would
+        # be taken as a plain commit (generation -1) by a group left empty.
+        generation = self.consumer._coordinator.generation
+        if generation != self._generation:
+            raise Fenced(f"flush {flush.id}: the group moved from generation {self._generation} to {generation}")
+        try:
+            await self.consumer.commit(offsets)
+        except (kafka_errors.CommitFailedError, kafka_errors.IllegalStateError) as exc:
+            raise Fenced(f"flush {flush.id}: {exc}") from exc
 
     async def _out_of_range(self, tp: TopicPartition, part: _Partition) -> None:
         # The log no longer holds the position: retention deleted records
@@ -355,6 +377,7 @@ class BronzeWorker:
             self.metrics.assigned_partitions.set(len(self._parts))
 
     def assigned(self, tps: set[TopicPartition]) -> None:
+        self._generation = self.consumer._coordinator.generation
         self.consumer.pause(*tps)
         self._unready |= set(tps) - self._parts.keys()
         self._joined.set()
@@ -426,8 +449,7 @@ async def run_worker(config: BronzeWorkerConfig) -> int:
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait([failed, stopped], return_when=asyncio.FIRST_COMPLETED)
     await worker.stop()
-    if failed.done():
-        log.error("bronze worker failed", extra={"error": str(failed.result())})
-        return 1
     failed.cancel()
-    return 0
+    stopped.cancel()
+    # The loop also ends when the worker stops; only an error makes it a failure.
+    return 1 if worker.error is not None else 0

@@ -16,7 +16,11 @@ A flush, each step durable before the next (server/bronze/commits.py says why):
   1. the open files are closed (their footers written);
   2. the pending marker: the offset ranges and the key of every file;
   3. the files are published, `write_threads` at a time;
-  4. the commit marker.
+  4. the fence: the worker proves it still owns the partitions (worker.py);
+     a worker that lost them (a pause longer than the session timeout: its
+     partitions went to another worker, which consumes the same offsets)
+     deletes the files instead, so they never reach Bronze twice;
+  5. the commit marker.
 Publishing and committing are retried with backoff for as long as it takes
 (an S3 outage stalls the flush, the worker stops fetching, Kafka keeps the
 records). A permanent error (access denied, a bucket that does not exist)
@@ -31,6 +35,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -45,6 +50,10 @@ from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.retry import Backoff, retry
 
 log = logging.getLogger(__name__)
+
+
+class Fenced(Exception):
+    """The partitions of a flush belong to another worker now."""
 
 
 @dataclass(frozen=True)
@@ -156,14 +165,23 @@ class FlushWriter:
         except OSError as exc:
             raise classify_os_error(exc, f"writing {f.spool if f else dest}") from exc
 
-    async def flush(self) -> Flush:
-        """Closes, publishes and commits the open files. Raises on a
-        permanent error or a failure to close a spool file (then `discard()`)."""
+    async def flush(self, fence: Callable[[Flush], Awaitable[None]]) -> Flush:
+        """Closes, publishes and commits the open files. `fence(flush)` runs
+        between the files and the commit marker and raises Fenced when the
+        offsets are no longer this worker's: the files are then deleted and
+        Fenced raised. Raises on a permanent error or a failure to close a
+        spool file too (then `discard()`)."""
         files = sorted(self._files.values(), key=lambda f: f.key)
         flush = Flush(self._id, dict(self.ranges), [f.key for f in files])
         await asyncio.gather(*(self._close(f) for f in files))
         await self._retry(lambda: self.commits.begin(flush), f"recording flush {flush.id}")
         await asyncio.gather(*(self._publish(f) for f in files))
+        try:
+            await fence(flush)
+        except Fenced:
+            await self._retry(lambda: self.commits.abandon(flush), f"deleting the files of flush {flush.id}")
+            self._reset()
+            raise
         await self._retry(lambda: self.commits.commit(flush), f"committing flush {flush.id}")
         self._reset()
         try:
