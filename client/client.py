@@ -53,6 +53,7 @@ import grpc
 import grpc.aio
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2, message_factory
 
+from keystone_ingest.client.targets import channel_target
 from keystone_ingest.proto.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,9 @@ class AsyncIngestClient:
     """Streams batches to one server over one bidirectional stream (see the module docstring).
 
     Args:
-        target: `host:port` (any gRPC target string).
+        target: `host:port` (any gRPC target string), or several replicas:
+            `host:port,host:port` or `dns:///name:port`, spread with
+            round_robin (client/targets.py).
         max_in_flight: batches sent but not acked, at most; `send` waits beyond it.
         source: put in `OrderBatch.source` when a message sent has none.
         credentials: `grpc.ChannelCredentials` for TLS/mTLS; None means plaintext.
@@ -383,10 +386,12 @@ class AsyncIngestClient:
             return
         if self._closed:
             raise ClientClosedError("client is closed")
+        target, options = channel_target(self.target)
+        options += self._channel_options  # the caller's win: gRPC takes the last of a repeated key
         if self._credentials is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=self._channel_options)
+            self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
-            self._channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._channel_options)
+            self._channel = grpc.aio.secure_channel(target, self._credentials, options=options)
         # No request serialiser: batches go out as the bytes `send` prepared.
         self._stream_rpc = self._channel.stream_stream(
             STREAM_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString

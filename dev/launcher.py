@@ -1,4 +1,4 @@
-"""Run `keystone-ingest serve` as a child process and learn where it listens.
+"""Run `keystone-ingest serve` (or `keystone-ingest bronze`) as a child process and learn where it listens.
 
 Used by `make demo`, the integration tests and the benchmark harness: they all
 need a real server process (one that can be signalled and killed) and its
@@ -36,7 +36,7 @@ class ChildProcess:
         self.process = subprocess.Popen([*command, "--ready-file", str(self.ready_path)], stdout=self._log,
                                         stderr=subprocess.STDOUT, env=env, cwd=cwd)  # fmt: skip
         self.info = self._wait_ready(start_timeout_s)
-        self.port: int = self.info["port"]
+        self.port: int | None = self.info.get("port")  # None: a Bronze worker serves no gRPC
         self.target = f"127.0.0.1:{self.port}"
 
     def _make_dir(self) -> Path:
@@ -124,3 +124,25 @@ class ServerProcess(ChildProcess):
         self.kafka_bootstrap: str = self.info["kafka_bootstrap"]
         self.bronze_pid: int | None = self.info.get("bronze_pid")
         self.bronze_metrics_port: int | None = self.info.get("bronze_metrics_port")
+
+
+class BronzeWorkerProcess(ChildProcess):
+    """`keystone-ingest bronze`, ready once it has joined its consumer group."""
+
+    name = "bronze"
+
+    def __init__(
+        self,
+        args: list[str] = (),
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike | None = None,
+        log_path: str | os.PathLike | None = None,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        self._make_dir()
+        command = [sys.executable, "-m", "keystone_ingest.server.cli", "bronze", "--metrics-listen", "127.0.0.1:0",
+                   *args]  # fmt: skip
+        super().__init__(command, env={**os.environ, **(env or {})}, cwd=cwd, log_path=log_path,
+                         start_timeout_s=start_timeout_s)  # fmt: skip
+        self.metrics_port: int = self.info["metrics_port"]

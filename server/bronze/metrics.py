@@ -50,6 +50,13 @@ class BronzeMetrics:
         )  # fmt: skip
         self._close = None
 
+    def forget_partition(self, topic: str, partition: int) -> None:
+        for gauge in (self.lag_records, self.lag_seconds):
+            try:
+                gauge.remove(topic, str(partition))
+            except KeyError:
+                pass  # never reported
+
     def serve(self, host: str, port: int) -> int:
         port, self._close = serve_registry(self.registry, host, port)
         return port

@@ -374,6 +374,7 @@ class BronzeWorker:
             for tp in tps:
                 self._parts.pop(tp, None)
                 self._unready.discard(tp)
+                self.metrics.forget_partition(tp.topic, tp.partition)  # its lag is the next owner's to report
             self.metrics.assigned_partitions.set(len(self._parts))
 
     def assigned(self, tps: set[TopicPartition]) -> None:
