@@ -21,7 +21,10 @@ The runs:
   3. for `real`, `--sustained` seconds at full speed, then how long its Bronze
      worker takes to hold everything Kafka holds (its lag, bounded or not);
   4. sweeps at full speed: batch size (`--batch-sizes`) and concurrent streams
-     (`--streams-sweep`).
+     (`--streams-sweep`);
+  5. for `ingest`, 1, 2, 3 replicas (`--replicas-sweep`) on the same topics,
+     the driver's streams spread over them with round_robin: what scaling out
+     costs and gives on this one machine (CPU and RSS summed over replicas).
 
 Per run: orders/s and batches/s (acked in the measured window), ack latency
 (p50/p90/p99/max of the batches sent in the window), server CPU seconds per
@@ -62,6 +65,7 @@ from keystone_ingest.dev.launcher import ServerProcess
 
 MiB = 1024 * 1024
 KINDS = ("real", "ingest", "reference")
+REPLICA_STREAMS = 6  # the replicas sweep's streams: as many on each of 1, 2 or 3 replicas
 
 
 @dataclass
@@ -79,6 +83,7 @@ class Run:
     bronze_cpu_s: float = 0.0  # the real server's Bronze worker process
     bronze_catchup_s: float | None = None  # from the end of the run until Bronze held what Kafka did
     load_average: float = 0.0  # the machine's 1-minute load average at the end of the run: others' work shows here
+    replicas: int = 1  # ingest replicas the driver spread its streams over
 
     def row(self) -> dict:
         r = self.result
@@ -86,6 +91,7 @@ class Run:
         return {
             "server": self.kind,
             "phase": self.phase,
+            "replicas": self.replicas,
             "batch_size": self.batch_size,
             "streams": self.streams,
             "rate": self.rate,
@@ -132,6 +138,31 @@ class Target:
         self.pid = self.process.process.pid
         self.bronze_pid: int | None = getattr(self.process, "bronze_pid", None)
         self.target = self.process.target
+        self._replica_command = [*common, "--bronze-uri", "", "--log-level", "warning", *server_args]
+        self._log_dir = workdir
+        self.replicas: list[ServerProcess] = []  # more ingest replicas on the same topics (the replicas sweep)
+
+    def set_replicas(self, count: int) -> None:
+        """`count` replicas in all: this server and count - 1 more, all ingest only."""
+        while len(self.replicas) < count - 1:
+            log_path = self._log_dir / f"{self.kind}-replica-{len(self.replicas) + 1}.log"
+            self.replicas.append(ServerProcess(self._replica_command, log_path=log_path))
+        while len(self.replicas) > count - 1:
+            replica = self.replicas.pop()
+            replica.stop()
+            replica.close()
+        self.target = ",".join([self.process.target, *(r.target for r in self.replicas)])
+
+    @property
+    def pids(self) -> list[int]:
+        """The server processes under test (not the Bronze worker)."""
+        return [self.pid, *(r.process.pid for r in self.replicas)]
+
+    def server_cpu_s(self) -> float:
+        return sum(usage(pid).cpu_s for pid in self.pids)
+
+    def peak_rss_bytes(self) -> int:
+        return sum(usage(pid).peak_rss_bytes for pid in self.pids)
 
     def bronze_catchup_s(self, timeout_s: float = 600.0) -> float | None:
         """Seconds until Bronze holds everything the topics hold now (None: no Bronze worker)."""
@@ -154,9 +185,10 @@ class Target:
             before = now
 
     def cpu_s(self) -> float:
-        return usage(self.pid).cpu_s + (usage(self.bronze_pid).cpu_s if self.bronze_pid else 0.0)
+        return self.server_cpu_s() + (usage(self.bronze_pid).cpu_s if self.bronze_pid else 0.0)
 
     def stop(self) -> int:
+        self.set_replicas(1)
         code = self.process.stop()
         self.process.close()
         return code
@@ -181,25 +213,27 @@ class Harness:
                        "--namespace", str(self._namespace), "--pool-orders", str(a.pool_orders),
                        "--duplicate-ratio", str(a.duplicate_ratio), "--invalid-ratio", str(a.invalid_ratio),
                        "--out", out.name, *(["--olist-days"] if a.olist_days else [])]  # fmt: skip
-            reset_peak_rss(target.pid)
-            before, broker_before, children_before = usage(target.pid), usage(target.broker_pid), _children_cpu_s()
+            for pid in target.pids:
+                reset_peak_rss(pid)
+            before, broker_before, children_before = target.server_cpu_s(), usage(target.broker_pid), _children_cpu_s()
             bronze_before = usage(target.bronze_pid).cpu_s if target.bronze_pid else 0.0
             subprocess.run(command, check=False, cwd=REPO_ROOT)
-            after, broker_after = usage(target.pid), usage(target.broker_pid)
+            after, broker_after = target.server_cpu_s(), usage(target.broker_pid)
             client_cpu_s = _children_cpu_s() - children_before
             result = json.loads(Path(out.name).read_text() or "null")
             catchup_s = target.bronze_catchup_s() if phase in ("max", "sustained") else None
             bronze_cpu_s = (usage(target.bronze_pid).cpu_s - bronze_before) if target.bronze_pid else 0.0
         if result is None:
             raise RuntimeError(f"the load driver wrote no result for {target.kind} {phase}")
-        run = Run(target.kind, phase, batch_size, streams, rate, result, after.cpu_s - before.cpu_s,
-                  after.peak_rss_bytes, client_cpu_s=client_cpu_s,
+        run = Run(target.kind, phase, batch_size, streams, rate, result, after - before,
+                  target.peak_rss_bytes(), client_cpu_s=client_cpu_s, replicas=len(target.pids),
                   broker_cpu_s=broker_after.cpu_s - broker_before.cpu_s, bronze_cpu_s=bronze_cpu_s,
                   bronze_catchup_s=catchup_s, load_average=os.getloadavg()[0])  # fmt: skip
         self.runs.append(run)
         row = run.row()
         lat = row["latency_ms"]
-        print(f"  {target.kind:<9} {phase:<10} batch {batch_size:>5} streams {streams:>3} "
+        print(f"  {target.kind:<9} {phase:<10} {f'x{len(target.pids)} ' if len(target.pids) > 1 else ''}"
+              f"batch {batch_size:>5} streams {streams:>3} "
               f"rate {rate:>9,.0f}: {row['orders_per_s']:>9,.0f} orders/s  p50 {lat['p50']:>7.1f} ms  "
               f"p99 {lat['p99']:>7.1f} ms  cpu {row['cpu_s_per_million_orders']:>5.1f} s/M  "
               f"rss {row['peak_rss_mib']:>5.0f} MiB  load {row['load_average']:4.1f}"
@@ -229,6 +263,12 @@ class Harness:
         for streams in a.streams_sweep:
             self.drive(target, "streams", batch_size=a.batch_size, streams=streams,
                        duration_s=a.sweep_duration, warmup_s=a.sweep_warmup)  # fmt: skip
+        if target.kind == "ingest":
+            for count in a.replicas_sweep:
+                target.set_replicas(count)
+                self.drive(target, "replicas", batch_size=a.batch_size, streams=REPLICA_STREAMS,
+                           duration_s=a.duration, warmup_s=a.warmup)  # fmt: skip
+            target.set_replicas(1)
 
 
 def _children_cpu_s() -> float:
@@ -278,7 +318,10 @@ def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
     sustained = table.get("real", {}).get("sustained")
     if sustained and ref:
         ratios["real_sustained"] = {"orders_per_s": sustained["orders_per_s"] / ref["orders_per_s"]}
-    return {"table": table, "ratios": ratios}
+    replicas = [{"replicas": r["replicas"], "orders_per_s": r["orders_per_s"], "p99_ms": r["latency_ms"]["p99"],
+                 "cpu_s_per_million_orders": r["cpu_s_per_million_orders"], "server_cores": r["server_cores"],
+                 "peak_rss_mib": r["peak_rss_mib"]} for r in rows if r["phase"] == "replicas"]  # fmt: skip
+    return {"table": table, "ratios": ratios, "replicas": replicas}
 
 
 def print_table(summary: dict) -> None:
@@ -301,6 +344,11 @@ def print_table(summary: dict) -> None:
         if kind in ("real", "ingest"):
             print(f"{kind} / reference: {r['orders_per_s']:.1f}x orders/s, {r['cpu_per_order']:.1f}x less CPU per "
                   f"order, {r['p50_latency']:.1f}x lower p50 ack latency (at each one's maximum rate)")
+    if summary.get("replicas"):
+        print(f"ingest replicas on this machine ({REPLICA_STREAMS} streams spread over them): " + "; ".join(
+            f"{r['replicas']}: {r['orders_per_s']:,.0f} orders/s, {r['cpu_s_per_million_orders']:.2f} s/M over "
+            f"{r['server_cores']:.2f} cores, p99 {r['p99_ms']:.0f} ms, RSS {r['peak_rss_mib']:.0f} MiB"
+            for r in summary["replicas"]))
     if "real_sustained" in summary["ratios"]:
         print(f"real, sustained: {summary['ratios']['real_sustained']['orders_per_s']:.1f}x the reference's maximum")
     if "kafka_ceiling" in summary:
@@ -410,6 +458,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fractions", type=floats, default=[0.25, 0.5, 0.75], help="of the maximum rate, e.g. 0.25,0.5")
     p.add_argument("--batch-sizes", type=ints, default=[100, 250, 500, 1000, 2000, 5000])
     p.add_argument("--streams-sweep", type=ints, default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--replicas-sweep", type=ints, default=[1, 2, 3], help="ingest replicas, for the ingest server")
     p.add_argument("--sweep-duration", type=float, default=4.0)
     p.add_argument("--sweep-warmup", type=float, default=1.0)
     p.add_argument("--pool-orders", type=int, default=100_000, help="distinct orders generated once and reused")

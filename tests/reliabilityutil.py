@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -118,15 +118,18 @@ def check_kafka_and_bronze(bootstrap: str, topic: str, dlq: str, bronze_table: C
 
 
 class Stream:
-    """Sends `batches` in order on one client from a thread, at most `rate`
-    batches/s, and records the acks. `stop()` closes the client: unacked batches
-    stay unacked (the caller resends them on a new stream)."""
+    """Sends `batches` (a list, or any iterable: a generator keeps the load on
+    until it ends) in order on one client from a thread, at most `rate`
+    batches/s, and records the acks; `sent_batches` are those handed to the
+    client. `stop()` closes the client: unacked batches stay unacked (the
+    caller resends them on a new stream)."""
 
-    def __init__(self, target: str, batches: list[ingest_pb2.OrderBatch], rate: float,
+    def __init__(self, target: str, batches: Iterable[ingest_pb2.OrderBatch], rate: float,
                  retry: RetryPolicy | None = None) -> None:  # fmt: skip
         self.client = IngestClient(target, max_in_flight=8, ack_timeout_s=30.0,
                                    retry=retry or RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5))  # fmt: skip
         self.batches = batches
+        self.sent_batches: list[ingest_pb2.OrderBatch] = []
         self.rate = rate
         self.acks: dict[str, ingest_pb2.BatchAck] = {}
         self.failures: dict[str, BaseException] = {}
@@ -145,6 +148,7 @@ class Stream:
             except Exception:
                 return  # the client is closing
             self.sent += 1
+            self.sent_batches.append(batch)
             future.add_done_callback(partial(self._answered, batch.batch_id))
             next_at = max(next_at + 1 / self.rate, time.monotonic() - 1)
             self._stop.wait(max(0.0, next_at - time.monotonic()))
