@@ -185,7 +185,10 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
     log_level: str = field(
         default="info", metadata={"help": "log level", "choices": ("debug", "info", "warning", "error")}
     )
-    log_format: str = field(default="json", metadata={"help": "log format", "choices": ("json", "text")})
+    log_format: str = field(
+        default="auto",
+        metadata={"help": "log format: auto is text on a terminal and JSON lines otherwise", "choices": ("auto", "json", "text")},
+    )
     ready_file: str | None = field(
         default=None,
         metadata={"metavar": "PATH", "help": "once serving, write the bound ports and Kafka bootstrap to this file as JSON (for scripts)"},

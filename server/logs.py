@@ -1,9 +1,11 @@
-"""Structured logs: one JSON object per line on stderr.
+"""Structured logs on stderr: for people on a terminal, JSON lines for machines.
 
 Call sites log a short fixed message and put the variable parts in `extra`
 (`log.info("batch rejected", extra={"code": ..., "offset": ...})`), so log
-pipelines can index fields instead of parsing sentences. `--log-format text`
-gives the same fields in a human-friendly line for local development.
+pipelines can index fields instead of parsing sentences. `--log-format auto`
+(the default) writes one human-friendly line per record when stderr is a
+terminal and one JSON object per line otherwise (a file, a pipe, a container
+runtime), as command-line tools do; `json` and `text` force one.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

@@ -28,7 +28,10 @@ class BronzeWorkerConfig(KafkaClientOptions, BronzeOptions):
     shutdown_grace_s: float = field(default=30.0, metadata={"help": "how long a stop may take to write and commit what was consumed, seconds"})
     ready_file: str | None = field(default=None, metadata={"metavar": "PATH", "help": "write {pid, metrics_port} here once the worker has joined its group"})
     log_level: str = field(default="info", metadata={"help": "log level", "choices": ("debug", "info", "warning", "error")})
-    log_format: str = field(default="json", metadata={"help": "log format", "choices": ("json", "text")})
+    log_format: str = field(
+        default="auto",
+        metadata={"help": "log format: auto is text on a terminal and JSON lines otherwise", "choices": ("auto", "json", "text")},
+    )
 
     def __post_init__(self) -> None:
         self.check_bronze_options()
