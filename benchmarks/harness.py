@@ -23,7 +23,7 @@ The runs:
   4. sweeps at full speed: batch size (`--batch-sizes`) and concurrent streams
      (`--streams-sweep`);
   5. for `ingest`, 1, 2, 3 replicas (`--replicas-sweep`) on the same topics,
-     the driver's streams spread over them with round_robin: what scaling out
+     the driver's streams spread evenly over them: what scaling out
      costs and gives on this one machine (CPU and RSS summed over replicas).
 
 Per run: orders/s and batches/s (acked in the measured window), ack latency

@@ -92,7 +92,7 @@ def _non_negative_float(text: str) -> float:
 def _add_sending_flags(parser: argparse.ArgumentParser, *, default_source: str) -> None:
     add_argument_with_env(
         parser, "--target", default="127.0.0.1:50051",
-        help="server address host:port; replicas as host:port,host:port or dns:///name:port (round_robin, failover)",
+        help="server address host:port; replicas as host:port,host:port or dns:///name:port (spread, failover)",
     )  # fmt: skip
     add_argument_with_env(parser, "--batch-size", type=_positive_int, default=1000, help="orders per batch")
     add_argument_with_env(

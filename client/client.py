@@ -324,8 +324,8 @@ class AsyncIngestClient:
 
     Args:
         target: `host:port` (any gRPC target string), or several replicas:
-            `host:port,host:port` or `dns:///name:port`, spread with
-            round_robin (client/targets.py).
+            `host:port,host:port` or `dns:///name:port`, with failover
+            (client/targets.py).
         max_in_flight: batches sent but not acked, at most; `send` waits beyond it.
         source: put in `OrderBatch.source` when a message sent has none.
         credentials: `grpc.ChannelCredentials` for TLS/mTLS; None means plaintext.

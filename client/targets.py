@@ -7,25 +7,31 @@
   default policy (one connection).
 - `host:port,host:port,...`: the replicas. Each host is resolved once, here
   (a name with the system resolver, every address it has), into one static
-  `ipv4:`/`ipv6:` address list for gRPC.
+  `ipv4:`/`ipv6:` address list, which each client of the process starts at
+  the next place in (from a random first one): gRPC's `pick_first` then
+  connects a client to its own replica, so the streams of `load --streams N`
+  spread evenly, and when that replica is down or draining the client's next
+  stream connects to the next address in the list.
 - `dns:///name:port`: gRPC's own DNS resolver, which re-resolves the name when
-  connections fail (a Kubernetes headless Service, for example); `ipv4:` and
-  `ipv6:` address lists as gRPC reads them.
+  connections fail (a Kubernetes headless Service, for example), with
+  `round_robin` over every address it returns; `ipv4:` and `ipv6:` address
+  lists as gRPC reads them get `round_robin` too.
 
-Several addresses get gRPC's `round_robin` policy: the channel keeps a
-connection to every replica, each new stream goes to the next one that is
-ready, and a replica that is down is skipped until it answers again. So when
-a replica dies or drains, the client's next stream (and the unacked batches
-it resends on it, with the same batch_ids) goes to another one.
+Either way, the unacked batches of a broken stream are resent (same
+batch_ids) on the next one, so they reach a replica that is up.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import random
 import socket
 from typing import Any
 
 ROUND_ROBIN = ("grpc.lb_policy_name", "round_robin")
+PICK_FIRST = ("grpc.lb_policy_name", "pick_first")
+_starts = itertools.count(random.randrange(1 << 16))  # where the next client starts in a replica list
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
@@ -66,7 +72,9 @@ def channel_target(target: str) -> tuple[str, list[tuple[str, Any]]]:
     if any(v6) and not all(v6):
         raise ValueError(f"target {target!r}: mixes IPv4 and IPv6 addresses; list one family, or use dns:///NAME:PORT")
     scheme = "ipv6" if all(v6) else "ipv4"
-    options: list[tuple[str, Any]] = [ROUND_ROBIN]
+    start = next(_starts) % len(addresses)
+    addresses = addresses[start:] + addresses[:start]
+    options: list[tuple[str, Any]] = [PICK_FIRST]
     names = {host for host, _ in hosts}
     if len(names) == 1 and not _is_ip(next(iter(names))):
         # TLS checks the server's certificate against the authority: the name

@@ -101,8 +101,10 @@ class ChildProcess:
         self.close()
 
 
-class ServerProcess(ChildProcess):
-    name = "server"
+class _KeystoneProcess(ChildProcess):
+    """`keystone-ingest <command>`: the command and its fixed flags, then `args`."""
+
+    command: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -114,35 +116,32 @@ class ServerProcess(ChildProcess):
         start_timeout_s: float = 60.0,
     ) -> None:
         self._make_dir()
-        env = {**os.environ, **(env or {})}
-        # Ports picked by the system, so any number of servers (and their
-        # Bronze workers) run side by side.
-        command = [sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--listen", "127.0.0.1:0",
-                   "--metrics-listen", "127.0.0.1:0", "--bronze-metrics-listen", "127.0.0.1:0", *args]  # fmt: skip
-        super().__init__(command, env=env, cwd=cwd, log_path=log_path, start_timeout_s=start_timeout_s)
+        super().__init__([sys.executable, "-m", "keystone_ingest.server.cli", *self.command, *args],
+                         env={**os.environ, **(env or {})}, cwd=cwd, log_path=log_path,
+                         start_timeout_s=start_timeout_s)  # fmt: skip
+
+
+class ServerProcess(_KeystoneProcess):
+    name = "server"
+    # Ports picked by the system, so any number of servers (and their
+    # Bronze workers) run side by side.
+    command = ("serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+               "--bronze-metrics-listen", "127.0.0.1:0")  # fmt: skip
+
+    def __init__(self, args: list[str] = (), **options) -> None:
+        super().__init__(args, **options)
         self.metrics_port: int | None = self.info["metrics_port"]
         self.kafka_bootstrap: str = self.info["kafka_bootstrap"]
         self.bronze_pid: int | None = self.info.get("bronze_pid")
         self.bronze_metrics_port: int | None = self.info.get("bronze_metrics_port")
 
 
-class BronzeWorkerProcess(ChildProcess):
+class BronzeWorkerProcess(_KeystoneProcess):
     """`keystone-ingest bronze`, ready once it has joined its consumer group."""
 
     name = "bronze"
+    command = ("bronze", "--metrics-listen", "127.0.0.1:0")
 
-    def __init__(
-        self,
-        args: list[str] = (),
-        *,
-        env: dict[str, str] | None = None,
-        cwd: str | os.PathLike | None = None,
-        log_path: str | os.PathLike | None = None,
-        start_timeout_s: float = 60.0,
-    ) -> None:
-        self._make_dir()
-        command = [sys.executable, "-m", "keystone_ingest.server.cli", "bronze", "--metrics-listen", "127.0.0.1:0",
-                   *args]  # fmt: skip
-        super().__init__(command, env={**os.environ, **(env or {})}, cwd=cwd, log_path=log_path,
-                         start_timeout_s=start_timeout_s)  # fmt: skip
+    def __init__(self, args: list[str] = (), **options) -> None:
+        super().__init__(args, **options)
         self.metrics_port: int = self.info["metrics_port"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keystone_ingest.client.targets import ROUND_ROBIN, channel_target
+from keystone_ingest.client.targets import PICK_FIRST, ROUND_ROBIN, channel_target
 
 
 def test_one_address_or_uri_is_passed_on_as_given():
@@ -12,17 +12,29 @@ def test_one_address_or_uri_is_passed_on_as_given():
     assert channel_target("unix:/run/keystone.sock") == ("unix:/run/keystone.sock", [])
 
 
-def test_replicas_become_one_static_address_list_on_round_robin():
-    assert channel_target("127.0.0.1:1, 127.0.0.2:2,127.0.0.3:3") == (
-        "ipv4:127.0.0.1:1,127.0.0.2:2,127.0.0.3:3", [ROUND_ROBIN])
-    assert channel_target("[::1]:1,[::1]:2") == ("ipv6:[::1]:1,[::1]:2", [ROUND_ROBIN])
+def test_replicas_become_one_static_address_list_each_client_starting_at_the_next_one():
+    replicas = ["127.0.0.1:1", "127.0.0.2:2", "127.0.0.3:3"]
+    firsts = []
+    for _ in range(6):
+        target, options = channel_target(" , ".join(replicas))
+        assert options == [PICK_FIRST]
+        scheme, _, addresses = target.partition(":")
+        listed = addresses.split(",")
+        assert scheme == "ipv4" and sorted(listed) == replicas
+        start = replicas.index(listed[0])
+        assert listed == replicas[start:] + replicas[:start]  # the rest in order: where failover goes next
+        firsts.append(listed[0])
+    # Consecutive clients start at consecutive replicas: six streams, two on each.
+    assert sorted(firsts) == sorted(replicas * 2)
+    target, _ = channel_target("[::1]:1,[::1]:2")
+    assert target in ("ipv6:[::1]:1,[::1]:2", "ipv6:[::1]:2,[::1]:1")
 
 
 def test_a_name_is_resolved_to_its_addresses_and_kept_as_the_tls_authority():
     target, options = channel_target("localhost:7001,localhost:7002")
     assert target.startswith(("ipv4:", "ipv6:"))
     assert "7001" in target and "7002" in target
-    assert options == [ROUND_ROBIN, ("grpc.default_authority", "localhost:7001")]
+    assert options == [PICK_FIRST, ("grpc.default_authority", "localhost:7001")]
 
 
 def test_dns_and_address_list_uris_get_round_robin():

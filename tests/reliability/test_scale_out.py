@@ -26,6 +26,15 @@ def accepted_batches(server: ServerProcess) -> float:
     return metric(server.metrics_port, "keystone_ingest_batches_total", status="accepted")
 
 
+def acked_every_batch(streams: list[Stream], batches: list) -> list:
+    """The batches, once every one of them was acked and none failed."""
+    failures = {k: v for s in streams for k, v in s.failures.items()}
+    assert not failures, list(failures.items())[:3]
+    acked = [b for s in streams for b in s.sent_batches if b.batch_id in s.acks]
+    assert len(acked) == len(batches)
+    return acked
+
+
 def bronze_reader(bronze: Path):
     def table(name: str):
         path = bronze / name
@@ -62,10 +71,7 @@ def test_a_replica_and_a_bronze_worker_killed_mid_stream_lose_nothing(kafka_clus
         finally:
             for s in streams:
                 s.stop()
-        failures = {k: v for s in streams for k, v in s.failures.items()}
-        assert not failures, list(failures.items())[:3]
-        acked = [b for s in streams for b in s.batches if b.batch_id in s.acks]
-        assert len(acked) == len(batches)
+        acked = acked_every_batch(streams, batches)
         # The survivors took the streams of the replica that died.
         assert sum(accepted_batches(r) for r in replicas[1:]) > len(batches) * 2 / 3
 
@@ -117,10 +123,7 @@ def test_a_rolling_restart_of_every_replica_under_load_fails_no_batch(kafka_clus
         finally:
             for s in streams:
                 s.stop()
-        failures = {k: v for s in streams for k, v in s.failures.items()}
-        assert not failures, list(failures.items())[:3]
-        acked = [b for s in streams for b in s.batches if b.batch_id in s.acks]
-        assert len(acked) == len(batches)
+        acked = acked_every_batch(streams, batches)
         wait_bronze_caught_up(kafka_cluster.bootstrap, [topic, dlq], f"file://{bronze}", timeout_s=120)
         report = check_kafka_and_bronze(kafka_cluster.bootstrap, topic, dlq, bronze_reader(bronze),
                                         expected_from(acked), expected_from(batches), restarts=True)  # fmt: skip
@@ -174,8 +177,8 @@ def test_a_bronze_worker_added_and_then_removed_under_load_leaves_no_gap_and_no_
             for s in streams:
                 s.stop()
         sent = [b for s in streams for b in s.sent_batches]
-        acked = [b for s in streams for b in s.sent_batches if b.batch_id in s.acks]
-        assert len(acked) == len(sent) > 40
+        acked = acked_every_batch(streams, sent)
+        assert len(acked) > 40
         wait_bronze_caught_up(kafka_cluster.bootstrap, [topic, dlq], f"file://{bronze}", timeout_s=120)
         report = check_kafka_and_bronze(kafka_cluster.bootstrap, topic, dlq, bronze_reader(bronze),
                                         expected_from(acked), expected_from(sent))  # fmt: skip
