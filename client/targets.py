@@ -43,10 +43,9 @@ def _split_host_port(address: str) -> tuple[str, int]:
 
 def _resolve(host: str, port: int) -> list[str]:
     """`ip:port` strings (IPv6 in brackets) for every address of `host`."""
-    try:
-        ipaddress.ip_address(host)
+    if _is_ip(host):
         infos = [(socket.AF_INET6 if ":" in host else socket.AF_INET, None, None, None, (host, port))]
-    except ValueError:
+    else:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:

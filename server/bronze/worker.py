@@ -279,7 +279,6 @@ class BronzeWorker:
             log.warning("bronze: flush abandoned, the partitions belong to another worker now",
                         extra={"error": str(exc)})  # fmt: skip
             self.metrics.fenced_flushes_total.inc()
-            self._buffer = RowBuffer()
             self._unready |= self._parts.keys()
             self._parts.clear()
             return

@@ -135,9 +135,6 @@ class FlushWriter:
     def largest_file_bytes(self) -> int:
         return max((f.nbytes for f in self._files.values()), default=0)
 
-    def spooled_bytes(self) -> int:
-        return sum(f.nbytes for f in self._files.values())
-
     async def append(self, buffer: RowBuffer) -> None:
         """Writes the buffer's rows to the open files. A failure raises a
         classified IngestError and leaves the open files unusable: `discard()`."""
