@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
-
-from benchmarks.corpus import BatchMaker, load_pool
 from keystone_ingest.core import Core, RecordBatchBuilder
 
+from benchmarks.corpus import BatchMaker, load_pool
+
 RECORD_BATCH_BYTES = 512 * 1024  # the sink's default --max-batch-bytes
-HEADERS = [("batch_id", b"ceiling"), ("source", b"bench"),
-           ("content-type", b"application/x-protobuf; messageType=keystone.ingest.v1.Order")]
+HEADERS = [
+    ("batch_id", b"ceiling"),
+    ("source", b"bench"),
+    ("content-type", b"application/x-protobuf; messageType=keystone.ingest.v1.Order"),
+]
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -38,8 +42,14 @@ async def run(args: argparse.Namespace) -> dict:
     batches = maker.batches(namespace=4095)
     requests = [next(batches)[1] for _ in range(64)]
     results = [(raw, core.process(raw)) for raw in requests]
-    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=True,
-                                compression_type=None, linger_ms=0, max_batch_size=RECORD_BATCH_BYTES)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=args.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=None,
+        linger_ms=0,
+        max_batch_size=RECORD_BATCH_BYTES,
+    )
     await producer.start()
     started = time.perf_counter()
     window = (started + args.warmup, started + args.warmup + args.duration)
@@ -57,22 +67,27 @@ async def run(args: argparse.Namespace) -> dict:
             builder = RecordBatchBuilder("zstd", 1, RECORD_BATCH_BYTES)
             while True:
                 raw, result = results[k % len(results)]
-                start = builder.append_orders(result, raw, partition, args.partitions, start, 1_700_000_000_000,
-                                              HEADERS)
+                start = builder.append_orders(
+                    result, raw, partition, args.partitions, start, 1_700_000_000_000, HEADERS
+                )
                 if start < result.accepted:
                     break  # full: the rest of this request goes into the next record batch
                 k, start = k + 1, 0
             await asyncio.to_thread(builder.close)
             delivered = await producer.send_batch(builder, args.topic, partition=partition)
-            delivered.add_done_callback(lambda f, n=builder.record_count(): acked(n, f))
+            delivered.add_done_callback(functools.partial(acked, builder.record_count()))
 
     try:
         await asyncio.gather(*(lane(p) for p in range(args.partitions)))
         await producer.flush()
     finally:
         await producer.stop()
-    return {"orders_per_s": counted["orders"] / args.duration, "window_s": args.duration,
-            "errors": counted["errors"], "batch_bytes": RECORD_BATCH_BYTES}
+    return {
+        "orders_per_s": counted["orders"] / args.duration,
+        "window_s": args.duration,
+        "errors": counted["errors"],
+        "batch_bytes": RECORD_BATCH_BYTES,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

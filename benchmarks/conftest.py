@@ -43,9 +43,7 @@ _measured: list[Measured] = []
 @pytest.fixture
 def record():
     def _record(benchmark, *, group: str, role: str, orders: int, input_bytes: int) -> None:
-        _measured.append(
-            Measured(benchmark.name, group, role, benchmark.stats.stats.median, orders, input_bytes)
-        )
+        _measured.append(Measured(benchmark.name, group, role, benchmark.stats.stats.median, orders, input_bytes))
 
     return _record
 
@@ -65,8 +63,10 @@ def pytest_terminal_summary(terminalreporter):
         return
     write = terminalreporter.write_line
     write("")
-    write("Core and stages (medians, per batch of 1,000 orders unless named; ratio = native / pure-Python "
-          "reference in this run)")
+    write(
+        "Core and stages (medians, per batch of 1,000 orders unless named; ratio = native / pure-Python "
+        "reference in this run)"
+    )
     write(f"{'benchmark':<56} {'orders/s':>12} {'µs/order':>9} {'MB/s':>9} {'ratio':>8}")
     reference = {m.group: m for m in _measured if m.role == "reference"}
     rows = []
@@ -78,7 +78,5 @@ def pytest_terminal_summary(terminalreporter):
         write(f"{m.name:<56} {m.orders_per_s:>12,.0f} {1e6 / m.orders_per_s:>9.3f} {mb:>9} {ratio_text:>8}")
         rows.append({**asdict(m), "orders_per_s": m.orders_per_s, "mb_per_s": m.mb_per_s, "ratio": ratio})
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(
-        json.dumps({"machine": platform.uname()._asdict(), "results": rows}, indent=2) + "\n"
-    )
+    RESULTS_PATH.write_text(json.dumps({"machine": platform.uname()._asdict(), "results": rows}, indent=2) + "\n")
     write(f"results written to {RESULTS_PATH}")

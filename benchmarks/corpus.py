@@ -66,8 +66,15 @@ def make_pool(orders: int, *, seed: int, duplicate_ratio: float, invalid_ratio: 
     return pool
 
 
-def load_pool(orders: int = 100_000, *, seed: int = 5, duplicate_ratio: float = 0.01, invalid_ratio: float = 0.005,
-              live: bool = True, cache_dir: Path = CACHE_DIR) -> list[bytes]:  # fmt: skip
+def load_pool(
+    orders: int = 100_000,
+    *,
+    seed: int = 5,
+    duplicate_ratio: float = 0.01,
+    invalid_ratio: float = 0.005,
+    live: bool = True,
+    cache_dir: Path = CACHE_DIR,
+) -> list[bytes]:
     """The pool for these settings, from the cache when it was made before."""
     name = f"pool-{orders}-{seed}-{duplicate_ratio:g}-{invalid_ratio:g}-{'live' if live else 'olist'}.bin"
     path = cache_dir / name
@@ -96,8 +103,10 @@ class BatchMaker:
         self.batch_size = batch_size
         self.source = source.encode()
         # Chunks joined once; a pass only retags them.
-        self.chunks = [(b"".join(pool[i : i + batch_size]), len(pool[i : i + batch_size]))
-                       for i in range(0, len(pool) - batch_size + 1, batch_size)]  # fmt: skip
+        self.chunks = [
+            (b"".join(pool[i : i + batch_size]), len(pool[i : i + batch_size]))
+            for i in range(0, len(pool) - batch_size + 1, batch_size)
+        ]
         if not self.chunks:
             raise ValueError(f"a pool of {len(pool)} orders cannot make a batch of {batch_size}")
 
@@ -109,7 +118,6 @@ class BatchMaker:
             tag = f"{namespace:03x}{pass_:05x}".encode()
             for k, (chunk, orders) in enumerate(self.chunks):
                 batch_id = tag + b"-" + str(k).encode()
-                header = (b"\x0a" + _varint(len(batch_id)) + batch_id
-                          + b"\x12" + _varint(len(self.source)) + self.source)  # fmt: skip
+                header = b"\x0a" + _varint(len(batch_id)) + batch_id + b"\x12" + _varint(len(self.source)) + self.source
                 yield batch_id.decode(), header + chunk.replace(PLACEHOLDER, tag), orders
         raise RuntimeError("pool passes exhausted")

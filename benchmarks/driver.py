@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from keystone_ingest.client.client import AsyncIngestClient
 
 from benchmarks.corpus import BatchMaker, load_pool
-from keystone_ingest.client.client import AsyncIngestClient
 
 
 class Recorder:
@@ -66,8 +66,13 @@ class Recorder:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    pool = load_pool(args.pool_orders, seed=args.seed, duplicate_ratio=args.duplicate_ratio,
-                     invalid_ratio=args.invalid_ratio, live=not args.olist_days)  # fmt: skip
+    pool = load_pool(
+        args.pool_orders,
+        seed=args.seed,
+        duplicate_ratio=args.duplicate_ratio,
+        invalid_ratio=args.invalid_ratio,
+        live=not args.olist_days,
+    )
     maker = BatchMaker(pool, args.batch_size)
     started = time.perf_counter()
     end = started + args.warmup + args.duration
@@ -81,8 +86,9 @@ async def run(args: argparse.Namespace) -> dict:
         # independent senders would; in step, every stream's batch would arrive
         # at the same instant and wait for the others'.
         phase_s = index / args.streams * args.batch_size / per_stream_rate if per_stream_rate else 0.0
-        async with AsyncIngestClient(args.target, max_in_flight=args.max_in_flight,
-                                     channel_options=[("grpc.use_local_subchannel_pool", 1)]) as client:  # fmt: skip
+        async with AsyncIngestClient(
+            args.target, max_in_flight=args.max_in_flight, channel_options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as client:
             while (now := time.perf_counter()) < end:
                 if per_stream_rate:
                     due = started + phase_s + sent_orders / per_stream_rate
@@ -123,9 +129,13 @@ async def run(args: argparse.Namespace) -> dict:
         "orders_per_s": recorder.total_orders / max(recorder.last_ack - started, 1e-9),
         "batches_per_s": recorder.total_batches / max(recorder.last_ack - started, 1e-9),
         "window_orders_per_s": recorder.window_orders / window_s,
-        "latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99),
-                       "max": float(lat_ms[-1]) if len(lat_ms) else float("nan"),
-                       "mean": float(lat_ms.mean()) if len(lat_ms) else float("nan")},  # fmt: skip
+        "latency_ms": {
+            "p50": pct(50),
+            "p90": pct(90),
+            "p99": pct(99),
+            "max": float(lat_ms[-1]) if len(lat_ms) else float("nan"),
+            "mean": float(lat_ms.mean()) if len(lat_ms) else float("nan"),
+        },
         "latency_sample_ms": [round(float(v), 3) for v in sample],
         "slowest": [[round(recorder.sent_at_s[i], 3), round(float(raw_ms[i]), 1)] for i in slowest],
         "total_orders": recorder.total_orders,
@@ -139,8 +149,9 @@ async def run(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.driver", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.driver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--target", required=True)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--streams", type=int, default=4)

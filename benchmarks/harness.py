@@ -56,12 +56,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.corpus import load_pool
-from benchmarks.processes import REPO_ROOT, ReferenceProcess, reset_peak_rss, usage
 from keystone_ingest.dev.catchup import wait_bronze_caught_up
 from keystone_ingest.dev.kafka import KAFKA_VERSION, KafkaCluster
-from keystone_ingest.dev.mockbroker import MockBroker
 from keystone_ingest.dev.launcher import ServerProcess
+from keystone_ingest.dev.mockbroker import MockBroker
+
+from benchmarks.corpus import load_pool
+from benchmarks.processes import REPO_ROOT, ReferenceProcess, reset_peak_rss, usage
 
 MiB = 1024 * 1024
 KINDS = ("real", "ingest", "reference")
@@ -130,9 +131,21 @@ class Target:
             bronze = f"file://{self.bronze}" if kind == "real" else ""
             # Bronze files every 2 s (default 60 s), so the time the worker
             # takes to catch up after a run measures its work, not the wait.
-            self.process = ServerProcess([*common, "--bronze-uri", bronze, "--bronze-group", f"bench-{suffix}",
-                                          "--roll-age-s", "2", "--log-level", "warning", *server_args],
-                                         log_path=log_path)  # fmt: skip
+            self.process = ServerProcess(
+                [
+                    *common,
+                    "--bronze-uri",
+                    bronze,
+                    "--bronze-group",
+                    f"bench-{suffix}",
+                    "--roll-age-s",
+                    "2",
+                    "--log-level",
+                    "warning",
+                    *server_args,
+                ],
+                log_path=log_path,
+            )
         else:
             self.process = ReferenceProcess([*common, "--bronze-dir", str(self.bronze)], log_path=log_path)
         self.pid = self.process.process.pid
@@ -200,19 +213,51 @@ class Harness:
         self.runs: list[Run] = []
         self._namespace = 0
 
-    def drive(self, target: Target, phase: str, *, batch_size: int, streams: int, rate: float = 0.0,
-              duration_s: float, warmup_s: float) -> Run:  # fmt: skip
+    def drive(
+        self,
+        target: Target,
+        phase: str,
+        *,
+        batch_size: int,
+        streams: int,
+        rate: float = 0.0,
+        duration_s: float,
+        warmup_s: float,
+    ) -> Run:
         a = self.args
         target.wait_idle()
         self._namespace += 1
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            command = [sys.executable, "-m", "benchmarks.driver", "--target", target.target,
-                       "--batch-size", str(batch_size), "--streams", str(streams),
-                       "--max-in-flight", str(a.max_in_flight), "--rate", str(rate),
-                       "--duration", str(duration_s), "--warmup", str(warmup_s),
-                       "--namespace", str(self._namespace), "--pool-orders", str(a.pool_orders),
-                       "--duplicate-ratio", str(a.duplicate_ratio), "--invalid-ratio", str(a.invalid_ratio),
-                       "--out", out.name, *(["--olist-days"] if a.olist_days else [])]  # fmt: skip
+            command = [
+                sys.executable,
+                "-m",
+                "benchmarks.driver",
+                "--target",
+                target.target,
+                "--batch-size",
+                str(batch_size),
+                "--streams",
+                str(streams),
+                "--max-in-flight",
+                str(a.max_in_flight),
+                "--rate",
+                str(rate),
+                "--duration",
+                str(duration_s),
+                "--warmup",
+                str(warmup_s),
+                "--namespace",
+                str(self._namespace),
+                "--pool-orders",
+                str(a.pool_orders),
+                "--duplicate-ratio",
+                str(a.duplicate_ratio),
+                "--invalid-ratio",
+                str(a.invalid_ratio),
+                "--out",
+                out.name,
+                *(["--olist-days"] if a.olist_days else []),
+            ]
             for pid in target.pids:
                 reset_peak_rss(pid)
             before, broker_before, children_before = target.server_cpu_s(), usage(target.broker_pid), _children_cpu_s()
@@ -225,49 +270,101 @@ class Harness:
             bronze_cpu_s = (usage(target.bronze_pid).cpu_s - bronze_before) if target.bronze_pid else 0.0
         if result is None:
             raise RuntimeError(f"the load driver wrote no result for {target.kind} {phase}")
-        run = Run(target.kind, phase, batch_size, streams, rate, result, after - before,
-                  target.peak_rss_bytes(), client_cpu_s=client_cpu_s, replicas=len(target.pids),
-                  broker_cpu_s=broker_after.cpu_s - broker_before.cpu_s, bronze_cpu_s=bronze_cpu_s,
-                  bronze_catchup_s=catchup_s, load_average=os.getloadavg()[0])  # fmt: skip
+        run = Run(
+            target.kind,
+            phase,
+            batch_size,
+            streams,
+            rate,
+            result,
+            after - before,
+            target.peak_rss_bytes(),
+            client_cpu_s=client_cpu_s,
+            replicas=len(target.pids),
+            broker_cpu_s=broker_after.cpu_s - broker_before.cpu_s,
+            bronze_cpu_s=bronze_cpu_s,
+            bronze_catchup_s=catchup_s,
+            load_average=os.getloadavg()[0],
+        )
         self.runs.append(run)
         row = run.row()
         lat = row["latency_ms"]
-        print(f"  {target.kind:<9} {phase:<10} {f'x{len(target.pids)} ' if len(target.pids) > 1 else ''}"
-              f"batch {batch_size:>5} streams {streams:>3} "
-              f"rate {rate:>9,.0f}: {row['orders_per_s']:>9,.0f} orders/s  p50 {lat['p50']:>7.1f} ms  "
-              f"p99 {lat['p99']:>7.1f} ms  cpu {row['cpu_s_per_million_orders']:>5.1f} s/M  "
-              f"rss {row['peak_rss_mib']:>5.0f} MiB  load {row['load_average']:4.1f}"
-              + (f"  bronze {row['bronze_cpu_s_per_million_orders']:.1f} s/M, caught up {catchup_s:.1f} s after"
-                 if catchup_s is not None else "")
-              + (f"  errors {row['errors']}" if row["errors"] else ""),
-              flush=True)  # fmt: skip
+        print(
+            f"  {target.kind:<9} {phase:<10} {f'x{len(target.pids)} ' if len(target.pids) > 1 else ''}"
+            f"batch {batch_size:>5} streams {streams:>3} "
+            f"rate {rate:>9,.0f}: {row['orders_per_s']:>9,.0f} orders/s  p50 {lat['p50']:>7.1f} ms  "
+            f"p99 {lat['p99']:>7.1f} ms  cpu {row['cpu_s_per_million_orders']:>5.1f} s/M  "
+            f"rss {row['peak_rss_mib']:>5.0f} MiB  load {row['load_average']:4.1f}"
+            + (
+                f"  bronze {row['bronze_cpu_s_per_million_orders']:.1f} s/M, caught up {catchup_s:.1f} s after"
+                if catchup_s is not None
+                else ""
+            )
+            + (f"  errors {row['errors']}" if row["errors"] else ""),
+            flush=True,
+        )
         return run
 
     def bench(self, target: Target) -> None:
         a = self.args
         print(f"== {target.kind}: {target.target}", flush=True)
-        maxes = [self.drive(target, "max", batch_size=a.batch_size, streams=a.streams,
-                            duration_s=a.duration, warmup_s=a.warmup) for _ in range(a.repeats)]  # fmt: skip
+        maxes = [
+            self.drive(
+                target, "max", batch_size=a.batch_size, streams=a.streams, duration_s=a.duration, warmup_s=a.warmup
+            )
+            for _ in range(a.repeats)
+        ]
         max_rate = statistics.median(r.result["orders_per_s"] for r in maxes)
         for fraction in a.fractions:
-            self.drive(target, f"{fraction:g}x", batch_size=a.batch_size, streams=a.streams,
-                       rate=fraction * max_rate, duration_s=a.duration, warmup_s=a.warmup)  # fmt: skip
+            self.drive(
+                target,
+                f"{fraction:g}x",
+                batch_size=a.batch_size,
+                streams=a.streams,
+                rate=fraction * max_rate,
+                duration_s=a.duration,
+                warmup_s=a.warmup,
+            )
         # Before the sweeps: their many streams leave RSS high, and a peak is
         # measured from where the process is.
         if target.bronze_pid is not None and a.sustained:
-            self.drive(target, "sustained", batch_size=a.batch_size, streams=a.streams,
-                       duration_s=a.sustained, warmup_s=a.warmup)  # fmt: skip
+            self.drive(
+                target,
+                "sustained",
+                batch_size=a.batch_size,
+                streams=a.streams,
+                duration_s=a.sustained,
+                warmup_s=a.warmup,
+            )
         for size in a.batch_sizes:
-            self.drive(target, "batch_size", batch_size=size, streams=a.streams,
-                       duration_s=a.sweep_duration, warmup_s=a.sweep_warmup)  # fmt: skip
+            self.drive(
+                target,
+                "batch_size",
+                batch_size=size,
+                streams=a.streams,
+                duration_s=a.sweep_duration,
+                warmup_s=a.sweep_warmup,
+            )
         for streams in a.streams_sweep:
-            self.drive(target, "streams", batch_size=a.batch_size, streams=streams,
-                       duration_s=a.sweep_duration, warmup_s=a.sweep_warmup)  # fmt: skip
+            self.drive(
+                target,
+                "streams",
+                batch_size=a.batch_size,
+                streams=streams,
+                duration_s=a.sweep_duration,
+                warmup_s=a.sweep_warmup,
+            )
         if target.kind == "ingest":
             for count in a.replicas_sweep:
                 target.set_replicas(count)
-                self.drive(target, "replicas", batch_size=a.batch_size, streams=REPLICA_STREAMS,
-                           duration_s=a.duration, warmup_s=a.warmup)  # fmt: skip
+                self.drive(
+                    target,
+                    "replicas",
+                    batch_size=a.batch_size,
+                    streams=REPLICA_STREAMS,
+                    duration_s=a.duration,
+                    warmup_s=a.warmup,
+                )
             target.set_replicas(1)
 
 
@@ -302,8 +399,9 @@ def _median_row(rows: list[dict]) -> dict:
 def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
     kinds = [k for k in KINDS if any(r["server"] == k for r in rows)]
     phases = ["max", *[f"{f:g}x" for f in args.fractions], "sustained"]
-    table = {k: {p: _median_row([r for r in rows if r["server"] == k and r["phase"] == p]) for p in phases}
-             for k in kinds}  # fmt: skip
+    table = {
+        k: {p: _median_row([r for r in rows if r["server"] == k and r["phase"] == p]) for p in phases} for k in kinds
+    }
     ratios = {}
     ref = table.get("reference", {}).get("max")
     for kind in ("real", "ingest"):
@@ -311,50 +409,74 @@ def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
         if mine and ref:
             ratios[kind] = {
                 "orders_per_s": mine["orders_per_s"] / ref["orders_per_s"],
-                "cpu_per_order": ref["cpu_s_per_million_orders"] / (mine["cpu_s_per_million_orders"]
-                                                                    + mine["bronze_cpu_s_per_million_orders"]),
+                "cpu_per_order": ref["cpu_s_per_million_orders"]
+                / (mine["cpu_s_per_million_orders"] + mine["bronze_cpu_s_per_million_orders"]),
                 "p50_latency": ref["latency_ms"]["p50"] / mine["latency_ms"]["p50"],
             }
     sustained = table.get("real", {}).get("sustained")
     if sustained and ref:
         ratios["real_sustained"] = {"orders_per_s": sustained["orders_per_s"] / ref["orders_per_s"]}
-    replicas = [{"replicas": r["replicas"], "orders_per_s": r["orders_per_s"], "p99_ms": r["latency_ms"]["p99"],
-                 "cpu_s_per_million_orders": r["cpu_s_per_million_orders"], "server_cores": r["server_cores"],
-                 "peak_rss_mib": r["peak_rss_mib"]} for r in rows if r["phase"] == "replicas"]  # fmt: skip
+    replicas = [
+        {
+            "replicas": r["replicas"],
+            "orders_per_s": r["orders_per_s"],
+            "p99_ms": r["latency_ms"]["p99"],
+            "cpu_s_per_million_orders": r["cpu_s_per_million_orders"],
+            "server_cores": r["server_cores"],
+            "peak_rss_mib": r["peak_rss_mib"],
+        }
+        for r in rows
+        if r["phase"] == "replicas"
+    ]
     return {"table": table, "ratios": ratios, "replicas": replicas}
 
 
 def print_table(summary: dict) -> None:
-    print("\nEnd to end (medians; batch %s, streams %s)" % (_first(summary, "batch_size"), _first(summary, "streams")))
-    print(f"{'server':<10}{'load':<7}{'orders/s':>11}{'batches/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-          f"{'max ms':>9}{'CPU s/M':>9}{'cores':>7}{'peak MiB':>10}{'bronze s/M':>12}{'broker s/M':>12}"
-          f"{'client s/M':>12}{'catch-up s':>12}")  # fmt: skip
+    print(
+        "\nEnd to end (medians; batch {}, streams {})".format(_first(summary, "batch_size"), _first(summary, "streams"))
+    )
+    print(
+        f"{'server':<10}{'load':<7}{'orders/s':>11}{'batches/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+        f"{'max ms':>9}{'CPU s/M':>9}{'cores':>7}{'peak MiB':>10}{'bronze s/M':>12}{'broker s/M':>12}"
+        f"{'client s/M':>12}{'catch-up s':>12}"
+    )
     for kind, phases in summary["table"].items():
         for phase, row in phases.items():
             if not row:
                 continue
             lat = row["latency_ms"]
-            print(f"{kind:<10}{phase:<7}{row['orders_per_s']:>11,.0f}{row['batches_per_s']:>11,.1f}"
-                  f"{lat['p50']:>9.1f}{lat['p90']:>9.1f}{lat['p99']:>9.1f}{lat['max']:>9.1f}"
-                  f"{row['cpu_s_per_million_orders']:>9.2f}{row['server_cores']:>7.2f}{row['peak_rss_mib']:>10.0f}"
-                  f"{row['bronze_cpu_s_per_million_orders']:>12.2f}{row['broker_cpu_s_per_million_orders']:>12.2f}"
-                  f"{row['client_cpu_s_per_million_orders']:>12.2f}"
-                  f"{row['bronze_catchup_s'] if row.get('bronze_catchup_s') is not None else float('nan'):>12.1f}")  # fmt: skip
+            print(
+                f"{kind:<10}{phase:<7}{row['orders_per_s']:>11,.0f}{row['batches_per_s']:>11,.1f}"
+                f"{lat['p50']:>9.1f}{lat['p90']:>9.1f}{lat['p99']:>9.1f}{lat['max']:>9.1f}"
+                f"{row['cpu_s_per_million_orders']:>9.2f}{row['server_cores']:>7.2f}{row['peak_rss_mib']:>10.0f}"
+                f"{row['bronze_cpu_s_per_million_orders']:>12.2f}{row['broker_cpu_s_per_million_orders']:>12.2f}"
+                f"{row['client_cpu_s_per_million_orders']:>12.2f}"
+                f"{row['bronze_catchup_s'] if row.get('bronze_catchup_s') is not None else float('nan'):>12.1f}"
+            )
     for kind, r in summary["ratios"].items():
         if kind in ("real", "ingest"):
-            print(f"{kind} / reference: {r['orders_per_s']:.1f}x orders/s, {r['cpu_per_order']:.1f}x less CPU per "
-                  f"order, {r['p50_latency']:.1f}x lower p50 ack latency (at each one's maximum rate)")
+            print(
+                f"{kind} / reference: {r['orders_per_s']:.1f}x orders/s, {r['cpu_per_order']:.1f}x less CPU per "
+                f"order, {r['p50_latency']:.1f}x lower p50 ack latency (at each one's maximum rate)"
+            )
     if summary.get("replicas"):
-        print(f"ingest replicas on this machine ({REPLICA_STREAMS} streams spread over them): " + "; ".join(
-            f"{r['replicas']}: {r['orders_per_s']:,.0f} orders/s, {r['cpu_s_per_million_orders']:.2f} s/M over "
-            f"{r['server_cores']:.2f} cores, p99 {r['p99_ms']:.0f} ms, RSS {r['peak_rss_mib']:.0f} MiB"
-            for r in summary["replicas"]))
+        print(
+            f"ingest replicas on this machine ({REPLICA_STREAMS} streams spread over them): "
+            + "; ".join(
+                f"{r['replicas']}: {r['orders_per_s']:,.0f} orders/s, {r['cpu_s_per_million_orders']:.2f} s/M over "
+                f"{r['server_cores']:.2f} cores, p99 {r['p99_ms']:.0f} ms, RSS {r['peak_rss_mib']:.0f} MiB"
+                for r in summary["replicas"]
+            )
+        )
     if "real_sustained" in summary["ratios"]:
         print(f"real, sustained: {summary['ratios']['real_sustained']['orders_per_s']:.1f}x the reference's maximum")
     if "kafka_ceiling" in summary:
         shares = ", ".join(f"{k} {v:.2f}" for k, v in summary["ratios"].get("of_kafka_ceiling", {}).items())
-        print(f"Kafka ceiling (the sink's record batches through send_batch alone): "
-              f"{summary['kafka_ceiling']['orders_per_s']:,.0f} orders/s" + (f"; share reached: {shares}" if shares else ""))
+        print(
+            f"Kafka ceiling (the sink's record batches through send_batch alone): "
+            f"{summary['kafka_ceiling']['orders_per_s']:,.0f} orders/s"
+            + (f"; share reached: {shares}" if shares else "")
+        )
 
 
 def _first(summary: dict, key: str):
@@ -375,16 +497,20 @@ def plot(rows: list[dict], runs: list[Run], out_dir: Path) -> list[Path]:
         return []
     paths = []
     colours = {"real": "tab:blue", "ingest": "tab:green", "reference": "tab:orange"}
-    for phase, key, label, name in (("batch_size", "batch_size", "orders per batch", "throughput_vs_batch_size.png"),
-                                    ("streams", "streams", "concurrent streams", "throughput_vs_streams.png")):  # fmt: skip
-        series = {kind: sorted((r[key], r["orders_per_s"]) for r in rows if r["server"] == kind and r["phase"] == phase)
-                  for kind in KINDS}  # fmt: skip
+    for phase, key, label, name in (
+        ("batch_size", "batch_size", "orders per batch", "throughput_vs_batch_size.png"),
+        ("streams", "streams", "concurrent streams", "throughput_vs_streams.png"),
+    ):
+        series = {
+            kind: sorted((r[key], r["orders_per_s"]) for r in rows if r["server"] == kind and r["phase"] == phase)
+            for kind in KINDS
+        }
         if not any(series.values()):
             continue  # that sweep was not run
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for kind, points in series.items():
             if points:
-                ax.plot(*zip(*points), marker="o", label=kind, color=colours[kind])
+                ax.plot(*zip(*points, strict=True), marker="o", label=kind, color=colours[kind])
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("orders/s (acked)")
@@ -442,13 +568,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     def ints(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v]
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.harness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--servers", default="real,ingest,reference", help="which servers to measure, comma-separated")
-    p.add_argument("--sustained", type=float, default=60.0,
-                   help="seconds of the real server at full speed, Bronze worker included (0: none)")
-    p.add_argument("--broker", choices=("kafka", "mock"), default="kafka",
-                   help="one Apache Kafka node (what users run), or librdkafka's mock cluster")
+    p.add_argument(
+        "--sustained",
+        type=float,
+        default=60.0,
+        help="seconds of the real server at full speed, Bronze worker included (0: none)",
+    )
+    p.add_argument(
+        "--broker",
+        choices=("kafka", "mock"),
+        default="kafka",
+        help="one Apache Kafka node (what users run), or librdkafka's mock cluster",
+    )
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--streams", type=int, default=4)
     p.add_argument("--max-in-flight", type=int, default=8, help="unacked batches per stream")
@@ -464,8 +599,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-orders", type=int, default=100_000, help="distinct orders generated once and reused")
     p.add_argument("--duplicate-ratio", type=float, default=0.01)
     p.add_argument("--invalid-ratio", type=float, default=0.005)
-    p.add_argument("--olist-days", action="store_true",
-                   help="keep the generator's purchase days (2016-2018) instead of one live day")
+    p.add_argument(
+        "--olist-days",
+        action="store_true",
+        help="keep the generator's purchase days (2016-2018) instead of one live day",
+    )
     p.add_argument("--server-arg", action="append", default=[], help="extra flag for keystone-ingest serve")
     p.add_argument("--out-dir", default="build/bench")
     p.add_argument("--quick", action="store_true", help="a smoke run: one repeat, 2 s runs, short sweeps")
@@ -488,15 +626,37 @@ def measure_ceiling(broker: KafkaCluster | MockBroker, args: argparse.Namespace)
     for _ in range(args.repeats):
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             before = usage(broker_pid).cpu_s
-            subprocess.run([sys.executable, "-m", "benchmarks.ceiling", "--bootstrap", broker.bootstrap,
-                            "--topic", topic, "--partitions", "6", "--batch-size", str(args.batch_size),
-                            "--duration", str(args.duration), "--warmup", str(args.warmup),
-                            "--pool-orders", str(args.pool_orders), "--out", out.name],
-                           check=True, cwd=REPO_ROOT)  # fmt: skip
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.ceiling",
+                    "--bootstrap",
+                    broker.bootstrap,
+                    "--topic",
+                    topic,
+                    "--partitions",
+                    "6",
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--duration",
+                    str(args.duration),
+                    "--warmup",
+                    str(args.warmup),
+                    "--pool-orders",
+                    str(args.pool_orders),
+                    "--out",
+                    out.name,
+                ],
+                check=True,
+                cwd=REPO_ROOT,
+            )
             run = json.loads(Path(out.name).read_text())
             run["broker_cpu_s"] = usage(broker_pid).cpu_s - before
-        print(f"  kafka ceiling: {run['orders_per_s']:>9,.0f} orders/s (send_batch of native zstd-1 record batches)",
-              flush=True)
+        print(
+            f"  kafka ceiling: {run['orders_per_s']:>9,.0f} orders/s (send_batch of native zstd-1 record batches)",
+            flush=True,
+        )
         runs.append(run)
     return runs
 
@@ -511,8 +671,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     # Generated once and cached: the drivers only load it.
-    load_pool(args.pool_orders, duplicate_ratio=args.duplicate_ratio, invalid_ratio=args.invalid_ratio,
-              live=not args.olist_days)  # fmt: skip
+    load_pool(
+        args.pool_orders,
+        duplicate_ratio=args.duplicate_ratio,
+        invalid_ratio=args.invalid_ratio,
+        live=not args.olist_days,
+    )
     harness = Harness(args)
     exit_codes = {}
     with tempfile.TemporaryDirectory(prefix="keystone-bench-") as tmp, start_broker(args.broker) as broker:
@@ -526,11 +690,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run.row() for run in harness.runs]
     summary = summarise(rows, args)
     if ceiling:
-        summary["kafka_ceiling"] = {"orders_per_s": statistics.median(c["orders_per_s"] for c in ceiling),
-                                    "runs": ceiling}
+        summary["kafka_ceiling"] = {
+            "orders_per_s": statistics.median(c["orders_per_s"] for c in ceiling),
+            "runs": ceiling,
+        }
         summary["ratios"]["of_kafka_ceiling"] = {
             kind: row["orders_per_s"] / summary["kafka_ceiling"]["orders_per_s"]
-            for kind in ("real", "ingest") if (row := summary["table"].get(kind, {}).get("max"))}  # fmt: skip
+            for kind in ("real", "ingest")
+            if (row := summary["table"].get(kind, {}).get("max"))
+        }
     print_table(summary)
     plots = plot(rows, harness.runs, out_dir)
     document = {

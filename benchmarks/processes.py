@@ -24,10 +24,14 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 class ReferenceProcess(ChildProcess):
     name = "reference"
 
-    def __init__(self, args: list[str], *, log_path: str | os.PathLike | None = None,
-                 start_timeout_s: float = 60.0) -> None:  # fmt: skip
+    def __init__(
+        self, args: list[str], *, log_path: str | os.PathLike | None = None, start_timeout_s: float = 60.0
+    ) -> None:
         self._make_dir()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        }
         command = [sys.executable, "-m", "benchmarks.reference.server", "--listen", "127.0.0.1:0", *args]
         super().__init__(command, env=env, cwd=REPO_ROOT, log_path=log_path, start_timeout_s=start_timeout_s)
 

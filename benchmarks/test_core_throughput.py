@@ -18,11 +18,11 @@ import itertools
 
 import pyarrow as pa
 import pytest
-
-from benchmarks.reference.core import ReferenceCore
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import TABLES, Core
 from keystone_ingest.proto.v1 import ingest_pb2
+
+from benchmarks.reference.core import ReferenceCore
 
 ORDERS_PER_BATCH = 1_000
 DEFAULT_WINDOW_KEYS = 1_000_000

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -33,8 +32,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from benchmarks.corpus import BatchMaker, load_pool
 from keystone_ingest.core import Core, LogDedup, RecordBatchBuilder, decode_order_records
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.batch import Batch
@@ -42,6 +39,8 @@ from keystone_ingest.server.bronze.layout import parquet_options
 from keystone_ingest.server.bronze.rows import RowBuffer
 from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink
 from keystone_ingest.server.sinks.kafka.lanes import Lane
+
+from benchmarks.corpus import BatchMaker, load_pool
 
 ORDERS = 1000
 REPO = Path(__file__).resolve().parent.parent
@@ -84,8 +83,11 @@ def fetched_records(payloads) -> tuple[bytes, int]:
     fetch, offset = [], 0
     for payload in payloads:
         result = core.process(payload)
-        headers = [("batch_id", result.batch_id.encode()), ("source", result.source.encode()),
-                   ("content-type", CONTENT_TYPE)]  # fmt: skip
+        headers = [
+            ("batch_id", result.batch_id.encode()),
+            ("source", result.source.encode()),
+            ("content-type", CONTENT_TYPE),
+        ]
         start = 0
         while start < result.accepted:  # record batches of the sink's size
             builder = RecordBatchBuilder("zstd", 1, 1 << 20)
@@ -122,8 +124,10 @@ def test_stage_kafka_record_batching(benchmark, batches, record):
     async def make_sink() -> KafkaSink:
         # Never started: only its lanes and record batches are used.
         sink = KafkaSink(KafkaConfig(bootstrap="127.0.0.1:9", topic="orders", dlq_topic="orders.dlq"))
-        sink._lanes = {"orders": [Lane("orders", p) for p in range(6)],
-                       "orders.dlq": [Lane("orders.dlq", p) for p in range(3)]}  # fmt: skip
+        sink._lanes = {
+            "orders": [Lane("orders", p) for p in range(6)],
+            "orders.dlq": [Lane("orders.dlq", p) for p in range(3)],
+        }
         return sink
 
     sink = loop.run_until_complete(make_sink())
@@ -131,8 +135,11 @@ def test_stage_kafka_record_batching(benchmark, batches, record):
 
     async def once():
         batch = batches[next(it) % len(batches)]
-        common = [("batch_id", batch.batch_id.encode()), ("source", batch.source.encode()),
-                  ("content-type", CONTENT_TYPE)]  # fmt: skip
+        common = [
+            ("batch_id", batch.batch_id.encode()),
+            ("source", batch.source.encode()),
+            ("content-type", CONTENT_TYPE),
+        ]
         segments = set()
         sink._append_orders(batch, batch.received_ns // 1_000_000, common, segments)
         if batch.rejects.num_rows:
@@ -202,11 +209,13 @@ def test_stage_ack(benchmark, batches, record):
     def run():
         r = batches[next(it) % len(batches)].result
         return ingest_pb2.BatchAck(
-            batch_id=r.batch_id, status=ingest_pb2.ACK_STATUS_ACCEPTED, accepted=r.accepted,
-            duplicates=r.duplicates, rejected=r.rejected,
-            errors=[ingest_pb2.RecordError(index=e.index, event_id=e.event_id, reason=e.reason)
-                    for e in r.errors(100)],
-        ).SerializeToString()  # fmt: skip
+            batch_id=r.batch_id,
+            status=ingest_pb2.ACK_STATUS_ACCEPTED,
+            accepted=r.accepted,
+            duplicates=r.duplicates,
+            rejected=r.rejected,
+            errors=[ingest_pb2.RecordError(index=e.index, event_id=e.event_id, reason=e.reason) for e in r.errors(100)],
+        ).SerializeToString()
 
     benchmark.pedantic(run, rounds=300, warmup_rounds=10)
     _record(record, benchmark, "stage", ORDERS)
@@ -220,8 +229,11 @@ def test_native_stages(benchmark, record_measured):
     cmake = Path(sys.executable).with_name("cmake")
     ninja = Path(sys.executable).with_name("ninja")  # the pinned wheel's, as the package build uses
     generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja.exists() else []
-    subprocess.run([str(cmake), "-S", str(REPO / "benchmarks" / "native"), "-B", str(build), *generator],
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [str(cmake), "-S", str(REPO / "benchmarks" / "native"), "-B", str(build), *generator],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     subprocess.run([str(cmake), "--build", str(build)], check=True, stdout=subprocess.DEVNULL)
     maker = BatchMaker(load_pool(20_000), ORDERS)
     header = b"\x0a\x0bstage-bench"  # batch_id; the tag goes into the event_ids
@@ -230,11 +242,17 @@ def test_native_stages(benchmark, record_measured):
     templates_path.write_bytes(b"".join(struct.pack("<I", len(t)) + t for t in templates))
 
     def run():
-        return subprocess.run([str(build / "stage_bench"), str(templates_path), "400"], check=True,
-                              capture_output=True, text=True).stdout  # fmt: skip
+        return subprocess.run(
+            [str(build / "stage_bench"), str(templates_path), "400"], check=True, capture_output=True, text=True
+        ).stdout
 
     out = benchmark.pedantic(run, rounds=1, iterations=1)
     for line in out.splitlines():
         stage = json.loads(line)
-        record_measured(f"native_{stage['stage']}", group="native-stage", role="stage",
-                        median_s=stage["ns_per_batch"] / 1e9, orders=stage["orders"])  # fmt: skip
+        record_measured(
+            f"native_{stage['stage']}",
+            group="native-stage",
+            role="stage",
+            median_s=stage["ns_per_batch"] / 1e9,
+            orders=stage["orders"],
+        )

@@ -91,9 +91,11 @@ def _non_negative_float(text: str) -> float:
 
 def _add_sending_flags(parser: argparse.ArgumentParser, *, default_source: str) -> None:
     add_argument_with_env(
-        parser, "--target", default="127.0.0.1:50051",
+        parser,
+        "--target",
+        default="127.0.0.1:50051",
         help="server address host:port; replicas as host:port,host:port or dns:///name:port (spread, failover)",
-    )  # fmt: skip
+    )
     add_argument_with_env(parser, "--batch-size", type=_positive_int, default=1000, help="orders per batch")
     add_argument_with_env(
         parser, "--streams", type=_positive_int, default=4, help="concurrent streams, each on its own connection"
@@ -125,13 +127,24 @@ def _add_sending_flags(parser: argparse.ArgumentParser, *, default_source: str) 
     )
     add_argument_with_env(parser, "--json", action="store_true", help="print the summary as JSON, and nothing else")
     add_argument_with_env(parser, "--no-progress", action="store_true", help="no live progress line on stderr")
-    add_argument_with_env(parser, "--tls", action="store_true", help="connect with TLS (implied by --tls-ca and --tls-cert)")
-    add_argument_with_env(parser, "--tls-ca", metavar="PATH", help="CA certificates (PEM) to verify the server; unset: the system's")
+    add_argument_with_env(
+        parser, "--tls", action="store_true", help="connect with TLS (implied by --tls-ca and --tls-cert)"
+    )
+    add_argument_with_env(
+        parser, "--tls-ca", metavar="PATH", help="CA certificates (PEM) to verify the server; unset: the system's"
+    )
     add_argument_with_env(parser, "--tls-cert", metavar="PATH", help="client certificate (PEM) for mutual TLS")
     add_argument_with_env(parser, "--tls-key", metavar="PATH", help="private key (PEM) of --tls-cert")
-    add_argument_with_env(parser, "--token-file", metavar="PATH", help="file holding the bearer token sent with every call")
-    add_argument_with_env(parser, "--token", metavar="SECRET", secret=True,
-                          help="bearer token sent with every call; prefer the environment variable or --token-file")
+    add_argument_with_env(
+        parser, "--token-file", metavar="PATH", help="file holding the bearer token sent with every call"
+    )
+    add_argument_with_env(
+        parser,
+        "--token",
+        metavar="SECRET",
+        secret=True,
+        help="bearer token sent with every call; prefer the environment variable or --token-file",
+    )
 
 
 def _transport(args: argparse.Namespace) -> dict:

@@ -52,7 +52,6 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2, message_factory
-
 from keystone_ingest.client.targets import channel_target
 from keystone_ingest.proto.v1 import ingest_pb2
 
@@ -436,7 +435,7 @@ class AsyncIngestClient:
                 # The writer half-closes the stream; the server then ends it.
                 try:
                     await asyncio.wait_for(asyncio.shield(self._runner), timeout=_CLOSE_GRACE_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.warning("server did not end the stream after close", extra={"target": self.target})
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
@@ -577,8 +576,12 @@ class AsyncIngestClient:
             if not is_retriable(broke.code):
                 log.error(
                     "stream failed permanently; failing unacked batches",
-                    extra={"target": self.target, "code": broke.code.name, "details": broke.details,
-                           "unacked": len(self._queued)},
+                    extra={
+                        "target": self.target,
+                        "code": broke.code.name,
+                        "details": broke.details,
+                        "unacked": len(self._queued),
+                    },
                 )
                 self._fail_outstanding(IngestRpcError(broke.code, broke.details))
                 outage.progress()
@@ -587,8 +590,13 @@ class AsyncIngestClient:
             if delay_s is None:
                 log.error(
                     "retry deadline passed; failing unacked batches",
-                    extra={"target": self.target, "code": broke.code.name, "details": broke.details,
-                           "unacked": len(self._queued), "deadline_s": self.retry.deadline_s},
+                    extra={
+                        "target": self.target,
+                        "code": broke.code.name,
+                        "details": broke.details,
+                        "unacked": len(self._queued),
+                        "deadline_s": self.retry.deadline_s,
+                    },
                 )
                 self._fail_outstanding(IngestRpcError(broke.code, broke.details, gave_up=True))
                 outage.progress()
@@ -596,8 +604,13 @@ class AsyncIngestClient:
             self.stats.reconnects += 1
             log.warning(
                 "stream broken; reconnecting",
-                extra={"target": self.target, "code": broke.code.name, "details": broke.details,
-                       "unacked": len(self._queued), "delay_s": round(delay_s, 3)},
+                extra={
+                    "target": self.target,
+                    "code": broke.code.name,
+                    "details": broke.details,
+                    "unacked": len(self._queued),
+                    "delay_s": round(delay_s, 3),
+                },
             )
             await asyncio.sleep(delay_s)
 

@@ -35,20 +35,61 @@ Order = ingest_pb2.Order
 # Olist order counts per purchase month, 2016-09 .. 2018-10: the platform grew
 # through 2017 and the export stops in October 2018.
 _PURCHASE_MONTH_WEIGHTS = {
-    (2016, 9): 4, (2016, 10): 324, (2016, 11): 0, (2016, 12): 1,
-    (2017, 1): 800, (2017, 2): 1780, (2017, 3): 2682, (2017, 4): 2404,
-    (2017, 5): 3700, (2017, 6): 3245, (2017, 7): 4026, (2017, 8): 4331,
-    (2017, 9): 4285, (2017, 10): 4631, (2017, 11): 7544, (2017, 12): 5673,
-    (2018, 1): 7269, (2018, 2): 6728, (2018, 3): 7211, (2018, 4): 6939,
-    (2018, 5): 6873, (2018, 6): 6167, (2018, 7): 6292, (2018, 8): 6512,
-    (2018, 9): 16, (2018, 10): 4,
-}  # fmt: skip
+    (2016, 9): 4,
+    (2016, 10): 324,
+    (2016, 11): 0,
+    (2016, 12): 1,
+    (2017, 1): 800,
+    (2017, 2): 1780,
+    (2017, 3): 2682,
+    (2017, 4): 2404,
+    (2017, 5): 3700,
+    (2017, 6): 3245,
+    (2017, 7): 4026,
+    (2017, 8): 4331,
+    (2017, 9): 4285,
+    (2017, 10): 4631,
+    (2017, 11): 7544,
+    (2017, 12): 5673,
+    (2018, 1): 7269,
+    (2018, 2): 6728,
+    (2018, 3): 7211,
+    (2018, 4): 6939,
+    (2018, 5): 6873,
+    (2018, 6): 6167,
+    (2018, 7): 6292,
+    (2018, 8): 6512,
+    (2018, 9): 16,
+    (2018, 10): 4,
+}
 
 # Olist purchases per hour of the day (local time): quiet nights, busy 10h-22h.
 _PURCHASE_HOUR_WEIGHTS = (
-    2394, 1170, 510, 272, 206, 188, 502, 1231, 2967, 4785, 6177, 6578,
-    5995, 6518, 6569, 6454, 6675, 6150, 5769, 5982, 6193, 6217, 5816, 4123,
-)  # fmt: skip
+    2394,
+    1170,
+    510,
+    272,
+    206,
+    188,
+    502,
+    1231,
+    2967,
+    4785,
+    6177,
+    6578,
+    5995,
+    6518,
+    6569,
+    6454,
+    6675,
+    6150,
+    5769,
+    5982,
+    6193,
+    6217,
+    5816,
+    4123,
+)
 
 # Olist order counts per status (99,441 orders in all).
 _STATUS_WEIGHTS = {
@@ -78,32 +119,77 @@ _SPLIT_PAYMENT_PROBABILITY = 0.03
 
 # Olist credit card payments per number of installments (1..10).
 _INSTALLMENT_WEIGHTS = {
-    1: 25455, 2: 12413, 3: 10461, 4: 7098, 5: 5239,
-    6: 3920, 7: 1626, 8: 4268, 9: 644, 10: 5328,
-}  # fmt: skip
+    1: 25455,
+    2: 12413,
+    3: 10461,
+    4: 7098,
+    5: 5239,
+    6: 3920,
+    7: 1626,
+    8: 4268,
+    9: 644,
+    10: 5328,
+}
 
 # Share of Olist customers per state; the rest of the 27 states are rarer.
 _STATE_WEIGHTS = {
-    "SP": 41.9, "RJ": 12.9, "MG": 11.7, "RS": 5.5, "PR": 5.1, "SC": 3.7,
-    "BA": 3.4, "DF": 2.2, "ES": 2.0, "GO": 2.0, "PE": 1.7, "CE": 1.3,
-    "PA": 1.0, "MT": 0.9, "MA": 0.75, "MS": 0.7, "PB": 0.5, "PI": 0.5,
-    "RN": 0.5, "AL": 0.4, "SE": 0.35, "TO": 0.28, "RO": 0.25, "AM": 0.15,
-    "AC": 0.08, "AP": 0.07, "RR": 0.05,
-}  # fmt: skip
+    "SP": 41.9,
+    "RJ": 12.9,
+    "MG": 11.7,
+    "RS": 5.5,
+    "PR": 5.1,
+    "SC": 3.7,
+    "BA": 3.4,
+    "DF": 2.2,
+    "ES": 2.0,
+    "GO": 2.0,
+    "PE": 1.7,
+    "CE": 1.3,
+    "PA": 1.0,
+    "MT": 0.9,
+    "MA": 0.75,
+    "MS": 0.7,
+    "PB": 0.5,
+    "PI": 0.5,
+    "RN": 0.5,
+    "AL": 0.4,
+    "SE": 0.35,
+    "TO": 0.28,
+    "RO": 0.25,
+    "AM": 0.15,
+    "AC": 0.08,
+    "AP": 0.07,
+    "RR": 0.05,
+}
 
 # (city as Olist writes it: lower case, no accents), weight within its state,
 # and the range of 5-digit CEP prefixes the city's addresses fall in.
 _CITIES_BY_STATE = {
-    "SP": [("sao paulo", 40, (1000, 5999)), ("campinas", 7, (13000, 13149)),
-           ("guarulhos", 6, (7000, 7399)), ("sao bernardo do campo", 4, (9600, 9899)),
-           ("santo andre", 4, (9000, 9299)), ("osasco", 4, (6000, 6299)),
-           ("santos", 3, (11000, 11099)), ("ribeirao preto", 3, (14000, 14114)),
-           ("sorocaba", 3, (18000, 18109)), ("sao jose dos campos", 3, (12200, 12248))],
-    "RJ": [("rio de janeiro", 60, (20000, 23799)), ("niteroi", 10, (24000, 24399)),
-           ("nova iguacu", 7, (26000, 26099)), ("sao goncalo", 8, (24400, 24799)),
-           ("duque de caxias", 6, (25000, 25499))],
-    "MG": [("belo horizonte", 45, (30000, 31999)), ("contagem", 8, (32000, 32399)),
-           ("juiz de fora", 10, (36000, 36099)), ("uberlandia", 9, (38400, 38414))],
+    "SP": [
+        ("sao paulo", 40, (1000, 5999)),
+        ("campinas", 7, (13000, 13149)),
+        ("guarulhos", 6, (7000, 7399)),
+        ("sao bernardo do campo", 4, (9600, 9899)),
+        ("santo andre", 4, (9000, 9299)),
+        ("osasco", 4, (6000, 6299)),
+        ("santos", 3, (11000, 11099)),
+        ("ribeirao preto", 3, (14000, 14114)),
+        ("sorocaba", 3, (18000, 18109)),
+        ("sao jose dos campos", 3, (12200, 12248)),
+    ],
+    "RJ": [
+        ("rio de janeiro", 60, (20000, 23799)),
+        ("niteroi", 10, (24000, 24399)),
+        ("nova iguacu", 7, (26000, 26099)),
+        ("sao goncalo", 8, (24400, 24799)),
+        ("duque de caxias", 6, (25000, 25499)),
+    ],
+    "MG": [
+        ("belo horizonte", 45, (30000, 31999)),
+        ("contagem", 8, (32000, 32399)),
+        ("juiz de fora", 10, (36000, 36099)),
+        ("uberlandia", 9, (38400, 38414)),
+    ],
     "RS": [("porto alegre", 60, (90000, 91999)), ("caxias do sul", 15, (95000, 95124))],
     "PR": [("curitiba", 60, (80000, 82999)), ("londrina", 15, (86000, 86099))],
     "SC": [("florianopolis", 35, (88000, 88099)), ("joinville", 20, (89200, 89239))],
@@ -128,7 +214,7 @@ _CITIES_BY_STATE = {
     "AC": [("rio branco", 1, (69900, 69923))],
     "AP": [("macapa", 1, (68900, 68911))],
     "RR": [("boa vista", 1, (69300, 69339))],
-}  # fmt: skip
+}
 
 # Olist has about 33,000 products from about 3,100 sellers; a few sell a lot.
 _CATALOG_PRODUCTS = 32951
@@ -288,8 +374,7 @@ class OrderGenerator:
         self._states = list(_STATE_WEIGHTS)
         self._state_cum = list(_cumulative(_STATE_WEIGHTS.values()))
         self._city_cum = {
-            state: list(_cumulative(weight for _, weight, _ in cities))
-            for state, cities in _CITIES_BY_STATE.items()
+            state: list(_cumulative(weight for _, weight, _ in cities)) for state, cities in _CITIES_BY_STATE.items()
         }
 
     # -- public API -------------------------------------------------------

@@ -40,7 +40,6 @@ from functools import partial
 from typing import Any, NamedTuple, Protocol, TextIO
 
 import grpc
-
 from keystone_ingest.client.client import (
     AckMismatchError,
     AsyncIngestClient,
@@ -392,8 +391,15 @@ class _GeneratorWorker:
 
     def __init__(self, stream: int, seed: int, orders: int | None, options: LoadOptions, ahead: int) -> None:
         self.stream = stream
-        self._args = [str(stream), str(seed), str(-1 if orders is None else orders), str(options.batch_size),
-                      repr(options.duplicate_ratio), repr(options.invalid_ratio), options.source]  # fmt: skip
+        self._args = [
+            str(stream),
+            str(seed),
+            str(-1 if orders is None else orders),
+            str(options.batch_size),
+            repr(options.duplicate_ratio),
+            repr(options.invalid_ratio),
+            options.source,
+        ]
         self._queue: asyncio.Queue[PreparedBatch | BaseException | None] = asyncio.Queue(ahead)
         self._process: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -463,10 +469,19 @@ async def _generate_up_front(seed: int, options: LoadOptions) -> list[list[Prepa
     plan = _orders_per_stream(options.count, options.streams)
     if options.count < _PARALLEL_GENERATION_MIN_ORDERS or (os.cpu_count() or 1) < 2:
         return [
-            list(generate_batches(stream, seed, orders, options.batch_size, options.duplicate_ratio,
-                                  options.invalid_ratio, options.source))
+            list(
+                generate_batches(
+                    stream,
+                    seed,
+                    orders,
+                    options.batch_size,
+                    options.duplicate_ratio,
+                    options.invalid_ratio,
+                    options.source,
+                )
+            )
             for stream, orders in enumerate(plan)
-        ]  # fmt: skip
+        ]
     workers = [_GeneratorWorker(stream, seed, orders, options, ahead=0) for stream, orders in enumerate(plan)]
     try:
         for worker in workers:

@@ -55,7 +55,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
-
 from keystone_ingest.client.client import with_batch_id
 from keystone_ingest.client.load import IteratorSource, LoadOptions, LoadSummary, PreparedBatch, drive
 from keystone_ingest.proto.v1 import ingest_pb2
@@ -68,14 +67,24 @@ PAYMENTS_FILE = "olist_order_payments_dataset.csv"
 CUSTOMERS_FILE = "olist_customers_dataset.csv"
 
 ORDER_COLUMNS = (
-    "order_id", "customer_id", "order_status", "order_purchase_timestamp", "order_approved_at",
-    "order_delivered_carrier_date", "order_delivered_customer_date", "order_estimated_delivery_date",
-)  # fmt: skip
+    "order_id",
+    "customer_id",
+    "order_status",
+    "order_purchase_timestamp",
+    "order_approved_at",
+    "order_delivered_carrier_date",
+    "order_delivered_customer_date",
+    "order_estimated_delivery_date",
+)
 ITEM_COLUMNS = ("order_id", "order_item_id", "product_id", "seller_id", "shipping_limit_date", "price", "freight_value")
 PAYMENT_COLUMNS = ("order_id", "payment_sequential", "payment_type", "payment_installments", "payment_value")
 CUSTOMER_COLUMNS = (
-    "customer_id", "customer_unique_id", "customer_zip_code_prefix", "customer_city", "customer_state",
-)  # fmt: skip
+    "customer_id",
+    "customer_unique_id",
+    "customer_zip_code_prefix",
+    "customer_city",
+    "customer_state",
+)
 _ORDER_TIMESTAMPS = ORDER_COLUMNS[3:]
 
 DEFAULT_TIMEZONE = "America/Sao_Paulo"
@@ -208,8 +217,9 @@ class OlistReader:
             try:
                 if order_id in self._bad_orders:
                     raise self._bad_orders[order_id]
-                order = self._order(line, row, items.get(order_id, ()), payments.get(order_id, ()),
-                                    customers.get(row["customer_id"]))
+                order = self._order(
+                    line, row, items.get(order_id, ()), payments.get(order_id, ()), customers.get(row["customer_id"])
+                )
             except RowProblem as problem:
                 self._skip(problem)
                 continue
@@ -228,9 +238,13 @@ class OlistReader:
             log.warning(
                 "order skipped: %s",
                 problem,
-                extra={"order_id": problem.order_id, "reason": problem.reason, "file": problem.file,
-                       "line": problem.line},
-            )  # fmt: skip
+                extra={
+                    "order_id": problem.order_id,
+                    "reason": problem.reason,
+                    "file": problem.file,
+                    "line": problem.line,
+                },
+            )
 
     def _bad_child(self, problem: RowProblem) -> None:
         if self.strict:
@@ -280,14 +294,16 @@ class OlistReader:
         for line, row in _rows(self.directory / ITEMS_FILE, ITEM_COLUMNS):
             cells = _Cells(ITEMS_FILE, line, row["order_id"], self.zone)
             try:
-                items[row["order_id"]].append((
-                    cells.integer("order_item_id", row["order_item_id"]),
-                    row["product_id"],
-                    row["seller_id"],
-                    cells.seconds("shipping_limit_date", row["shipping_limit_date"]),
-                    cells.cents("price", row["price"]),
-                    cells.cents("freight_value", row["freight_value"]),
-                ))  # fmt: skip
+                items[row["order_id"]].append(
+                    (
+                        cells.integer("order_item_id", row["order_item_id"]),
+                        row["product_id"],
+                        row["seller_id"],
+                        cells.seconds("shipping_limit_date", row["shipping_limit_date"]),
+                        cells.cents("price", row["price"]),
+                        cells.cents("freight_value", row["freight_value"]),
+                    )
+                )
             except RowProblem as problem:
                 self._bad_child(problem)
         for rows in items.values():
@@ -304,12 +320,14 @@ class OlistReader:
                     raise cells.problem(
                         "unknown_payment_type", f"payment_type {row['payment_type']!r} is not an Olist payment type"
                     )
-                payments[row["order_id"]].append((
-                    cells.integer("payment_sequential", row["payment_sequential"]),
-                    payment_type,
-                    cells.integer("payment_installments", row["payment_installments"]),
-                    cells.cents("payment_value", row["payment_value"]),
-                ))  # fmt: skip
+                payments[row["order_id"]].append(
+                    (
+                        cells.integer("payment_sequential", row["payment_sequential"]),
+                        payment_type,
+                        cells.integer("payment_installments", row["payment_installments"]),
+                        cells.cents("payment_value", row["payment_value"]),
+                    )
+                )
             except RowProblem as problem:
                 self._bad_child(problem)
         for rows in payments.values():

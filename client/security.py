@@ -31,7 +31,9 @@ def channel_credentials(
     roots); `cert` and `key` (PEM) to present a client certificate (mTLS)."""
     if (cert is None) != (key is None):
         raise ValueError("a client certificate needs its key, and a key its certificate")
-    return grpc.ssl_channel_credentials(root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert))
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+    )
 
 
 def bearer_metadata(token: str) -> list[tuple[str, str]]:

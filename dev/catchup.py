@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 from confluent_kafka import Consumer, TopicPartition
-
 from keystone_ingest.server.bronze.commits import CommitLog
 from keystone_ingest.server.bronze.storage import open_store
 
@@ -31,8 +30,9 @@ def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]
         consumer.close()
 
 
-def wait_bronze_caught_up(bootstrap: str, topics: list[str], bronze_uri: str, timeout_s: float = 60.0,
-                          **store_options) -> dict[tuple[str, int], int]:  # fmt: skip
+def wait_bronze_caught_up(
+    bootstrap: str, topics: list[str], bronze_uri: str, timeout_s: float = 60.0, **store_options
+) -> dict[tuple[str, int], int]:
     """Until Bronze's commit log covers every record the topics hold now
     (Kafka's end offsets, taken once at the start). Returns those offsets."""
     ends = end_offsets(bootstrap, topics)

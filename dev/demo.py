@@ -22,7 +22,6 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
 from keystone_ingest.client.load import LoadOptions, run_load
 from keystone_ingest.core import TABLES
 from keystone_ingest.dev.catchup import wait_bronze_caught_up
@@ -78,20 +77,34 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     bronze = data / "bronze"
-    print(f"== starting keystone-ingest serve (embedded Apache Kafka in {data / 'kafka'}, Bronze in {bronze}); "
-          f"log: {data / 'server.log'}")
+    print(
+        f"== starting keystone-ingest serve (embedded Apache Kafka in {data / 'kafka'}, Bronze in {bronze}); "
+        f"log: {data / 'server.log'}"
+    )
     server = ServerProcess(
         # Bronze files every 2 s (default 60 s) so the demo does not wait for them.
-        ["--bronze-uri", f"file://{bronze}", "--roll-age-s", "2", "--dev-kafka-dir", str(data / "kafka"),
-         "--log-format", "json"],
+        [
+            "--bronze-uri",
+            f"file://{bronze}",
+            "--roll-age-s",
+            "2",
+            "--dev-kafka-dir",
+            str(data / "kafka"),
+            "--log-format",
+            "json",
+        ],
         env={"KEYSTONE_KAFKA_BOOTSTRAP": ""},
         log_path=data / "server.log",
     )
     try:
-        print(f"   gRPC {server.target}, metrics http://127.0.0.1:{server.metrics_port}/metrics, "
-              f"Kafka (embedded Apache Kafka) {server.kafka_bootstrap}\n")  # fmt: skip
-        print(f"== streaming {args.orders:,} orders: {args.streams} streams, {args.batch_size} orders per batch, "
-              "1% duplicates, 0.5% invalid")  # fmt: skip
+        print(
+            f"   gRPC {server.target}, metrics http://127.0.0.1:{server.metrics_port}/metrics, "
+            f"Kafka (embedded Apache Kafka) {server.kafka_bootstrap}\n"
+        )
+        print(
+            f"== streaming {args.orders:,} orders: {args.streams} streams, {args.batch_size} orders per batch, "
+            "1% duplicates, 0.5% invalid"
+        )
         summary = run_load(
             LoadOptions(
                 target=server.target,
@@ -112,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         appended, kafka_ids = read_topic(server.kafka_bootstrap, "orders")
         dlq_appended, dlq_ids = read_topic(server.kafka_bootstrap, "orders.dlq")
         print("\n== Kafka (independent consumer)")
-        print(f"   topic orders:     {appended:>9,} records appended, {len(kafka_ids):,} retained and read back, "
-              f"{len(set(kafka_ids)):,} distinct event_ids among them")
+        print(
+            f"   topic orders:     {appended:>9,} records appended, {len(kafka_ids):,} retained and read back, "
+            f"{len(set(kafka_ids)):,} distinct event_ids among them"
+        )
         print(f"   topic orders.dlq: {dlq_appended:>9,} records appended, {len(dlq_ids):,} retained and read back")
 
         started = time.monotonic()

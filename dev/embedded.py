@@ -45,22 +45,28 @@ def _start(kind: str, topics: list[str], partitions: int, data_dir: str, libs: s
     if kind == "kafka":
         broker = _start_kafka(topics, partitions, data_dir, libs)
         broker.consumer_groups = True
-        what = (f"an EMBEDDED APACHE KAFKA broker (one node, no replication, data in {data_dir})\n"
-                f"  at {broker.bootstrap}. For development only: point --kafka-bootstrap at MSK for production.")
+        what = (
+            f"an EMBEDDED APACHE KAFKA broker (one node, no replication, data in {data_dir})\n"
+            f"  at {broker.bootstrap}. For development only: point --kafka-bootstrap at MSK for production."
+        )
     elif kind == "mock":
         from keystone_ingest.dev.mockbroker import MockBroker
 
         broker = MockBroker(brokers=3, partitions=partitions, topics=topics)
         broker.consumer_groups = False
-        what = (f"librdkafka's MOCK CLUSTER at {broker.bootstrap}.\n"
-                "  It is not Kafka: records live in memory, only the newest 5 MiB of each partition is kept,\n"
-                "  and everything vanishes when this server exits; it has no consumer groups aiokafka can\n"
-                "  join, so no Bronze worker runs and Bronze is not written. For machines without Java only.")
+        what = (
+            f"librdkafka's MOCK CLUSTER at {broker.bootstrap}.\n"
+            "  It is not Kafka: records live in memory, only the newest 5 MiB of each partition is kept,\n"
+            "  and everything vanishes when this server exits; it has no consumer groups aiokafka can\n"
+            "  join, so no Bronze worker runs and Bronze is not written. For machines without Java only."
+        )
     else:
         raise ValueError(f"--dev-broker must be one of {', '.join(KINDS)}, not {kind!r}")
     banner = "!" * 78
-    log.warning(f"\n{banner}\n  No --kafka-bootstrap given: started {what}\n{banner}",
-                extra={"kafka": broker.bootstrap, "embedded_broker": kind})
+    log.warning(
+        f"\n{banner}\n  No --kafka-bootstrap given: started {what}\n{banner}",
+        extra={"kafka": broker.bootstrap, "embedded_broker": kind},
+    )
     return broker
 
 

@@ -29,12 +29,24 @@ class ChildProcess:
 
     name = "process"
 
-    def __init__(self, command: list[str], *, env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None,
-                 log_path: str | os.PathLike | None = None, start_timeout_s: float = 60.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        command: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike | None = None,
+        log_path: str | os.PathLike | None = None,
+        start_timeout_s: float = 60.0,
+    ) -> None:
         self.log_path = Path(log_path) if log_path else Path(self._dir.name) / f"{self.name}.log"
-        self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([*command, "--ready-file", str(self.ready_path)], stdout=self._log,
-                                        stderr=subprocess.STDOUT, env=env, cwd=cwd)  # fmt: skip
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it until close()
+        self.process = subprocess.Popen(
+            [*command, "--ready-file", str(self.ready_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+        )
         self.info = self._wait_ready(start_timeout_s)
         self.port: int | None = self.info.get("port")  # None: a Bronze worker serves no gRPC
         self.target = f"127.0.0.1:{self.port}"
@@ -82,7 +94,9 @@ class ChildProcess:
             return self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise TimeoutError(f"{self.name} did not exit {timeout_s} s after {signal.Signals(sig).name}:\n{self.logs()}")
+            raise TimeoutError(
+                f"{self.name} did not exit {timeout_s} s after {signal.Signals(sig).name}:\n{self.logs()}"
+            ) from None
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -116,17 +130,28 @@ class _KeystoneProcess(ChildProcess):
         start_timeout_s: float = 60.0,
     ) -> None:
         self._make_dir()
-        super().__init__([sys.executable, "-m", "keystone_ingest.server.cli", *self.command, *args],
-                         env={**os.environ, **(env or {})}, cwd=cwd, log_path=log_path,
-                         start_timeout_s=start_timeout_s)  # fmt: skip
+        super().__init__(
+            [sys.executable, "-m", "keystone_ingest.server.cli", *self.command, *args],
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            log_path=log_path,
+            start_timeout_s=start_timeout_s,
+        )
 
 
 class ServerProcess(_KeystoneProcess):
     name = "server"
     # Ports picked by the system, so any number of servers (and their
     # Bronze workers) run side by side.
-    command = ("serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-               "--bronze-metrics-listen", "127.0.0.1:0")  # fmt: skip
+    command = (
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--bronze-metrics-listen",
+        "127.0.0.1:0",
+    )
 
     def __init__(self, args: list[str] = (), **options) -> None:
         super().__init__(args, **options)

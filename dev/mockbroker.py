@@ -112,7 +112,7 @@ def find_librdkafka() -> str:
     spec = importlib.util.find_spec("confluent_kafka")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("confluent-kafka is not installed; the mock broker needs its bundled librdkafka")
-    pkg_dir = list(spec.submodule_search_locations)[0]
+    pkg_dir = next(iter(spec.submodule_search_locations))
     site = os.path.dirname(pkg_dir)
     patterns = [
         os.path.join(site, "confluent_kafka.libs", "librdkafka*.so*"),  # manylinux (auditwheel)
@@ -137,8 +137,14 @@ class _Lib:
 
     def __init__(self, path: str) -> None:
         lib = ctypes.CDLL(path)
-        p, i, i16, i32, i64, sz = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int16,
-                                   ctypes.c_int32, ctypes.c_int64, ctypes.c_size_t)
+        p, i, i16, i32, i64, sz = (
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int16,
+            ctypes.c_int32,
+            ctypes.c_int64,
+            ctypes.c_size_t,
+        )
 
         def bind(name: str, restype: Any, *argtypes: Any) -> Any:
             fn = getattr(lib, name)
@@ -151,8 +157,9 @@ class _Lib:
         self.new = bind("rd_kafka_new", p, i, p, ctypes.c_char_p, sz)
         self.destroy = bind("rd_kafka_destroy", None, p)
         self.err2name = bind("rd_kafka_err2name", ctypes.c_char_p, i)
-        self.get_err_descs = bind("rd_kafka_get_err_descs", None,
-                                  ctypes.POINTER(ctypes.POINTER(_ErrDesc)), ctypes.POINTER(sz))
+        self.get_err_descs = bind(
+            "rd_kafka_get_err_descs", None, ctypes.POINTER(ctypes.POINTER(_ErrDesc)), ctypes.POINTER(sz)
+        )
         self.cluster_new = bind("rd_kafka_mock_cluster_new", p, p, i)
         self.cluster_destroy = bind("rd_kafka_mock_cluster_destroy", None, p)
         self.cluster_bootstraps = bind("rd_kafka_mock_cluster_bootstraps", ctypes.c_char_p, p)
@@ -162,11 +169,11 @@ class _Lib:
         self.broker_set_down = bind("rd_kafka_mock_broker_set_down", i, p, i32)
         self.broker_set_up = bind("rd_kafka_mock_broker_set_up", i, p, i32)
         self.broker_set_rtt = bind("rd_kafka_mock_broker_set_rtt", i, p, i32, i)
-        self.push_request_errors_array = bind("rd_kafka_mock_push_request_errors_array", None,
-                                              p, i16, sz, ctypes.POINTER(ctypes.c_int))
+        self.push_request_errors_array = bind(
+            "rd_kafka_mock_push_request_errors_array", None, p, i16, sz, ctypes.POINTER(ctypes.c_int)
+        )
         self.clear_request_errors = bind("rd_kafka_mock_clear_request_errors", None, p, i16)
-        self.broker_error_stack_cnt = bind("rd_kafka_mock_broker_error_stack_cnt", i,
-                                           p, i32, i16, ctypes.POINTER(sz))
+        self.broker_error_stack_cnt = bind("rd_kafka_mock_broker_error_stack_cnt", i, p, i32, i16, ctypes.POINTER(sz))
         self.set_apiversion = bind("rd_kafka_mock_set_apiversion", i, p, i16, i16, i16)
         self.start_request_tracking = bind("rd_kafka_mock_start_request_tracking", None, p)
         self.stop_request_tracking = bind("rd_kafka_mock_stop_request_tracking", None, p)
@@ -253,7 +260,7 @@ class Controller:
             return error
         name = error.upper()
         if name.startswith("RD_KAFKA_RESP_ERR_"):
-            name = name[len("RD_KAFKA_RESP_ERR_"):]
+            name = name[len("RD_KAFKA_RESP_ERR_") :]
         name = _ERROR_ALIASES.get(name, name)
         if name not in self.error_codes:
             raise CommandError(f"unknown Kafka error {error!r}")
@@ -342,16 +349,25 @@ class Controller:
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise CommandError(f"expected [error, rtt_ms], got {pair!r}")
             args += [ctypes.c_int(self._error_code(pair[0])), ctypes.c_int(int(pair[1]))]
-        self._err(self.lib.broker_push_request_error_rtts(
-            ctypes.c_void_p(self.mcluster), ctypes.c_int32(self._broker(broker, allow_all=False)),
-            ctypes.c_int16(self._api_key(api)), ctypes.c_size_t(len(errors)), *args))
+        self._err(
+            self.lib.broker_push_request_error_rtts(
+                ctypes.c_void_p(self.mcluster),
+                ctypes.c_int32(self._broker(broker, allow_all=False)),
+                ctypes.c_int16(self._api_key(api)),
+                ctypes.c_size_t(len(errors)),
+                *args,
+            )
+        )
         return {"count": len(errors)}
 
     def op_error_stack_count(self, broker: int, api: str | int) -> dict:
         """How many injected broker-level errors for `api` are still to be served."""
         count = ctypes.c_size_t()
-        self._err(self.lib.broker_error_stack_cnt(self.mcluster, self._broker(broker, allow_all=False),
-                                                  self._api_key(api), ctypes.byref(count)))
+        self._err(
+            self.lib.broker_error_stack_cnt(
+                self.mcluster, self._broker(broker, allow_all=False), self._api_key(api), ctypes.byref(count)
+            )
+        )
         return {"count": count.value}
 
     def op_clear_request_errors(self, api: str | int) -> dict:
@@ -463,13 +479,15 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m keystone_ingest.dev.mockbroker",
-        description="Run librdkafka's mock Kafka cluster; JSON-line control on stdin/stdout.")
+        description="Run librdkafka's mock Kafka cluster; JSON-line control on stdin/stdout.",
+    )
     parser.add_argument("--brokers", type=int, default=3, help="number of brokers (ids 1..N)")
     parser.add_argument("--partitions", type=int, default=6, help="partitions of --topics and of topic_create")
     parser.add_argument("--replication", type=int, default=None, help="replication factor (default: brokers)")
     parser.add_argument("--topics", default="", help="comma-separated topics to create at start")
-    parser.add_argument("--pdeathsig", action="store_true",
-                        help="exit when the parent thread that started us exits (Linux prctl)")
+    parser.add_argument(
+        "--pdeathsig", action="store_true", help="exit when the parent thread that started us exits (Linux prctl)"
+    )
     args = parser.parse_args(argv)
     try:
         return serve(args)
@@ -493,10 +511,23 @@ class MockBroker:
     PR_SET_PDEATHSIG when started from the main thread).
     """
 
-    def __init__(self, brokers: int = 3, partitions: int = 6, topics: Sequence[str] = (),
-                 replication: int | None = None, ready_timeout_s: float = _READY_TIMEOUT_S) -> None:
-        cmd = [sys.executable, "-m", "keystone_ingest.dev.mockbroker", "--brokers", str(brokers),
-               "--partitions", str(partitions)]
+    def __init__(
+        self,
+        brokers: int = 3,
+        partitions: int = 6,
+        topics: Sequence[str] = (),
+        replication: int | None = None,
+        ready_timeout_s: float = _READY_TIMEOUT_S,
+    ) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "keystone_ingest.dev.mockbroker",
+            "--brokers",
+            str(brokers),
+            "--partitions",
+            str(partitions),
+        ]
         if topics:
             cmd += ["--topics", ",".join(topics)]
         if replication:
@@ -507,11 +538,18 @@ class MockBroker:
             cmd.append("--pdeathsig")
         # stderr goes to a file, not a pipe nobody drains (a full pipe would
         # block librdkafka's log writes and with them the brokers).
-        self._stderr = tempfile.TemporaryFile(prefix="mockbroker-", suffix=".log")
+        self._stderr = tempfile.TemporaryFile(prefix="mockbroker-", suffix=".log")  # noqa: SIM115 - closed in stop()
         self._stderr_text = ""
         self._lock = threading.Lock()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     text=True, bufsize=1, close_fds=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            bufsize=1,
+            close_fds=True,
+        )
         try:
             hello = self._read_line(ready_timeout_s)
             info = json.loads(hello)
@@ -588,8 +626,9 @@ class MockBroker:
     def push_request_errors(self, api: str | int, errors: Sequence[str | int]) -> None:
         self.call("push_request_errors", api=api, errors=list(errors))
 
-    def broker_push_request_error_rtts(self, broker: int, api: str | int,
-                                       errors: Sequence[tuple[str | int, int]]) -> None:
+    def broker_push_request_error_rtts(
+        self, broker: int, api: str | int, errors: Sequence[tuple[str | int, int]]
+    ) -> None:
         self.call("broker_push_request_error_rtts", broker=broker, api=api, errors=[list(e) for e in errors])
 
     def error_stack_count(self, broker: int, api: str | int) -> int:

@@ -37,12 +37,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from keystone_ingest.core import Core
 from keystone_ingest.server.bronze.config import BronzeWorkerConfig
 from keystone_ingest.server.bronze.process import BronzeProcess
 from keystone_ingest.server.config import ServeConfig
-from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.idempotency import BatchIdWindow
 from keystone_ingest.server.limits import MemoryLimiter
 from keystone_ingest.server.metrics import Metrics
@@ -127,8 +125,12 @@ class IngestServer:
             self.bronze = BronzeProcess(self._bronze_worker_config())
             await self.bronze.start()
         # Kafka records need the spans and rejects only; Bronze decodes its rows from Kafka.
-        core = Core(dedup_max_keys=c.dedup_window, dedup_max_age_s=c.dedup_max_age_s,
-                    max_orders_per_batch=c.max_orders_per_batch, bronze_tables=False)
+        core = Core(
+            dedup_max_keys=c.dedup_window,
+            dedup_max_age_s=c.dedup_max_age_s,
+            max_orders_per_batch=c.max_orders_per_batch,
+            bronze_tables=False,
+        )
         batch_ids = BatchIdWindow(c.batch_id_window, c.batch_id_max_age_s)
         pipeline = Pipeline(core, self.kafka, batch_ids, self._executor, self.metrics)
         self.service = IngestService(
@@ -151,10 +153,17 @@ class IngestServer:
         if c.ready_file:
             _write_atomically(
                 c.ready_file,
-                json.dumps({"pid": os.getpid(), "port": self.port, "metrics_port": self.metrics_port,
-                            "kafka_bootstrap": self.bootstrap, "bronze_uri": c.bronze_uri,
-                            "bronze_pid": self.bronze and self.bronze.pid,
-                            "bronze_metrics_port": self.bronze and self.bronze.metrics_port}),  # fmt: skip
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "port": self.port,
+                        "metrics_port": self.metrics_port,
+                        "kafka_bootstrap": self.bootstrap,
+                        "bronze_uri": c.bronze_uri,
+                        "bronze_pid": self.bronze and self.bronze.pid,
+                        "bronze_metrics_port": self.bronze and self.bronze.metrics_port,
+                    }
+                ),
             )
         log.info(
             "serving",
@@ -169,16 +178,26 @@ class IngestServer:
     def _bronze_worker_config(self) -> BronzeWorkerConfig:
         c = self.config
         shared = {f: getattr(c, f) for f in BronzeWorkerConfig.__dataclass_fields__ if hasattr(c, f)}
-        return BronzeWorkerConfig(**{**shared, "kafka_bootstrap": self.bootstrap,
-                                     "metrics_listen": c.bronze_metrics_listen, "ready_file": None})  # fmt: skip
+        return BronzeWorkerConfig(
+            **{
+                **shared,
+                "kafka_bootstrap": self.bootstrap,
+                "metrics_listen": c.bronze_metrics_listen,
+                "ready_file": None,
+            }
+        )
 
     def _start_embedded_broker(self) -> str:
         from keystone_ingest.dev import embedded
 
         c = self.config
-        self._embedded_broker = embedded.start(c.dev_broker, topics=[c.topic, c.dlq_topic],
-                                               partitions=c.topic_partitions, data_dir=c.dev_kafka_dir,
-                                               libs=c.kafka_libs)
+        self._embedded_broker = embedded.start(
+            c.dev_broker,
+            topics=[c.topic, c.dlq_topic],
+            partitions=c.topic_partitions,
+            data_dir=c.dev_kafka_dir,
+            libs=c.kafka_libs,
+        )
         return self._embedded_broker.bootstrap
 
     async def _set_health(self, serving: bool) -> None:
@@ -206,8 +225,10 @@ class IngestServer:
                 if serving:
                     log.warning("Kafka takes writes again: health SERVING")
                 else:
-                    log.warning("health NOT_SERVING", extra={"kafka_available": kafka_ok,
-                                                             "kafka_unavailable_s": round(kafka_down_s, 1)})  # fmt: skip
+                    log.warning(
+                        "health NOT_SERVING",
+                        extra={"kafka_available": kafka_ok, "kafka_unavailable_s": round(kafka_down_s, 1)},
+                    )
                 await self._set_health(serving)
 
     def request_stop(self) -> None:

@@ -121,8 +121,10 @@ class TokensFile:
             bad = stamp if not isinstance(exc, OSError) else ("unreadable", message)
             if bad != self._bad_stamp:  # logged once per change, not at every call
                 self._bad_stamp = bad
-                log.error("tokens file changed but cannot be used; the previous callers stay in force",
-                          extra={"error": message})  # fmt: skip
+                log.error(
+                    "tokens file changed but cannot be used; the previous callers stay in force",
+                    extra={"error": message},
+                )
             return
         self._callers = callers
         self._stamp = stamp
@@ -157,8 +159,10 @@ def bearer_token(metadata) -> str | None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not _NAME.fullmatch(argv[0]):
-        print("usage: python -m keystone_ingest.server.auth CALLER_NAME   (prints a new token and its tokens-file line)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "usage: python -m keystone_ingest.server.auth CALLER_NAME   (prints a new token and its tokens-file line)",
+            file=sys.stderr,
+        )
         return 2
     token = secrets.token_urlsafe(32)
     print(f"token (give it to {argv[0]}, keep it secret): {token}")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import pyarrow as pa
-
 from keystone_ingest.core import TABLES, BatchResult
 
 

@@ -83,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     # page answers "how do I set X" without knowing which command owns it.
     parser.epilog = "\n\n".join(
         [parser.epilog or ""]
-        + [f"{'=' * 30} keystone-ingest {name} {'=' * 30}\n{sub.format_help()}" for name, sub in commands.choices.items()]
+        + [
+            f"{'=' * 30} keystone-ingest {name} {'=' * 30}\n{sub.format_help()}"
+            for name, sub in commands.choices.items()
+        ]
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser

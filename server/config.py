@@ -29,22 +29,50 @@ class KafkaClientOptions:
     consumer) authenticates to the brokers: one set of flags for both."""
 
     kafka_security_protocol: str = field(
-        default="PLAINTEXT", metadata={"help": "how the Kafka clients talk to the brokers", "choices": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")}
+        default="PLAINTEXT",
+        metadata={
+            "help": "how the Kafka clients talk to the brokers",
+            "choices": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        },
     )
     kafka_sasl_mechanism: str | None = field(
         default=None,
-        metadata={"help": "SASL mechanism; AWS_MSK_IAM is OAUTHBEARER with tokens signed from the AWS credential chain", "choices": ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM")},
+        metadata={
+            "help": "SASL mechanism; AWS_MSK_IAM is OAUTHBEARER with tokens signed from the AWS credential chain",
+            "choices": ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM"),
+        },
     )
-    kafka_sasl_username: str | None = field(default=None, metadata={"metavar": "NAME", "help": "SASL PLAIN/SCRAM user name"})
+    kafka_sasl_username: str | None = field(
+        default=None, metadata={"metavar": "NAME", "help": "SASL PLAIN/SCRAM user name"}
+    )
     kafka_sasl_password: str | None = field(
-        default=None, repr=False,
-        metadata={"metavar": "SECRET", "secret": True, "help": "SASL PLAIN/SCRAM password; prefer the environment variable (a flag shows in ps)"},
-    )  # fmt: skip
-    kafka_ssl_ca: str | None = field(default=None, metadata={"metavar": "PATH", "help": "CA certificates (PEM) for the brokers' certificates; unset: the system's"})
-    kafka_ssl_cert: str | None = field(default=None, metadata={"metavar": "PATH", "help": "client certificate (PEM) for Kafka mutual TLS"})
-    kafka_ssl_key: str | None = field(default=None, metadata={"metavar": "PATH", "help": "private key (PEM) of --kafka-ssl-cert"})
+        default=None,
+        repr=False,
+        metadata={
+            "metavar": "SECRET",
+            "secret": True,
+            "help": "SASL PLAIN/SCRAM password; prefer the environment variable (a flag shows in ps)",
+        },
+    )
+    kafka_ssl_ca: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "PATH",
+            "help": "CA certificates (PEM) for the brokers' certificates; unset: the system's",
+        },
+    )
+    kafka_ssl_cert: str | None = field(
+        default=None, metadata={"metavar": "PATH", "help": "client certificate (PEM) for Kafka mutual TLS"}
+    )
+    kafka_ssl_key: str | None = field(
+        default=None, metadata={"metavar": "PATH", "help": "private key (PEM) of --kafka-ssl-cert"}
+    )
     kafka_msk_region: str | None = field(
-        default=None, metadata={"metavar": "REGION", "help": "AWS region of the MSK cluster for AWS_MSK_IAM; unset: AWS_REGION / the AWS config"}
+        default=None,
+        metadata={
+            "metavar": "REGION",
+            "help": "AWS region of the MSK cluster for AWS_MSK_IAM; unset: AWS_REGION / the AWS config",
+        },
     )
 
 
@@ -55,33 +83,68 @@ class BronzeOptions:
 
     bronze_uri: str = field(
         default="file://./data/bronze",
-        metadata={"metavar": "URI", "help": "where Bronze Parquet goes: file://PATH or s3://BUCKET/PREFIX; with serve, empty runs no Bronze worker (ingest only)"},
+        metadata={
+            "metavar": "URI",
+            "help": (
+                "where Bronze Parquet goes: file://PATH or s3://BUCKET/PREFIX; with serve, empty "
+                "runs no Bronze worker (ingest only)"
+            ),
+        },
     )
     bronze_group: str = field(
-        default="keystone-bronze", metadata={"metavar": "NAME", "help": "Kafka consumer group of the Bronze workers; they share the topics' partitions"}
+        default="keystone-bronze",
+        metadata={
+            "metavar": "NAME",
+            "help": "Kafka consumer group of the Bronze workers; they share the topics' partitions",
+        },
     )
     s3_endpoint_url: str | None = field(
-        default=None, metadata={"metavar": "URL", "help": "S3 endpoint override for S3-compatible stores (MinIO, moto, ...)"}
+        default=None,
+        metadata={"metavar": "URL", "help": "S3 endpoint override for S3-compatible stores (MinIO, moto, ...)"},
     )
     s3_sse_kms_key_id: str | None = field(
-        default=None, metadata={"metavar": "KEY", "help": "encrypt Bronze objects with SSE-KMS under this KMS key id or ARN; unset: the bucket's default encryption"}
+        default=None,
+        metadata={
+            "metavar": "KEY",
+            "help": (
+                "encrypt Bronze objects with SSE-KMS under this KMS key id or ARN; unset: the "
+                "bucket's default encryption"
+            ),
+        },
     )
     spool_dir: str = field(
-        default="./data/bronze-spool", metadata={"metavar": "PATH", "help": "local directory where Bronze files are built before their S3 upload"}
+        default="./data/bronze-spool",
+        metadata={"metavar": "PATH", "help": "local directory where Bronze files are built before their S3 upload"},
     )
-    roll_age_s: float = field(default=60.0, metadata={"help": "publish Bronze files at least this often, seconds (how stale Bronze may be)"})
+    roll_age_s: float = field(
+        default=60.0, metadata={"help": "publish Bronze files at least this often, seconds (how stale Bronze may be)"}
+    )
     bronze_roll_bytes: int = field(
-        default=128 * MiB, metadata={"help": "publish the Bronze files being written once one of them reaches this size, bytes"}
+        default=128 * MiB,
+        metadata={"help": "publish the Bronze files being written once one of them reaches this size, bytes"},
     )
     bronze_max_buffered_bytes: int = field(
-        default=256 * MiB, metadata={"help": "Arrow bytes a Bronze worker gathers in memory before it appends them to the files being written, bytes"}
+        default=256 * MiB,
+        metadata={
+            "help": (
+                "Arrow bytes a Bronze worker gathers in memory before it appends them to the files being written, bytes"
+            )
+        },
     )
     bronze_max_open_files: int = field(
-        default=4096, metadata={"help": "Bronze files (tables x days) a worker writes at once; a backfill over more days publishes more often"}
+        default=4096,
+        metadata={
+            "help": (
+                "Bronze files (tables x days) a worker writes at once; a backfill over more days publishes more often"
+            )
+        },
     )
 
     bronze_session_timeout_s: float = field(
-        default=10.0, metadata={"help": "a Bronze worker that stops heartbeating this long loses its partitions to the others, seconds"}
+        default=10.0,
+        metadata={
+            "help": "a Bronze worker that stops heartbeating this long loses its partitions to the others, seconds"
+        },
     )
 
     def check_bronze_options(self) -> None:
@@ -101,9 +164,13 @@ class BronzeOptions:
 @dataclass
 class ServeConfig(KafkaClientOptions, BronzeOptions):
     # -- network
-    listen: str = field(default="127.0.0.1:50051", metadata={"metavar": "HOST:PORT", "help": "gRPC address to listen on, HOST:PORT (port 0 picks one)"})
+    listen: str = field(
+        default="127.0.0.1:50051",
+        metadata={"metavar": "HOST:PORT", "help": "gRPC address to listen on, HOST:PORT (port 0 picks one)"},
+    )
     metrics_listen: str = field(
-        default="127.0.0.1:9464", metadata={"metavar": "HOST:PORT", "help": "Prometheus /metrics address, HOST:PORT; empty to disable"}
+        default="127.0.0.1:9464",
+        metadata={"metavar": "HOST:PORT", "help": "Prometheus /metrics address, HOST:PORT; empty to disable"},
     )
     max_message_bytes: int = field(
         default=64 * MiB, metadata={"help": "largest OrderBatch accepted, in bytes (larger: RESOURCE_EXHAUSTED)"}
@@ -116,36 +183,73 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
     )
     max_bytes_in_flight: int | None = field(
         default=None,
-        metadata={"derived": True, "help": "request bytes all calls together may have unanswered (backpressure beyond); default: a sixteenth of --memory-limit-bytes"},
+        metadata={
+            "derived": True,
+            "help": (
+                "request bytes all calls together may have unanswered (backpressure beyond); "
+                "default: a sixteenth of --memory-limit-bytes"
+            ),
+        },
     )
     memory_limit_bytes: int = field(
         default=1 << 30,
-        metadata={"help": "resident memory the server stays under: the default budgets are shares of it, and new batches wait (backpressure) while resident memory nears it, bytes; 0 disables"},
+        metadata={
+            "help": (
+                "resident memory the server stays under: the default budgets are shares of it, and "
+                "new batches wait (backpressure) while resident memory nears it, bytes; 0 disables"
+            )
+        },
     )
     # -- Kafka
     kafka_bootstrap: str | None = field(
         default=None,
-        metadata={"metavar": "HOST:PORT[,...]", "help": "Kafka bootstrap servers, HOST:PORT[,...]; unset: start an embedded broker (--dev-broker)"},
+        metadata={
+            "metavar": "HOST:PORT[,...]",
+            "help": "Kafka bootstrap servers, HOST:PORT[,...]; unset: start an embedded broker (--dev-broker)",
+        },
     )
     dev_broker: str = field(
         default="kafka",
-        metadata={"help": "without --kafka-bootstrap, the embedded broker: one Apache Kafka node (needs Java 17+ and make kafka's jars), or librdkafka's in-memory mock for machines without Java", "choices": ("kafka", "mock")},
+        metadata={
+            "help": (
+                "without --kafka-bootstrap, the embedded broker: one Apache Kafka node (needs Java "
+                "17+ and make kafka's jars), or librdkafka's in-memory mock for machines without Java"
+            ),
+            "choices": ("kafka", "mock"),
+        },
     )
     dev_kafka_dir: str = field(
-        default="./data/kafka", metadata={"metavar": "PATH", "help": "data directory of the embedded Apache Kafka node (kept across restarts)"}
+        default="./data/kafka",
+        metadata={"metavar": "PATH", "help": "data directory of the embedded Apache Kafka node (kept across restarts)"},
     )
     kafka_libs: str | None = field(
-        default=None, metadata={"metavar": "PATH", "help": "jars of the embedded Apache Kafka node (default: .cache/kafka/libs, where make kafka puts them)"}
+        default=None,
+        metadata={
+            "metavar": "PATH",
+            "help": "jars of the embedded Apache Kafka node (default: .cache/kafka/libs, where make kafka puts them)",
+        },
     )
-    topic: str = field(default="orders", metadata={"metavar": "NAME", "help": "topic for accepted orders (one record per order)"})
-    dlq_topic: str = field(default="orders.dlq", metadata={"metavar": "NAME", "help": "dead-letter topic for rejected orders"})
+    topic: str = field(
+        default="orders", metadata={"metavar": "NAME", "help": "topic for accepted orders (one record per order)"}
+    )
+    dlq_topic: str = field(
+        default="orders.dlq", metadata={"metavar": "NAME", "help": "dead-letter topic for rejected orders"}
+    )
     compression: str = field(
         default="zstd",
-        metadata={"help": "codec of the Kafka record batches, applied by the native core", "choices": ("zstd", "lz4", "snappy", "gzip", "none")},
+        metadata={
+            "help": "codec of the Kafka record batches, applied by the native core",
+            "choices": ("zstd", "lz4", "snappy", "gzip", "none"),
+        },
     )
     compression_level: int | None = field(
         default=None,
-        metadata={"help": "the codec's level (zstd 1-19, gzip 0-9, lz4 0-12); default: 1 for zstd, the library's default for the others"},
+        metadata={
+            "help": (
+                "the codec's level (zstd 1-19, gzip 0-9, lz4 0-12); default: 1 for zstd, the "
+                "library's default for the others"
+            )
+        },
     )
     linger_ms: int = field(
         default=0,
@@ -153,10 +257,13 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
     )
     max_batch_bytes: int = field(
         default=MiB // 2,
-        metadata={"help": "largest Kafka record batch before compression, bytes (stay under the topic's max.message.bytes)"},
+        metadata={
+            "help": "largest Kafka record batch before compression, bytes (stay under the topic's max.message.bytes)"
+        },
     )
     send_timeout_s: float = field(
-        default=30.0, metadata={"help": "deadline for Kafka to ack a batch's records before the batch fails (retriable)"}
+        default=30.0,
+        metadata={"help": "deadline for Kafka to ack a batch's records before the batch fails (retriable)"},
     )
     kafka_unavailable_threshold_s: float = field(
         default=5.0,
@@ -168,7 +275,11 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
     topic_partitions: int = field(default=6, metadata={"help": "partitions of topics created by this server"})
     replication_factor: int = field(default=3, metadata={"help": "replication factor of topics created by this server"})
     bronze_metrics_listen: str = field(
-        default="127.0.0.1:9465", metadata={"metavar": "HOST:PORT", "help": "Prometheus /metrics address of the Bronze worker serve runs; empty to disable"}
+        default="127.0.0.1:9465",
+        metadata={
+            "metavar": "HOST:PORT",
+            "help": "Prometheus /metrics address of the Bronze worker serve runs; empty to disable",
+        },
     )
     # -- dedup and idempotency
     dedup_window: int = field(default=1_000_000, metadata={"help": "event_ids remembered for order dedup"})
@@ -187,41 +298,86 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
     )
     log_format: str = field(
         default="auto",
-        metadata={"help": "log format: auto is text on a terminal and JSON lines otherwise", "choices": ("auto", "json", "text")},
+        metadata={
+            "help": "log format: auto is text on a terminal and JSON lines otherwise",
+            "choices": ("auto", "json", "text"),
+        },
     )
     ready_file: str | None = field(
         default=None,
-        metadata={"metavar": "PATH", "help": "once serving, write the bound ports and Kafka bootstrap to this file as JSON (for scripts)"},
+        metadata={
+            "metavar": "PATH",
+            "help": "once serving, write the bound ports and Kafka bootstrap to this file as JSON (for scripts)",
+        },
     )
     # -- security (README "Security"): checked in server/security.py
     insecure: bool = field(
         default=False, metadata={"help": "allow listening on a non-loopback address without TLS (logged as a warning)"}
     )
     tls_cert: str | None = field(
-        default=None, metadata={"metavar": "PATH", "help": "server certificate chain, PEM; with --tls-key serves TLS; reloaded when the file changes"}
+        default=None,
+        metadata={
+            "metavar": "PATH",
+            "help": "server certificate chain, PEM; with --tls-key serves TLS; reloaded when the file changes",
+        },
     )
     tls_key: str | None = field(default=None, metadata={"metavar": "PATH", "help": "private key of --tls-cert, PEM"})
     tls_client_ca: str | None = field(
-        default=None, metadata={"metavar": "PATH", "help": "CA certificates (PEM) that client certificates must chain to: mutual TLS"}
+        default=None,
+        metadata={
+            "metavar": "PATH",
+            "help": "CA certificates (PEM) that client certificates must chain to: mutual TLS",
+        },
     )
     auth_tokens_file: str | None = field(
         default=None,
-        metadata={"metavar": "PATH", "help": "callers, their permissions and the SHA-256 of their bearer tokens; every call then needs 'authorization: Bearer TOKEN'; reloaded when the file changes"},
+        metadata={
+            "metavar": "PATH",
+            "help": (
+                "callers, their permissions and the SHA-256 of their bearer tokens; every call then "
+                "needs 'authorization: Bearer TOKEN'; reloaded when the file changes"
+            ),
+        },
     )
-    max_orders_per_batch: int = field(default=100_000, metadata={"help": "orders one OrderBatch may hold (more: the batch is rejected)"})
-    max_streams_per_connection: int = field(default=100, metadata={"help": "concurrent calls one HTTP/2 connection may open"})
+    max_orders_per_batch: int = field(
+        default=100_000, metadata={"help": "orders one OrderBatch may hold (more: the batch is rejected)"}
+    )
+    max_streams_per_connection: int = field(
+        default=100, metadata={"help": "concurrent calls one HTTP/2 connection may open"}
+    )
     max_streams_per_caller: int = field(
-        default=256, metadata={"help": "concurrent StreamOrders calls of one caller (its name, or its address without authentication); more: RESOURCE_EXHAUSTED"}
+        default=256,
+        metadata={
+            "help": (
+                "concurrent StreamOrders calls of one caller (its name, or its address without "
+                "authentication); more: RESOURCE_EXHAUSTED"
+            )
+        },
     )
     caller_rate_batches_s: float = field(
-        default=0.0, metadata={"metavar": "PER_S", "help": "batches per second one caller may send, on average; more: RESOURCE_EXHAUSTED with RetryInfo; 0: no limit"}
+        default=0.0,
+        metadata={
+            "metavar": "PER_S",
+            "help": (
+                "batches per second one caller may send, on average; more: RESOURCE_EXHAUSTED with "
+                "RetryInfo; 0: no limit"
+            ),
+        },
     )
-    caller_burst_batches: int = field(default=100, metadata={"help": "batches one caller may send at once above --caller-rate-batches-s"})
-    keepalive_time_s: float = field(default=60.0, metadata={"help": "ping a connection idle this long, seconds; one that does not answer is closed"})
-    keepalive_timeout_s: float = field(default=20.0, metadata={"help": "how long a keepalive ping may go unanswered, seconds"})
+    caller_burst_batches: int = field(
+        default=100, metadata={"help": "batches one caller may send at once above --caller-rate-batches-s"}
+    )
+    keepalive_time_s: float = field(
+        default=60.0, metadata={"help": "ping a connection idle this long, seconds; one that does not answer is closed"}
+    )
+    keepalive_timeout_s: float = field(
+        default=20.0, metadata={"help": "how long a keepalive ping may go unanswered, seconds"}
+    )
     min_client_ping_interval_s: float = field(
-        default=10.0, metadata={"help": "clients pinging more often than this are disconnected (GOAWAY too_many_pings), seconds"}
+        default=10.0,
+        metadata={"help": "clients pinging more often than this are disconnected (GOAWAY too_many_pings), seconds"},
     )
+
     def __post_init__(self) -> None:
         # An empty value (KEYSTONE_KAFKA_BOOTSTRAP= in a compose file) means unset.
         self.check_bronze_options()
@@ -229,7 +385,9 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
             if getattr(self, name) == "":
                 setattr(self, name, None)
         if self.memory_limit_bytes < 0:
-            raise ValueError(f"--memory-limit-bytes must not be negative (0 disables it), got {self.memory_limit_bytes}")
+            raise ValueError(
+                f"--memory-limit-bytes must not be negative (0 disables it), got {self.memory_limit_bytes}"
+            )
         # The memory plan: the budgets that hold batches' data default to
         # shares of the memory limit, so one number sizes them together.
         # Together they are a quarter of it, about half with what their bytes
@@ -239,24 +397,32 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
         # watch of RSS covers.
         if self.max_bytes_in_flight is None:
             self.max_bytes_in_flight = self.planned_bytes(16)
-        from keystone_ingest.server.security import check_config  # noqa: PLC0415 (security imports this module)
+        from keystone_ingest.server.security import check_config
 
         check_config(self)
-        from keystone_ingest.server.sinks.kafka import check_compression  # noqa: PLC0415 (imports aiokafka)
+        from keystone_ingest.server.sinks.kafka import check_compression
 
         check_compression(self.compression, self.compression_level)
         _host_port(self.listen)
         for address in (self.metrics_listen, self.bronze_metrics_listen):
             if address:
                 _host_port(address)
-        positive = ("max_message_bytes", "max_in_flight_per_stream", "max_stream_bytes_in_flight",
-                    "max_bytes_in_flight", "max_batch_bytes", "dedup_window", "batch_id_window", "core_threads",
-                    "topic_partitions", "replication_factor")  # fmt: skip
+        positive = (
+            "max_message_bytes",
+            "max_in_flight_per_stream",
+            "max_stream_bytes_in_flight",
+            "max_bytes_in_flight",
+            "max_batch_bytes",
+            "dedup_window",
+            "batch_id_window",
+            "core_threads",
+            "topic_partitions",
+            "replication_factor",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("send_timeout_s", "kafka_unavailable_threshold_s", "dedup_max_age_s",
-                     "batch_id_max_age_s"):
+        for name in ("send_timeout_s", "kafka_unavailable_threshold_s", "dedup_max_age_s", "batch_id_max_age_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.linger_ms < 0 or self.shutdown_grace_s < 0:
@@ -279,16 +445,26 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type = Ser
     """One flag per field of `config_cls`, defaulting to its environment variable."""
     for f in fields(config_cls):
         kind = {"int": int, "float": float, "bool": bool}.get(str(f.type).split(" ")[0], str)
-        options: dict[str, Any] = {"action": "store_true"} if kind is bool else {
-            "type": kind,
-            "choices": f.metadata.get("choices"),
-            "metavar": None if "choices" in f.metadata else f.metadata.get("metavar", _metavar(f.name, kind)),
-        }  # fmt: skip
+        options: dict[str, Any] = (
+            {"action": "store_true"}
+            if kind is bool
+            else {
+                "type": kind,
+                "choices": f.metadata.get("choices"),
+                "metavar": None if "choices" in f.metadata else f.metadata.get("metavar", _metavar(f.name, kind)),
+            }
+        )
         help_text = f.metadata.get("help", "")
         if f.default is None and not f.metadata.get("derived"):
             help_text += " (default: unset)"
-        add_argument_with_env(parser, "--" + f.name.replace("_", "-"), help=help_text, default=f.default,
-                              secret=f.metadata.get("secret", False), **options)  # fmt: skip
+        add_argument_with_env(
+            parser,
+            "--" + f.name.replace("_", "-"),
+            help=help_text,
+            default=f.default,
+            secret=f.metadata.get("secret", False),
+            **options,
+        )
 
 
 def _metavar(name: str, kind: type) -> str:

@@ -102,8 +102,15 @@ class MemoryLimiter:
     process needs at rest slows it down, never to zero.
     """
 
-    def __init__(self, limit_bytes: int, *, check_interval_s: float = 0.1, trim_interval_s: float = 0.25,
-                 metrics=None, read_rss: Callable[[], int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        limit_bytes: int,
+        *,
+        check_interval_s: float = 0.1,
+        trim_interval_s: float = 0.25,
+        metrics=None,
+        read_rss: Callable[[], int] | None = None,
+    ) -> None:
         if limit_bytes < 0:
             raise ValueError("a memory limit cannot be negative")
         self.limit_bytes = limit_bytes
@@ -181,8 +188,10 @@ class MemoryLimiter:
         elif rss < self.low_bytes:
             self.over = False
         if self.over != was_over:
-            log.warning("memory limit: admission paused" if self.over else "memory limit: admission resumed",
-                        extra={"rss_bytes": rss, "limit_bytes": self.limit_bytes, "high_bytes": self.high_bytes})  # fmt: skip
+            log.warning(
+                "memory limit: admission paused" if self.over else "memory limit: admission resumed",
+                extra={"rss_bytes": rss, "limit_bytes": self.limit_bytes, "high_bytes": self.high_bytes},
+            )
             if self.over:
                 self._below.clear()
                 for relieve in self.on_pressure:

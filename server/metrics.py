@@ -25,7 +25,10 @@ class Metrics:
         )
         self.batches_total = Counter(
             p + "batches_total",
-            "Batches answered, by ack status (accepted, duplicate_batch, rejected) or error (unavailable, internal, ...)",
+            (
+                "Batches answered, by ack status (accepted, duplicate_batch, rejected) or error "
+                "(unavailable, internal, ...)"
+            ),
             ["status"],
             registry=r,
         )
@@ -37,10 +40,13 @@ class Metrics:
         self.streams_open = Gauge(p + "streams_open", "Open StreamOrders calls", registry=r)
         self.memory_rss_bytes = Gauge(p + "memory_rss_bytes", "Resident memory of the server process", registry=r)
         self.memory_limited = Gauge(
-            p + "memory_limited", "1 while resident memory is past the memory limit's high mark and admission waits", registry=r
+            p + "memory_limited",
+            "1 while resident memory is past the memory limit's high mark and admission waits",
+            registry=r,
         )
         self.memory_limit_waits_total = Counter(
-            p + "memory_limit_waits_total", "Batches that waited for resident memory to fall (--memory-limit-bytes)",
+            p + "memory_limit_waits_total",
+            "Batches that waited for resident memory to fall (--memory-limit-bytes)",
             registry=r,
         )
         self.backpressure_waits_total = Counter(

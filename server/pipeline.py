@@ -96,7 +96,9 @@ class Pipeline:
             self.batch_ids.release(batch_id)
         return ack
 
-    async def _process(self, raw: bytes, batch_id: str | None = None, producer: str | None = None) -> ingest_pb2.BatchAck:
+    async def _process(
+        self, raw: bytes, batch_id: str | None = None, producer: str | None = None
+    ) -> ingest_pb2.BatchAck:
         # Before any await: batches take their turn in the order they arrived.
         turn = _Turn(self._last_turn)
         self._last_turn = turn.mine
@@ -105,8 +107,9 @@ class Pipeline:
         finally:
             turn.close()
 
-    async def _process_in_turn(self, raw: bytes, batch_id: str | None, producer: str | None,
-                               turn: _Turn) -> ingest_pb2.BatchAck:  # fmt: skip
+    async def _process_in_turn(
+        self, raw: bytes, batch_id: str | None, producer: str | None, turn: _Turn
+    ) -> ingest_pb2.BatchAck:
         loop = asyncio.get_running_loop()
         now_ms = time.time_ns() // 1_000_000  # the dedup keys' insert time
         # decode, validate, dedup, Arrow encode: native, GIL released.

@@ -64,8 +64,10 @@ async def retry(
             if not exc.retriable:
                 raise
             delay = backoff.next_delay_s()
-            log.warning("retrying", extra={"what": what, "error": exc.message, "attempt": backoff.attempts,
-                                           "delay_s": round(delay, 2)})  # fmt: skip
+            log.warning(
+                "retrying",
+                extra={"what": what, "error": exc.message, "attempt": backoff.attempts, "delay_s": round(delay, 2)},
+            )
             await asyncio.sleep(delay)
             continue
         backoff.reset()

@@ -26,7 +26,6 @@ import logging
 from typing import TYPE_CHECKING
 
 import grpc
-
 from keystone_ingest.server.auth import Caller, TokensFile, TokensFileError, bearer_token
 from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.quotas import CallerQuotas
@@ -67,9 +66,20 @@ def is_loopback(host: str) -> bool:
 
 def check_config(c: ServeConfig) -> None:
     """Raises ValueError for settings that cannot work or would be unsafe."""
-    for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file", "kafka_sasl_mechanism",
-                 "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca", "kafka_ssl_cert", "kafka_ssl_key",
-                 "kafka_msk_region", "s3_sse_kms_key_id"):  # fmt: skip
+    for name in (
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "auth_tokens_file",
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_ca",
+        "kafka_ssl_cert",
+        "kafka_ssl_key",
+        "kafka_msk_region",
+        "s3_sse_kms_key_id",
+    ):
         if getattr(c, name) == "":
             setattr(c, name, None)
     if (c.tls_cert is None) != (c.tls_key is None):
@@ -82,8 +92,12 @@ def check_config(c: ServeConfig) -> None:
             f"--listen {c.listen} is not a loopback address: serve TLS (--tls-cert, --tls-key) "
             f"or allow plaintext explicitly with --insecure"
         )
-    for name in ("max_orders_per_batch", "max_streams_per_connection", "max_streams_per_caller",
-                 "caller_burst_batches"):  # fmt: skip
+    for name in (
+        "max_orders_per_batch",
+        "max_streams_per_connection",
+        "max_streams_per_caller",
+        "caller_burst_batches",
+    ):
         if getattr(c, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
     if c.caller_rate_batches_s < 0:
@@ -91,7 +105,7 @@ def check_config(c: ServeConfig) -> None:
     for name in ("keepalive_time_s", "keepalive_timeout_s", "min_client_ping_interval_s"):
         if getattr(c, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
-    from keystone_ingest.server.sinks.kafka_security import check_kafka_security  # noqa: PLC0415
+    from keystone_ingest.server.sinks.kafka_security import check_kafka_security
 
     check_kafka_security(c)
 
@@ -175,8 +189,9 @@ class ServerSecurity:
             # As a bind failure: the server exits 1 with the reason (paths and
             # line numbers, never a key or a token).
             raise OSError(str(exc)) from None
-        quotas = CallerQuotas(rate_per_s=c.caller_rate_batches_s, burst=c.caller_burst_batches,
-                              max_streams=c.max_streams_per_caller)  # fmt: skip
+        quotas = CallerQuotas(
+            rate_per_s=c.caller_rate_batches_s, burst=c.caller_burst_batches, max_streams=c.max_streams_per_caller
+        )
         self.gate = Gate(tokens, quotas)
 
     def grpc_options(self) -> list[tuple[str, int]]:
@@ -209,10 +224,18 @@ class ServerSecurity:
             port = server.add_insecure_port(address)
             host = c.listen.rpartition(":")[0].strip("[]")
             if not is_loopback(host):
-                log.warning("serving PLAINTEXT gRPC on a non-loopback address (--insecure): batches and tokens "
-                            "cross the network unencrypted", extra={"listen": c.listen})  # fmt: skip
-        log.info("transport security", extra={
-            "tls": self.tls is not None, "mutual_tls": bool(self.tls and self.tls.mutual),
-            "authentication": "tokens-file" if self.gate.tokens is not None else "none",
-            "callers": len(self.gate.tokens) if self.gate.tokens is not None else None})  # fmt: skip
+                log.warning(
+                    "serving PLAINTEXT gRPC on a non-loopback address (--insecure): batches and tokens "
+                    "cross the network unencrypted",
+                    extra={"listen": c.listen},
+                )
+        log.info(
+            "transport security",
+            extra={
+                "tls": self.tls is not None,
+                "mutual_tls": bool(self.tls and self.tls.mutual),
+                "authentication": "tokens-file" if self.gate.tokens is not None else "none",
+                "callers": len(self.gate.tokens) if self.gate.tokens is not None else None,
+            },
+        )
         return port

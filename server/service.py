@@ -20,7 +20,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.errors import IngestError, ShuttingDown, to_rpc_status
 from keystone_ingest.server.limits import ByteBudget, MemoryLimiter
@@ -196,6 +195,12 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if status.code == grpc.StatusCode.INTERNAL:
         log.error("batch failed", exc_info=exc)
     else:
-        log.warning("batch not acked", extra={"code": status.code.name, "detail": status.details,
-                                              "retry_after_s": getattr(exc, "retry_after_s", None)})
+        log.warning(
+            "batch not acked",
+            extra={
+                "code": status.code.name,
+                "detail": status.details,
+                "retry_after_s": getattr(exc, "retry_after_s", None),
+            },
+        )
     await context.abort(status.code, status.details, status.trailing_metadata)

@@ -52,8 +52,10 @@ def check_key_pair(cert_path: str, key_path: str) -> None:
     try:
         context.load_cert_chain(cert_path, key_path)
     except ssl.SSLError as exc:
-        raise TlsConfigError(f"--tls-cert {cert_path} and --tls-key {key_path} are not a certificate and its key "
-                             f"({exc.reason or 'unreadable'})") from None  # fmt: skip
+        raise TlsConfigError(
+            f"--tls-cert {cert_path} and --tls-key {key_path} are not a certificate and its key "
+            f"({exc.reason or 'unreadable'})"
+        ) from None
     except OSError as exc:
         raise TlsConfigError(f"cannot read --tls-cert {cert_path} or --tls-key {key_path}: {exc.strerror}") from None
 
@@ -118,8 +120,9 @@ class ServerTls:
                 config = self._load()
             except TlsConfigError as exc:
                 self._stamps = stamps  # logged once per change, not at every handshake
-                log.error("TLS files changed but cannot be used; keeping the previous certificate",
-                          extra={"error": str(exc)})  # fmt: skip
+                log.error(
+                    "TLS files changed but cannot be used; keeping the previous certificate", extra={"error": str(exc)}
+                )
                 return None
             log.info("TLS certificate reloaded", extra={"cert": self.cert_path, "loads": self.loads})
             return config

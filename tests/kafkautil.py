@@ -20,7 +20,6 @@ from pathlib import Path
 
 from certs import TestCA
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-
 from keystone_ingest.dev.kafka import KafkaCluster
 
 __all__ = ["TEST_CLUSTER", "KafkaCluster", "KafkaSecrets", "Record", "partition_count", "read_all"]
@@ -65,7 +64,10 @@ class KafkaSecrets:
 
     def cluster_settings(self) -> dict:
         """TEST_CLUSTER with the secured listeners, users and certificates."""
-        plain = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{self.user}="{self.plain_password}";'
+        plain = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_{self.user}="{self.plain_password}";'
+        )
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         return {
             **TEST_CLUSTER,
@@ -85,8 +87,9 @@ class KafkaSecrets:
                 "listener.name.sasl_ssl.ssl.client.auth": "required",
             },
             # SCRAM credentials live in the cluster's metadata: written at format time.
-            "format_args": [f"--add-scram=SCRAM-SHA-{bits}=[name={self.user},password={self.scram_password}]"
-                            for bits in (256, 512)],
+            "format_args": [
+                f"--add-scram=SCRAM-SHA-{bits}=[name={self.user},password={self.scram_password}]" for bits in (256, 512)
+            ],
         }
 
 
@@ -122,13 +125,15 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list[Record
     """Every record of `topic`, in (partition, offset) order: reads each
     partition from its start up to the high watermark seen when called.
     Raises TimeoutError if that takes longer than timeout_s."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"keystone-tests-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": False,
-        "isolation.level": "read_committed",
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"keystone-tests-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "isolation.level": "read_committed",
+        }
+    )
     try:
         deadline = time.monotonic() + timeout_s
         metadata = consumer.list_topics(topic, timeout=timeout_s)
@@ -146,8 +151,10 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list[Record
         while remaining:
             if time.monotonic() > deadline:
                 got = {p: len(r) for p, r in records.items()}
-                raise TimeoutError(f"read_all({topic!r}): still missing partitions {sorted(remaining)}; "
-                                   f"high watermarks {highs}, records read {got}")
+                raise TimeoutError(
+                    f"read_all({topic!r}): still missing partitions {sorted(remaining)}; "
+                    f"high watermarks {highs}, records read {got}"
+                )
             for message in consumer.consume(num_messages=10_000, timeout=0.2):
                 if message.error() is not None:
                     raise KafkaException(message.error())
@@ -155,8 +162,11 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list[Record
                 if message.offset() >= highs[p]:
                     continue  # written after read_all was called
                 _, ts = message.timestamp()
-                records[p].append(Record(topic, p, message.offset(), message.key(), message.value(),
-                                         list(message.headers() or []), ts))
+                records[p].append(
+                    Record(
+                        topic, p, message.offset(), message.key(), message.value(), list(message.headers() or []), ts
+                    )
+                )
                 if message.offset() >= highs[p] - 1:
                     remaining.discard(p)
         return [r for p in sorted(records) for r in records[p]]

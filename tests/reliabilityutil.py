@@ -21,11 +21,10 @@ import grpc
 import pyarrow as pa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafkautil import Record, read_all
-from prometheus_client.parser import text_string_to_metric_families
-
 from keystone_ingest.client.client import IngestClient, RetryPolicy
 from keystone_ingest.core import Core
 from keystone_ingest.proto.v1 import ingest_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 ACKED = (ingest_pb2.ACK_STATUS_ACCEPTED, ingest_pb2.ACK_STATUS_DUPLICATE_BATCH)
 
@@ -77,8 +76,16 @@ def check_copies(records: list[Record], key_of: Callable[[Record], object], *, a
     return copies
 
 
-def check_kafka_and_bronze(bootstrap: str, topic: str, dlq: str, bronze_table: Callable[[str], pa.Table | None],
-                           expected: Expected, sent: Expected, *, restarts: bool = False) -> dict[str, int]:  # fmt: skip
+def check_kafka_and_bronze(
+    bootstrap: str,
+    topic: str,
+    dlq: str,
+    bronze_table: Callable[[str], pa.Table | None],
+    expected: Expected,
+    sent: Expected,
+    *,
+    restarts: bool = False,
+) -> dict[str, int]:
     """Every acked order (and rejected order) is in Kafka and in Bronze; Bronze
     holds each exactly once and its items exactly once; Kafka holds nothing that
     was not sent, and copies only with identical event_id and bytes (`restarts`:
@@ -109,12 +116,19 @@ def check_kafka_and_bronze(bootstrap: str, topic: str, dlq: str, bronze_table: C
     assert max(item_keys.values(), default=1) == 1, "an item twice in Bronze"
     assert all(item_keys[k] == 1 for k in expected.items)
     quarantine = bronze_table("_quarantine")
-    rejected = list(zip(quarantine["batch_id"].to_pylist(), quarantine["index"].to_pylist(), strict=True)) if (
-        quarantine is not None) else []  # fmt: skip
+    rejected = (
+        list(zip(quarantine["batch_id"].to_pylist(), quarantine["index"].to_pylist(), strict=True))
+        if (quarantine is not None)
+        else []
+    )
     assert len(rejected) == len(set(rejected)), "a rejected order twice in the quarantine"
     assert set(expected.rejects) <= set(rejected)
-    return {"acked_orders": len(expected.order_bytes), "bronze_orders": len(ids), "kafka_records": len(records),
-            "kafka_copies": copies}  # fmt: skip
+    return {
+        "acked_orders": len(expected.order_bytes),
+        "bronze_orders": len(ids),
+        "kafka_records": len(records),
+        "kafka_copies": copies,
+    }
 
 
 class Stream:
@@ -124,10 +138,15 @@ class Stream:
     client. `stop()` closes the client: unacked batches stay unacked (the
     caller resends them on a new stream)."""
 
-    def __init__(self, target: str, batches: Iterable[ingest_pb2.OrderBatch], rate: float,
-                 retry: RetryPolicy | None = None) -> None:  # fmt: skip
-        self.client = IngestClient(target, max_in_flight=8, ack_timeout_s=30.0,
-                                   retry=retry or RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5))  # fmt: skip
+    def __init__(
+        self, target: str, batches: Iterable[ingest_pb2.OrderBatch], rate: float, retry: RetryPolicy | None = None
+    ) -> None:
+        self.client = IngestClient(
+            target,
+            max_in_flight=8,
+            ack_timeout_s=30.0,
+            retry=retry or RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5),
+        )
         self.batches = batches
         self.sent_batches: list[ingest_pb2.OrderBatch] = []
         self.rate = rate
@@ -185,8 +204,11 @@ def free_port() -> int:
 def metrics(port: int) -> dict[tuple[str, frozenset], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def metric(port: int, name: str, **labels: str) -> float:

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kafkautil import KafkaCluster
-
 from keystone_ingest.dev.catchup import wait_bronze_caught_up
 from keystone_ingest.dev.launcher import ServerProcess
 
@@ -23,17 +22,34 @@ BRONZE_ROLL_AGE_S = "0.3"
 class Deployment:
     """One server process with its own topics and Bronze directory."""
 
-    def __init__(self, cluster: KafkaCluster, bronze: Path, extra_args: list[str], env: dict[str, str] | None = None,
-                 *, partitions: int = 6, dlq_partitions: int = 3) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cluster: KafkaCluster,
+        bronze: Path,
+        extra_args: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        partitions: int = 6,
+        dlq_partitions: int = 3,
+    ) -> None:
         self.cluster = cluster
         self.topic = cluster.new_topic("orders", partitions=partitions)
         self.dlq_topic = cluster.new_topic("orders-dlq", partitions=dlq_partitions)
         self.bronze = bronze
         self.server = ServerProcess(
-            ["--kafka-bootstrap", cluster.bootstrap, "--topic", self.topic, "--dlq-topic", self.dlq_topic,
-             "--bronze-uri", f"file://{bronze}", *extra_args],
+            [
+                "--kafka-bootstrap",
+                cluster.bootstrap,
+                "--topic",
+                self.topic,
+                "--dlq-topic",
+                self.dlq_topic,
+                "--bronze-uri",
+                f"file://{bronze}",
+                *extra_args,
+            ],
             env=env,
-        )  # fmt: skip
+        )
         self.target = self.server.target
         self.port = self.server.port
 
@@ -59,15 +75,22 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployments(cluster: KafkaCluster, tmp_path: Path, *common_args: str, partitions: int = 6,
-                dlq_partitions: int = 3) -> Iterator[Callable[..., Deployment]]:  # fmt: skip
+def deployments(
+    cluster: KafkaCluster, tmp_path: Path, *common_args: str, partitions: int = 6, dlq_partitions: int = 3
+) -> Iterator[Callable[..., Deployment]]:
     """Yields `start(*extra_args, env=None, bronze=None)`, which starts a
     Deployment (with `common_args` first); every one is killed on exit."""
     started: list[Deployment] = []
 
     def start(*extra_args: str, env: dict[str, str] | None = None, bronze: Path | None = None) -> Deployment:
-        d = Deployment(cluster, bronze or tmp_path / f"bronze{len(started)}", [*common_args, *extra_args], env,
-                       partitions=partitions, dlq_partitions=dlq_partitions)  # fmt: skip
+        d = Deployment(
+            cluster,
+            bronze or tmp_path / f"bronze{len(started)}",
+            [*common_args, *extra_args],
+            env,
+            partitions=partitions,
+            dlq_partitions=dlq_partitions,
+        )
         started.append(d)
         return d
 
@@ -78,8 +101,9 @@ def deployments(cluster: KafkaCluster, tmp_path: Path, *common_args: str, partit
             d.server.close()
 
 
-def catch_up_bronze(bootstrap: str, topic: str, dlq_topic: str, bronze_uri: str, timeout_s: float = 60.0,
-                    **overrides) -> dict[tuple[str, int], int]:  # fmt: skip
+def catch_up_bronze(
+    bootstrap: str, topic: str, dlq_topic: str, bronze_uri: str, timeout_s: float = 60.0, **overrides
+) -> dict[tuple[str, int], int]:
     """Runs a Bronze worker (in this process, in the test's group) until Bronze
     holds everything the topics hold now: what a worker started after a
     server is gone does. Returns Kafka's end offsets."""
@@ -89,18 +113,27 @@ def catch_up_bronze(bootstrap: str, topic: str, dlq_topic: str, bronze_uri: str,
     from keystone_ingest.server.bronze.config import BronzeWorkerConfig
     from keystone_ingest.server.bronze.worker import BronzeWorker
 
-    config = BronzeWorkerConfig(**{"kafka_bootstrap": bootstrap, "topic": topic, "dlq_topic": dlq_topic,
-                                   "bronze_uri": bronze_uri, "bronze_group": os.environ.get("KEYSTONE_BRONZE_GROUP", "keystone-bronze"),
-                                   "roll_age_s": float(BRONZE_ROLL_AGE_S), "bronze_session_timeout_s": 2.0,
-                                   **overrides})  # fmt: skip
+    config = BronzeWorkerConfig(
+        **{
+            "kafka_bootstrap": bootstrap,
+            "topic": topic,
+            "dlq_topic": dlq_topic,
+            "bronze_uri": bronze_uri,
+            "bronze_group": os.environ.get("KEYSTONE_BRONZE_GROUP", "keystone-bronze"),
+            "roll_age_s": float(BRONZE_ROLL_AGE_S),
+            "bronze_session_timeout_s": 2.0,
+            **overrides,
+        }
+    )
     store_options = {"endpoint_url": config.s3_endpoint_url, "spool_dir": config.spool_dir}
 
     async def run() -> dict[tuple[str, int], int]:
         worker = BronzeWorker(config)
         await worker.start()
         try:
-            return await asyncio.to_thread(wait_bronze_caught_up, bootstrap, [topic, dlq_topic], bronze_uri,
-                                           timeout_s, **store_options)  # fmt: skip
+            return await asyncio.to_thread(
+                wait_bronze_caught_up, bootstrap, [topic, dlq_topic], bronze_uri, timeout_s, **store_options
+            )
         finally:
             await worker.stop()
 

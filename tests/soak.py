@@ -35,12 +35,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
 from keystone_ingest.client.client import IngestClient, RetryPolicy
 from keystone_ingest.client.generator import OrderGenerator
-from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.dev.kafka import KafkaCluster
 from keystone_ingest.dev.launcher import ServerProcess
+from keystone_ingest.proto.v1 import ingest_pb2
 from serverutil import wait_bronze_caught_up
 
 TOPIC, DLQ = "orders", "orders.dlq"
@@ -147,8 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     data.mkdir(parents=True)
     port = free_port()
     partitions = 12
-    serve_args = ["--listen", f"127.0.0.1:{port}", "--bronze-uri", f"file://{data / 'bronze'}", "--roll-age-s", "10",
-                  "--topic-partitions", str(partitions), "--send-timeout-s", "10"]  # fmt: skip
+    serve_args = [
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--bronze-uri",
+        f"file://{data / 'bronze'}",
+        "--roll-age-s",
+        "10",
+        "--topic-partitions",
+        str(partitions),
+        "--send-timeout-s",
+        "10",
+    ]
     print(f"soak: {args.seconds:.0f} s at {args.rate:.0f} orders/s, seed {args.seed}, data in {data}", flush=True)
 
     broker = KafkaCluster(nodes=3, heap_mb=384).start()
@@ -159,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     reader.start()
     started = time.monotonic()
     deadline = started + args.seconds
-    senders = [Sender(f"127.0.0.1:{port}", args.seed * 10 + i, args.rate / 2, args.batch_size, deadline)
-               for i in range(2)]  # fmt: skip
+    senders = [
+        Sender(f"127.0.0.1:{port}", args.seed * 10 + i, args.rate / 2, args.batch_size, deadline) for i in range(2)
+    ]
     for s in senders:
         s.start()
 
@@ -190,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     server.stop(signal.SIGTERM if kind == "server_sigterm" else signal.SIGKILL)
                     server.close()
-                    server = ServerProcess(["--kafka-bootstrap", broker.bootstrap, *serve_args],
-                                           log_path=data / "server.log")  # fmt: skip
+                    server = ServerProcess(
+                        ["--kafka-bootstrap", broker.bootstrap, *serve_args], log_path=data / "server.log"
+                    )
                 next_chaos = time.monotonic() + rng.uniform(15, 45)
             time.sleep(0.5)
         for s in senders:
@@ -205,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         broker.close()
 
     acked = set().union(*(s.acked_event_ids for s in senders))
-    orders = ds.dataset(data / "bronze" / "orders", format="parquet", partitioning="hive").to_table(columns=["event_id"])
+    orders = ds.dataset(data / "bronze" / "orders", format="parquet", partitioning="hive").to_table(
+        columns=["event_id"]
+    )
     bronze_ids = orders["event_id"].to_pylist()
     bronze = set(bronze_ids)
     kafka = {k.decode() for k in reader.seen}
@@ -213,10 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     extra_records = reader.records - len(reader.seen)
 
     print("\nchaos events:", dict(events) or "none")
-    print(f"batches acked {sum(s.acked_batches for s in senders):,}, failed {sum(s.failed_batches for s in senders):,}, "
-          f"resent {sum(s.resends for s in senders):,}")  # fmt: skip
-    print(f"orders acked {len(acked):,}; Kafka records {reader.records:,} ({len(kafka):,} event_ids, "
-          f"{extra_records:,} extra copies); Bronze rows {len(bronze_ids):,}")  # fmt: skip
+    print(
+        f"batches acked {sum(s.acked_batches for s in senders):,}, failed {sum(s.failed_batches for s in senders):,}, "
+        f"resent {sum(s.resends for s in senders):,}"
+    )
+    print(
+        f"orders acked {len(acked):,}; Kafka records {reader.records:,} ({len(kafka):,} event_ids, "
+        f"{extra_records:,} extra copies); Bronze rows {len(bronze_ids):,}"
+    )
     print("server RSS over time (s: MiB):", ", ".join(f"{t:.0f}: {m:.0f}" for t, m in rss))
     checks = {
         "server exited 0 at the end": code == 0,

@@ -27,7 +27,6 @@ from decimal import Decimal
 
 import pyarrow as pa
 from google.protobuf.message import DecodeError
-
 from keystone_ingest.core import InvalidBatch, RecordError
 from keystone_ingest.proto.v1 import ingest_pb2
 
@@ -74,8 +73,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("shipping_limit_date", _TIMESTAMP),
             ("price", _MONEY),
             ("freight_value", _MONEY),
+            *_LINEAGE,
         ]
-        + _LINEAGE
     ),
     "order_payments": pa.schema(
         [
@@ -84,8 +83,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("payment_type", pa.utf8()),
             ("payment_installments", pa.int32()),
             ("payment_value", _MONEY),
+            *_LINEAGE,
         ]
-        + _LINEAGE
     ),
     "customers": pa.schema(
         [
@@ -94,8 +93,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("customer_zip_code_prefix", pa.utf8()),
             ("customer_city", pa.utf8()),
             ("customer_state", pa.utf8()),
+            *_LINEAGE,
         ]
-        + _LINEAGE
     ),
 }
 

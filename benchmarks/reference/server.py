@@ -54,12 +54,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
-
-from benchmarks.reference.core import ReferenceCore, ReferenceResult
 from keystone_ingest.core import InvalidBatch
 from keystone_ingest.proto.v1 import ingest_pb2
+
 # The Bronze layout is the contract both servers fulfil: the real sink's quarantine and Parquet settings.
 from keystone_ingest.server.bronze.layout import QUARANTINE, QUARANTINE_SCHEMA, parquet_options
+
+from benchmarks.reference.core import ReferenceCore, ReferenceResult
 
 log = logging.getLogger("reference-server")
 
@@ -122,7 +123,7 @@ class BronzeBuffer:
             bounds = np.flatnonzero(np.diff(days)) + 1
             starts = [0, *bounds.tolist()]
             ends = [*bounds.tolist(), len(days)]
-            for start, end in zip(starts, ends):
+            for start, end in zip(starts, ends, strict=True):
                 self._seq += 1
                 day = np.datetime64(int(days[start]), "D").astype(object)
                 folder = self.root / table / f"year={day.year:04d}" / f"month={day.month:02d}" / f"day={day.day:02d}"
@@ -130,8 +131,9 @@ class BronzeBuffer:
                 name = f"part-{utc}-{self._prefix}-{self._seq:06d}.parquet"
                 hidden = folder / f".{name}.tmp"
                 with open(hidden, "wb") as f:
-                    pq.write_table(rows.slice(start, end - start), f, row_group_size=131_072,
-                                   **parquet_options(rows.schema))  # the real server's settings
+                    pq.write_table(
+                        rows.slice(start, end - start), f, row_group_size=131_072, **parquet_options(rows.schema)
+                    )  # the real server's settings
                     f.flush()
                     os.fsync(f.fileno())
                 os.rename(hidden, folder / name)
@@ -159,9 +161,7 @@ class ReferenceServer:
         self.partitions: dict[str, int] = {}
         self._partition_locks: dict[tuple[str, int], asyncio.Lock] = {}
         # batch_id -> counts of its first ack, or a future while it is in flight
-        self.batch_ids: collections.OrderedDict[str, tuple[int, int, int] | asyncio.Future] = (
-            collections.OrderedDict()
-        )
+        self.batch_ids: collections.OrderedDict[str, tuple[int, int, int] | asyncio.Future] = collections.OrderedDict()
 
     async def start(self) -> None:
         a = self.args
@@ -200,8 +200,13 @@ class ReferenceServer:
             await asyncio.shield(first)  # the first copy is in flight: wait for its outcome
         if first is not None:
             accepted, duplicates, rejected = first
-            return ingest_pb2.BatchAck(batch_id=batch_id, status=ingest_pb2.ACK_STATUS_DUPLICATE_BATCH,
-                                       accepted=accepted, duplicates=duplicates, rejected=rejected)  # fmt: skip
+            return ingest_pb2.BatchAck(
+                batch_id=batch_id,
+                status=ingest_pb2.ACK_STATUS_DUPLICATE_BATCH,
+                accepted=accepted,
+                duplicates=duplicates,
+                rejected=rejected,
+            )
         claim = asyncio.get_running_loop().create_future()
         if batch_id:
             self.batch_ids[batch_id] = claim
@@ -232,15 +237,20 @@ class ReferenceServer:
             accepted=result.accepted,
             duplicates=result.duplicates,
             rejected=result.rejected,
-            errors=[ingest_pb2.RecordError(index=e.index, event_id=e.event_id, reason=e.reason)
-                    for e in result.errors[:MAX_ERRORS_PER_ACK]],  # fmt: skip
+            errors=[
+                ingest_pb2.RecordError(index=e.index, event_id=e.event_id, reason=e.reason)
+                for e in result.errors[:MAX_ERRORS_PER_ACK]
+            ],
         )
 
     async def _publish(self, result: ReferenceResult, received_ns: int) -> None:
         a = self.args
         timestamp_ms = received_ns // 1_000_000
-        common = [("batch_id", result.batch_id.encode()), ("source", result.source.encode()),
-                  ("content-type", CONTENT_TYPE)]  # fmt: skip
+        common = [
+            ("batch_id", result.batch_id.encode()),
+            ("source", result.source.encode()),
+            ("content-type", CONTENT_TYPE),
+        ]
         orders = result.message.orders
         by_partition: dict[int, list[tuple[bytes, bytes, list]]] = collections.defaultdict(list)
         n = self.partitions[a.topic]
@@ -254,10 +264,20 @@ class ReferenceServer:
             sends += await self._send(a.topic, partition, records, timestamp_ms)
         if result.errors:
             partition = (murmur2(result.batch_id.encode()) & 0x7FFFFFFF) % self.partitions[a.dlq_topic]
-            records = [(None, orders[e.index].SerializeToString(),
-                        [("event_id", e.event_id.encode()), *common, ("error.reason", e.reason.encode()),
-                         ("error.index", str(e.index).encode()), ("error.message", e.message.encode())])
-                       for e in result.errors]  # fmt: skip
+            records = [
+                (
+                    None,
+                    orders[e.index].SerializeToString(),
+                    [
+                        ("event_id", e.event_id.encode()),
+                        *common,
+                        ("error.reason", e.reason.encode()),
+                        ("error.index", str(e.index).encode()),
+                        ("error.message", e.message.encode()),
+                    ],
+                )
+                for e in result.errors
+            ]
             sends += await self._send(a.dlq_topic, partition, records, timestamp_ms)
         try:
             async with asyncio.timeout(a.send_timeout_s):
@@ -320,12 +340,12 @@ class ReferenceServer:
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
-                "StreamOrders": grpc.stream_stream_rpc_method_handler(self.stream_orders,
-                                                                      response_serializer=serialize),
-                "IngestOrders": grpc.unary_unary_rpc_method_handler(self.ingest_orders,
-                                                                    response_serializer=serialize),
+                "StreamOrders": grpc.stream_stream_rpc_method_handler(
+                    self.stream_orders, response_serializer=serialize
+                ),
+                "IngestOrders": grpc.unary_unary_rpc_method_handler(self.ingest_orders, response_serializer=serialize),
             },
-        )  # fmt: skip
+        )
 
     async def ingest_orders(self, raw: bytes, context: grpc.aio.ServicerContext) -> ingest_pb2.BatchAck:
         try:
@@ -382,8 +402,9 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     if args.ready_file:
         host = args.listen.rsplit(":", 1)[0]
-        Path(args.ready_file).write_text(json.dumps({"port": port, "host": host, "pid": os.getpid(),
-                                                     "kafka_bootstrap": args.kafka_bootstrap}))  # fmt: skip
+        Path(args.ready_file).write_text(
+            json.dumps({"port": port, "host": host, "pid": os.getpid(), "kafka_bootstrap": args.kafka_bootstrap})
+        )
     log.info("reference server listening on %s:%d", args.listen.rsplit(":", 1)[0], port)
     await stop.wait()
     # Shutdown: stop taking batches and finish those received, then flush Kafka, then write Bronze.
@@ -393,8 +414,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.reference.server",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.reference.server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--listen", default="127.0.0.1:50061")
     p.add_argument("--kafka-bootstrap", required=True)
     p.add_argument("--topic", default="orders")

@@ -18,12 +18,23 @@ from keystone_ingest.dev.kafka.cluster import KafkaCluster, KafkaUnavailable
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m keystone_ingest.dev.kafka", description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=1, help="combined broker+controller nodes (3: replication 3, min ISR 2)")
-    parser.add_argument("--data-dir", default=None, help="keep the cluster's data here (default: a temporary directory)")
-    parser.add_argument("--libs", default=None, help="the broker's jars (default: $KEYSTONE_KAFKA_LIBS or .cache/kafka/libs)")
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="combined broker+controller nodes (3: replication 3, min ISR 2)"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="keep the cluster's data here (default: a temporary directory)"
+    )
+    parser.add_argument(
+        "--libs", default=None, help="the broker's jars (default: $KEYSTONE_KAFKA_LIBS or .cache/kafka/libs)"
+    )
     parser.add_argument("--heap-mb", type=int, default=512, help="JVM heap of each node")
-    parser.add_argument("--topic", action="append", default=[], metavar="NAME[:PARTITIONS]",
-                        help="create this topic once ready (repeatable)")
+    parser.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        metavar="NAME[:PARTITIONS]",
+        help="create this topic once ready (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()

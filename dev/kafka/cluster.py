@@ -105,7 +105,8 @@ def find_libs(libs: str | os.PathLike | None = None) -> Path:
     if not any(path.glob("kafka_2.13-*.jar")):
         raise KafkaUnavailable(
             f"no Apache Kafka jars in {path}: run `make kafka` in the repository (needs Java {MIN_JAVA}+ and "
-            f"Maven), or set {LIBS_ENV} to a directory holding kafka_2.13-{KAFKA_VERSION}.jar and its dependencies")
+            f"Maven), or set {LIBS_ENV} to a directory holding kafka_2.13-{KAFKA_VERSION}.jar and its dependencies"
+        )
     return path.resolve()
 
 
@@ -114,7 +115,9 @@ def find_java() -> str:
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home and (Path(home) / "bin" / "java").exists() else shutil.which("java")
     if java is None:
-        raise KafkaUnavailable(f"no java found (JAVA_HOME or PATH): Apache Kafka {KAFKA_VERSION} needs Java {MIN_JAVA}+")
+        raise KafkaUnavailable(
+            f"no java found (JAVA_HOME or PATH): Apache Kafka {KAFKA_VERSION} needs Java {MIN_JAVA}+"
+        )
     version = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
     found = re.search(r'version "(\d+)(?:\.(\d+))?', version)
     major = int(found.group(1)) if found else 0
@@ -166,9 +169,16 @@ def _spawn(command: list[str], log_path: Path, cwd: Path) -> subprocess.Popen:
 
     def start() -> subprocess.Popen:
         with open(log_path, "ab") as out:
-            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=cwd, start_new_session=True,
-                                    preexec_fn=_die_with_parent if _libc is not None else None)
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if _libc is not None else None,
+            )
+
     return _spawner.submit(start).result()
 
 
@@ -276,7 +286,9 @@ class KafkaCluster:
         self._libs = find_libs(self.libs)
         self._java = find_java()
         self._temporary = self.data_dir is None
-        self.root = Path(tempfile.mkdtemp(prefix="keystone-kafka-") if self.data_dir is None else self.data_dir).resolve()
+        self.root = Path(
+            tempfile.mkdtemp(prefix="keystone-kafka-") if self.data_dir is None else self.data_dir
+        ).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         names = [*self.listeners, "CONTROLLER"]
         self._nodes = {
@@ -404,32 +416,42 @@ class KafkaCluster:
         from confluent_kafka.admin import AdminClient
 
         node = self._node(via)
-        client = AdminClient({"bootstrap.servers": f"{HOST}:{node.ports[next(iter(self.listeners))]}",
-                              "logger": _QUIET_LIBRDKAFKA})
+        client = AdminClient(
+            {"bootstrap.servers": f"{HOST}:{node.ports[next(iter(self.listeners))]}", "logger": _QUIET_LIBRDKAFKA}
+        )
         return client.list_topics(topic, timeout=timeout_s)
 
     def leader(self, topic: str, partition: int, timeout_s: float = 30.0, via: int | None = None) -> int:
         """The node leading topic-partition now (waits while it has none), as
         the cluster or node `via` sees it."""
+
         def leader_now() -> int | None:
             found = self._partition(topic, partition, via).leader
             return found if found >= 0 else None
+
         return self._wait(leader_now, timeout_s, f"a leader for {topic}-{partition}")
 
     def in_sync(self, topic: str, partition: int) -> list[int]:
         return list(self._partition(topic, partition).isrs)
 
-    def create_topic(self, name: str, partitions: int = 6, replication: int | None = None,
-                     config: Mapping[str, str] | None = None, assignment: list[list[int]] | None = None,
-                     timeout_s: float = 30.0) -> str:
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 6,
+        replication: int | None = None,
+        config: Mapping[str, str] | None = None,
+        assignment: list[list[int]] | None = None,
+        timeout_s: float = 30.0,
+    ) -> str:
         """Create a topic and wait until every partition has a leader.
         `assignment`: replica node ids per partition (instead of partitions/replication)."""
         from confluent_kafka.admin import NewTopic
 
         if assignment is not None:
             # confluent-kafka wants the partition count beside an assignment (and no replication factor).
-            topic = NewTopic(name, num_partitions=len(assignment), replica_assignment=assignment,
-                             config=dict(config or {}))
+            topic = NewTopic(
+                name, num_partitions=len(assignment), replica_assignment=assignment, config=dict(config or {})
+            )
         else:
             topic = NewTopic(name, partitions, replication or min(3, self.nodes), config=dict(config or {}))
         self._admin_client().create_topics([topic], operation_timeout=timeout_s)[name].result(timeout=timeout_s)
@@ -437,8 +459,13 @@ class KafkaCluster:
         self._wait(lambda: self._all_led(name, count), timeout_s, f"leaders for every partition of {name}")
         return name
 
-    def new_topic(self, prefix: str = "t", partitions: int = 6, replication: int | None = None,
-                  config: Mapping[str, str] | None = None) -> str:
+    def new_topic(
+        self,
+        prefix: str = "t",
+        partitions: int = 6,
+        replication: int | None = None,
+        config: Mapping[str, str] | None = None,
+    ) -> str:
         """Create `<prefix>-<random>` (so tests sharing a cluster never share a topic); return its name."""
         return self.create_topic(f"{prefix}-{uuid.uuid4().hex[:12]}", partitions, replication, config)
 
@@ -456,6 +483,7 @@ class KafkaCluster:
                 if any(sorted(p.isrs) != sorted(p.replicas) for p in meta.partitions.values()):
                     return None
             return True
+
         self._wait(all_in_sync, timeout_s, f"every replica of {wanted or 'every topic'} in sync")
 
     def wait_ready(self, node_ids: Iterable[int] | None = None, timeout_s: float | None = None) -> None:
@@ -470,27 +498,37 @@ class KafkaCluster:
             for node_id in sorted(waiting):
                 node = self._nodes[node_id]
                 if not node.running:
-                    raise KafkaUnavailable(f"Kafka node {node_id} exited with code {node.process.returncode} "
-                                           f"during start-up; its log:\n{self.log_tail(node_id)}")
+                    raise KafkaUnavailable(
+                        f"Kafka node {node_id} exited with code {node.process.returncode} "
+                        f"during start-up; its log:\n{self.log_tail(node_id)}"
+                    )
                 if self._answers(node):
                     waiting.discard(node_id)
-                    log.info("kafka node ready", extra={"node": node_id, "bootstrap": self.bootstrap,
-                                                        "start_s": round(time.monotonic() - node.started_at, 2)})
+                    log.info(
+                        "kafka node ready",
+                        extra={
+                            "node": node_id,
+                            "bootstrap": self.bootstrap,
+                            "start_s": round(time.monotonic() - node.started_at, 2),
+                        },
+                    )
             if waiting and time.monotonic() > deadline:
                 logs = "\n\n".join(f"--- node {i}:\n{self.log_tail(i)}" for i in sorted(waiting))
-                raise KafkaUnavailable(f"Kafka nodes {sorted(waiting)} did not answer within {timeout_s} s; "
-                                       f"their logs:\n{logs}")
+                raise KafkaUnavailable(
+                    f"Kafka nodes {sorted(waiting)} did not answer within {timeout_s} s; their logs:\n{logs}"
+                )
 
     def _answers(self, node: Node) -> bool:
         """Ask `node` alone for metadata (it is the client's only bootstrap
         address, so the answer is its own); wait up to a second for it."""
         from confluent_kafka.admin import AdminClient
 
-        client = AdminClient({"bootstrap.servers": f"{HOST}:{node.ports[next(iter(self.listeners))]}",
-                              "logger": _QUIET_LIBRDKAFKA})
+        client = AdminClient(
+            {"bootstrap.servers": f"{HOST}:{node.ports[next(iter(self.listeners))]}", "logger": _QUIET_LIBRDKAFKA}
+        )
         try:
             return node.node_id in client.list_topics(timeout=1.0).brokers
-        except Exception:  # noqa: BLE001 (KafkaException: not listening yet)
+        except Exception:
             return False
 
     # -- internals
@@ -519,7 +557,7 @@ class KafkaCluster:
         while time.monotonic() < deadline:
             try:
                 found = probe()
-            except Exception as exc:  # noqa: BLE001 (metadata not available yet)
+            except Exception as exc:
                 error, found = exc, None
             if found is not None:
                 return found
@@ -531,8 +569,9 @@ class KafkaCluster:
 
         with self._lock:
             if self._admin is None:
-                self._admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": _QUIET_LIBRDKAFKA,
-                                           "reconnect.backoff.max.ms": 500})
+                self._admin = AdminClient(
+                    {"bootstrap.servers": self.bootstrap, "logger": _QUIET_LIBRDKAFKA, "reconnect.backoff.max.ms": 500}
+                )
             return self._admin
 
     def _properties(self, node: Node) -> str:
@@ -580,28 +619,51 @@ class KafkaCluster:
             self._write_config(node)
             if (node.dir / "data" / "meta.properties").exists():
                 continue
-            command = [self._java, "-Xmx256m", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-                       f"-Dkafka.logs.dir={node.dir / 'logs'}", "-cp", self._classpath(),
-                       "kafka.tools.StorageTool", "format", "-c", str(node.properties), "-t", cid,
-                       *self.format_args]
+            command = [
+                self._java,
+                "-Xmx256m",
+                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                f"-Dkafka.logs.dir={node.dir / 'logs'}",
+                "-cp",
+                self._classpath(),
+                "kafka.tools.StorageTool",
+                "format",
+                "-c",
+                str(node.properties),
+                "-t",
+                cid,
+                *self.format_args,
+            ]
             pending.append((node, _spawn(command, node.dir / "format.out", node.dir)))
         for node, process in pending:
             if process.wait(timeout=120) != 0:
-                raise KafkaUnavailable(f"formatting Kafka storage of node {node.node_id} failed "
-                                       f"(exit {process.returncode}):\n{_tail(node.dir / 'format.out', 40)}")
+                raise KafkaUnavailable(
+                    f"formatting Kafka storage of node {node.node_id} failed "
+                    f"(exit {process.returncode}):\n{_tail(node.dir / 'format.out', 40)}"
+                )
 
     def _launch(self, node: Node) -> None:
         self._write_config(node)
         self._kill_stale(node)
         half = max(64, self.heap_mb // 2)
         command = [
-            self._java, f"-Xms{half}m", f"-Xmx{self.heap_mb}m",
+            self._java,
+            f"-Xms{half}m",
+            f"-Xmx{self.heap_mb}m",
             # The stock start script's collector settings: short pauses keep
             # produce latency flat.
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-            "-XX:+ExplicitGCInvokesConcurrent", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", f"-Dkafka.logs.dir={node.dir / 'logs'}",
-            "-cp", self._classpath(), "kafka.Kafka", str(node.properties),
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            f"-Dkafka.logs.dir={node.dir / 'logs'}",
+            "-cp",
+            self._classpath(),
+            "kafka.Kafka",
+            str(node.properties),
         ]
         node.process = _spawn(command, node.jvm_out, node.dir)
         node.paused = False

@@ -32,8 +32,8 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from keystone_ingest.server.errors import SinkFailed
 from keystone_ingest.server.bronze.storage import ObjectStore
+from keystone_ingest.server.errors import SinkFailed
 
 ROOT = "_bronze"
 PENDING = f"{ROOT}/pending"
@@ -67,8 +67,11 @@ class Flush:
     def from_json(cls, data: bytes, key: str) -> Flush:
         try:
             doc = json.loads(data)
-            ranges = {(topic, int(p)): (int(r[0]), int(r[1]))
-                      for topic, parts in doc["ranges"].items() for p, r in parts.items()}  # fmt: skip
+            ranges = {
+                (topic, int(p)): (int(r[0]), int(r[1]))
+                for topic, parts in doc["ranges"].items()
+                for p, r in parts.items()
+            }
             return cls(str(doc.get("flush", "")), ranges, [str(f) for f in doc.get("files", [])])
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             # A marker we cannot read may be a commit: guessing would lose or

@@ -10,27 +10,46 @@ from keystone_ingest.server.config import BronzeOptions, KafkaClientOptions, _ho
 
 @dataclass
 class BronzeWorkerConfig(KafkaClientOptions, BronzeOptions):
-    kafka_bootstrap: str = field(default="127.0.0.1:9092", metadata={"metavar": "HOST:PORT[,...]", "help": "Kafka bootstrap servers"})
+    kafka_bootstrap: str = field(
+        default="127.0.0.1:9092", metadata={"metavar": "HOST:PORT[,...]", "help": "Kafka bootstrap servers"}
+    )
     topic: str = field(default="orders", metadata={"metavar": "NAME", "help": "topic of accepted orders"})
-    dlq_topic: str = field(default="orders.dlq", metadata={"metavar": "NAME", "help": "dead-letter topic (rejected orders, written to _quarantine)"})
+    dlq_topic: str = field(
+        default="orders.dlq",
+        metadata={"metavar": "NAME", "help": "dead-letter topic (rejected orders, written to _quarantine)"},
+    )
     row_group_rows: int = field(default=131_072, metadata={"help": "rows per Parquet row group"})
-    parquet_compression: str = field(default="zstd", metadata={"help": "Parquet codec", "choices": tuple(sorted(CODECS))})
+    parquet_compression: str = field(
+        default="zstd", metadata={"help": "Parquet codec", "choices": tuple(sorted(CODECS))}
+    )
     dedup_records: int = field(
-        default=500_000, metadata={"help": "records a partition's dedup window spans (a repeat further back than this is kept)"}
+        default=500_000,
+        metadata={"help": "records a partition's dedup window spans (a repeat further back than this is kept)"},
     )
     dedup_window_s: float = field(
         default=300.0, metadata={"help": "time a partition's dedup window spans, seconds of record timestamps"}
     )
     write_threads: int = field(default=4, metadata={"help": "threads encoding and uploading the files of a flush"})
     metrics_listen: str = field(
-        default="", metadata={"metavar": "HOST:PORT", "help": "Prometheus /metrics address of the worker; empty to disable"}
+        default="",
+        metadata={"metavar": "HOST:PORT", "help": "Prometheus /metrics address of the worker; empty to disable"},
     )
-    shutdown_grace_s: float = field(default=30.0, metadata={"help": "how long a stop may take to write and commit what was consumed, seconds"})
-    ready_file: str | None = field(default=None, metadata={"metavar": "PATH", "help": "write {pid, metrics_port} here once the worker has joined its group"})
-    log_level: str = field(default="info", metadata={"help": "log level", "choices": ("debug", "info", "warning", "error")})
+    shutdown_grace_s: float = field(
+        default=30.0, metadata={"help": "how long a stop may take to write and commit what was consumed, seconds"}
+    )
+    ready_file: str | None = field(
+        default=None,
+        metadata={"metavar": "PATH", "help": "write {pid, metrics_port} here once the worker has joined its group"},
+    )
+    log_level: str = field(
+        default="info", metadata={"help": "log level", "choices": ("debug", "info", "warning", "error")}
+    )
     log_format: str = field(
         default="auto",
-        metadata={"help": "log format: auto is text on a terminal and JSON lines otherwise", "choices": ("auto", "json", "text")},
+        metadata={
+            "help": "log format: auto is text on a terminal and JSON lines otherwise",
+            "choices": ("auto", "json", "text"),
+        },
     )
 
     def __post_init__(self) -> None:

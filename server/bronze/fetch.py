@@ -37,8 +37,9 @@ class Fetched:
 
 
 class Fetcher:
-    def __init__(self, client, *, max_wait_ms: int = 500, partition_max_bytes: int = 8 << 20,
-                 max_bytes: int = 64 << 20) -> None:  # fmt: skip
+    def __init__(
+        self, client, *, max_wait_ms: int = 500, partition_max_bytes: int = 8 << 20, max_bytes: int = 64 << 20
+    ) -> None:
         self.client = client
         self.max_wait_ms = max_wait_ms
         self.partition_max_bytes = partition_max_bytes
@@ -71,8 +72,9 @@ class Fetcher:
             self.client.force_metadata_update()
         return results
 
-    async def _fetch_from(self, node: int, topics: dict[str, list[tuple[int, int, int]]],
-                          results: dict[TopicPartition, Fetched]) -> None:  # fmt: skip
+    async def _fetch_from(
+        self, node: int, topics: dict[str, list[tuple[int, int, int]]], results: dict[TopicPartition, Fetched]
+    ) -> None:
         request = FetchRequest(self.max_wait_ms, 1, self.max_bytes, READ_UNCOMMITTED, list(topics.items()))
         response = await self.client.send(node, request)
         for topic, partitions in response.topics:

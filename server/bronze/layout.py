@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-
 from keystone_ingest.core import TABLES, schema
 
 US_PER_DAY = 86_400_000_000
@@ -52,10 +51,19 @@ CHILD_COUNTS = (("order_items", "item_count"), ("order_payments", "payment_count
 CODECS = frozenset({"zstd", "snappy", "gzip", "brotli", "lz4", "none"})
 """Compression codecs pyarrow's Parquet writer accepts."""
 
-DICTIONARY_COLUMNS = frozenset({
-    "order_status", "payment_type", "customer_city", "customer_state", "customer_zip_code_prefix", "seller_id",
-    "batch_id", "source", "producer",
-})  # fmt: skip
+DICTIONARY_COLUMNS = frozenset(
+    {
+        "order_status",
+        "payment_type",
+        "customer_city",
+        "customer_state",
+        "customer_zip_code_prefix",
+        "seller_id",
+        "batch_id",
+        "source",
+        "producer",
+    }
+)
 """Columns Bronze dictionary-encodes: few distinct values per row group. Ids
 and timestamps are nearly all distinct; a dictionary for them is built, overflows
 and is abandoned for plain encoding, which cost about a third of the encoding

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from keystone_ingest.server.metrics import serve_registry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class BronzeMetrics:
@@ -12,42 +11,56 @@ class BronzeMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         p = "keystone_bronze_"
         self.lag_records = Gauge(
-            p + "lag_records", "Records in the topic-partition not yet committed to Bronze (high watermark - Bronze's end)",
-            ["topic", "partition"], registry=r,
-        )  # fmt: skip
+            p + "lag_records",
+            "Records in the topic-partition not yet committed to Bronze (high watermark - Bronze's end)",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.lag_seconds = Gauge(
             p + "lag_seconds",
-            "How far Bronze is behind in time: now - timestamp of the last record committed to Bronze, while records wait",
-            ["topic", "partition"], registry=r,
-        )  # fmt: skip
+            (
+                "How far Bronze is behind in time: now - timestamp of the last record committed to "
+                "Bronze, while records wait"
+            ),
+            ["topic", "partition"],
+            registry=r,
+        )
         self.records_total = Counter(p + "records_total", "Records consumed", ["topic"], registry=r)
         self.duplicates_total = Counter(
-            p + "duplicates_total", "Records dropped as repeats of an event already in the partition's dedup window",
-            ["topic"], registry=r,
-        )  # fmt: skip
-        self.quarantined_total = Counter(
-            p + "quarantined_total", "Records of the orders topic that could not be decoded or validated, written to _quarantine",
+            p + "duplicates_total",
+            "Records dropped as repeats of an event already in the partition's dedup window",
+            ["topic"],
             registry=r,
-        )  # fmt: skip
+        )
+        self.quarantined_total = Counter(
+            p + "quarantined_total",
+            "Records of the orders topic that could not be decoded or validated, written to _quarantine",
+            registry=r,
+        )
         self.flushes_total = Counter(p + "flushes_total", "Flushes committed", registry=r)
         self.files_total = Counter(p + "files_total", "Parquet files published", ["table"], registry=r)
         self.rows_total = Counter(p + "rows_total", "Rows in published Parquet files", ["table"], registry=r)
         self.bytes_total = Counter(p + "bytes_total", "Bytes of Parquet files written", ["table"], registry=r)
         self.publish_failures_total = Counter(
-            p + "publish_failures_total", "Failed attempts to write, publish or commit (each retried with backoff)",
+            p + "publish_failures_total",
+            "Failed attempts to write, publish or commit (each retried with backoff)",
             registry=r,
-        )  # fmt: skip
+        )
         self.fenced_flushes_total = Counter(
             p + "fenced_flushes_total",
-            "Flushes abandoned, files deleted, because their partitions had gone to another worker (a pause past the session timeout)",
+            (
+                "Flushes abandoned, files deleted, because their partitions had gone to another "
+                "worker (a pause past the session timeout)"
+            ),
             registry=r,
-        )  # fmt: skip
+        )
         self.buffered_bytes = Gauge(p + "buffered_bytes", "Arrow bytes gathered for the next flush", registry=r)
         self.assigned_partitions = Gauge(p + "assigned_partitions", "Topic-partitions this worker owns", registry=r)
         self.deleted_files_total = Counter(
-            p + "recovered_files_total", "Files of flushes cut short (a crash) deleted before their offsets were written again",
+            p + "recovered_files_total",
+            "Files of flushes cut short (a crash) deleted before their offsets were written again",
             registry=r,
-        )  # fmt: skip
+        )
         self._close = None
 
     def forget_partition(self, topic: str, partition: int) -> None:

@@ -83,8 +83,9 @@ class BronzeProcess:
         ready = self.config.ready_file
         while not os.path.exists(ready):
             if self._process.returncode is not None:
-                raise SinkFailed(f"the Bronze worker exited with code {self._process.returncode} at start "
-                                 "(its log says why)")  # fmt: skip
+                raise SinkFailed(
+                    f"the Bronze worker exited with code {self._process.returncode} at start (its log says why)"
+                )
             if time.monotonic() > deadline:
                 raise SinkFailed(f"the Bronze worker did not join its group within {ready_timeout_s:g} s")
             try:
@@ -99,9 +100,13 @@ class BronzeProcess:
         if os.path.exists(self.config.ready_file):
             os.unlink(self.config.ready_file)
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "keystone_ingest.server.cli", "bronze",
-            env=worker_environment(self.config), preexec_fn=_in_child,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "keystone_ingest.server.cli",
+            "bronze",
+            env=worker_environment(self.config),
+            preexec_fn=_in_child,
+        )
         log.info("bronze worker process started", extra={"pid": self._process.pid})
 
     async def _supervise(self) -> None:
@@ -111,8 +116,10 @@ class BronzeProcess:
             if self._stopping:
                 return
             delay = backoff.next_delay_s()
-            log.error("bronze worker process exited; restarting it",
-                      extra={"exit_code": code, "restart_in_s": round(delay, 1)})  # fmt: skip
+            log.error(
+                "bronze worker process exited; restarting it",
+                extra={"exit_code": code, "restart_in_s": round(delay, 1)},
+            )
             await asyncio.sleep(delay)
             if self._stopping:
                 return

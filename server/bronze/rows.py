@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-
 from keystone_ingest.server.bronze.layout import CHILD_COUNTS, QUARANTINE, SCHEMAS, US_PER_DAY, purchase_days
 
 TopicPartition = tuple[str, int]
@@ -70,8 +69,15 @@ class RowBuffer:
     def __bool__(self) -> bool:
         return bool(self.ranges)
 
-    def add(self, tp: TopicPartition, first: int, end: int, tables: dict[str, pa.RecordBatch],
-            child_counts: pa.RecordBatch | None, max_timestamp_ms: int | None) -> None:  # fmt: skip
+    def add(
+        self,
+        tp: TopicPartition,
+        first: int,
+        end: int,
+        tables: dict[str, pa.RecordBatch],
+        child_counts: pa.RecordBatch | None,
+        max_timestamp_ms: int | None,
+    ) -> None:
         """The rows decoded from offsets [first, end) of `tp`, which must
         follow on from what the buffer holds of it."""
         if end <= first:

@@ -261,7 +261,9 @@ class S3Store:
         self.spool_root = os.path.join(self._spool_parent, f"{_HOST}-{os.getpid()}")
         self.endpoint_url = endpoint_url
         # SSE-KMS under this key for every object (None: the bucket's default encryption).
-        self._upload_args = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": sse_kms_key_id} if sse_kms_key_id else None
+        self._upload_args = (
+            {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": sse_kms_key_id} if sse_kms_key_id else None
+        )
         # botocore's own retries (standard mode: throttling and transient
         # errors, per request, so one failed part does not restart a multipart
         # upload) stay short; outages are retried by the committer with backoff.
@@ -294,8 +296,9 @@ class S3Store:
         if not os.path.exists(spool_path):
             return  # an earlier attempt uploaded it and removed the spool file
         try:
-            self._client.upload_file(spool_path, self.bucket, self._object_key(key), Config=self._transfer,
-                                     ExtraArgs=self._upload_args)  # fmt: skip
+            self._client.upload_file(
+                spool_path, self.bucket, self._object_key(key), Config=self._transfer, ExtraArgs=self._upload_args
+            )
         except Exception as exc:  # boto3 raises several unrelated types; all are classified
             raise classify_s3_error(exc, f"uploading {self.url(key)}") from exc
         try:
@@ -305,8 +308,9 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         try:
-            self._client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data,
-                                    **(self._upload_args or {}))  # fmt: skip
+            self._client.put_object(
+                Bucket=self.bucket, Key=self._object_key(key), Body=data, **(self._upload_args or {})
+            )
         except Exception as exc:
             raise classify_s3_error(exc, f"writing {self.url(key)}") from exc
 
@@ -323,8 +327,9 @@ class S3Store:
         folder = self._object_key(prefix.rstrip("/")) + "/"
         keys: list[str] = []
         try:
-            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder,
-                                                                                Delimiter="/"):  # fmt: skip
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=folder, Delimiter="/"
+            ):
                 keys += [o["Key"] for o in page.get("Contents", ())]
         except Exception as exc:
             raise classify_s3_error(exc, f"listing {self.url(prefix)}") from exc

@@ -41,7 +41,6 @@ import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import errors as kafka_errors
 from aiokafka.structs import TopicPartition
-
 from keystone_ingest.core import CorruptRecords, LogDedup, decode_order_records, decode_reject_records
 from keystone_ingest.server.bronze.commits import CommitLog, Flush
 from keystone_ingest.server.bronze.config import BronzeWorkerConfig
@@ -49,11 +48,11 @@ from keystone_ingest.server.bronze.fetch import Fetched, Fetcher
 from keystone_ingest.server.bronze.layout import DESTINATIONS
 from keystone_ingest.server.bronze.metrics import BronzeMetrics
 from keystone_ingest.server.bronze.rows import RowBuffer
+from keystone_ingest.server.bronze.storage import open_store
 from keystone_ingest.server.bronze.writer import Fenced, FlushWriter, WriterOptions
 from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.retry import Backoff, retry
 from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
-from keystone_ingest.server.bronze.storage import open_store
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +101,17 @@ class BronzeWorker:
         if c.metrics_address:
             self.metrics_port = self.metrics.serve(*c.metrics_address)
         self._max_open_files = _allow_open_files(c.bronze_max_open_files)
-        store = open_store(c.bronze_uri, endpoint_url=c.s3_endpoint_url, spool_dir=c.spool_dir,
-                           sse_kms_key_id=c.s3_sse_kms_key_id)  # fmt: skip
+        store = open_store(
+            c.bronze_uri, endpoint_url=c.s3_endpoint_url, spool_dir=c.spool_dir, sse_kms_key_id=c.s3_sse_kms_key_id
+        )
         await asyncio.to_thread(store.check)
         self.commits = CommitLog(store)
-        self.writer = FlushWriter(store, self.commits, WriterOptions(compression=c.parquet_compression,
-                                  row_group_rows=c.row_group_rows, threads=c.write_threads), self.metrics)  # fmt: skip
+        self.writer = FlushWriter(
+            store,
+            self.commits,
+            WriterOptions(compression=c.parquet_compression, row_group_rows=c.row_group_rows, threads=c.write_threads),
+            self.metrics,
+        )
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=c.kafka_bootstrap,
             group_id=c.bronze_group,
@@ -121,10 +125,14 @@ class BronzeWorker:
         self.consumer.subscribe([c.topic, c.dlq_topic], listener=_Rebalance(self))
         await self.consumer.start()
         self.fetcher = Fetcher(self.consumer._client)
-        self._tasks = [asyncio.create_task(self._keep_membership(), name="bronze-membership"),
-                       asyncio.create_task(self._run(), name="bronze-run")]  # fmt: skip
-        log.info("bronze worker started", extra={"group": c.bronze_group, "bronze": c.bronze_uri,
-                                                  "topics": [c.topic, c.dlq_topic]})  # fmt: skip
+        self._tasks = [
+            asyncio.create_task(self._keep_membership(), name="bronze-membership"),
+            asyncio.create_task(self._run(), name="bronze-run"),
+        ]
+        log.info(
+            "bronze worker started",
+            extra={"group": c.bronze_group, "bronze": c.bronze_uri, "topics": [c.topic, c.dlq_topic]},
+        )
 
     async def wait_joined(self) -> None:
         """Returns once the group has given this worker its first assignment (possibly none)."""
@@ -209,12 +217,15 @@ class BronzeWorker:
             if f.error is not None or not f.records:
                 continue
             try:
-                decoded = await loop.run_in_executor(self._decoder, functools.partial(
-                    self._decode, tp.topic, f.records, part.position, part.dedup))  # fmt: skip
+                decoded = await loop.run_in_executor(
+                    self._decoder, functools.partial(self._decode, tp.topic, f.records, part.position, part.dedup)
+                )
             except CorruptRecords as exc:
                 # A broken fetch (CRC, lengths): fetch it again, after a pause.
-                log.error("bronze: corrupt record batch", extra={"topic": tp.topic, "partition": tp.partition,
-                                                                 "offset": part.position, "error": str(exc)})  # fmt: skip
+                log.error(
+                    "bronze: corrupt record batch",
+                    extra={"topic": tp.topic, "partition": tp.partition, "offset": part.position, "error": str(exc)},
+                )
                 await asyncio.sleep(1.0)
                 continue
             self._gather(tp, part, decoded)
@@ -236,16 +247,22 @@ class BronzeWorker:
 
     def _decode(self, topic: str, records: bytes, first_offset: int, dedup: LogDedup, end_offset: int | None = None):
         decode = decode_reject_records if topic == self.config.dlq_topic else decode_order_records
-        return decode(records, first_offset=first_offset, end_offset=end_offset, dedup=dedup,
-                      max_batch_bytes=MAX_RECORD_BATCH_BYTES)  # fmt: skip
+        return decode(
+            records,
+            first_offset=first_offset,
+            end_offset=end_offset,
+            dedup=dedup,
+            max_batch_bytes=MAX_RECORD_BATCH_BYTES,
+        )
 
     def _gather(self, tp: TopicPartition, part: _Partition, decoded) -> None:
         if decoded.next_offset <= part.position:
             return
         tables = {name: pa.record_batch(t) for name, t in decoded.tables.items() if name in DESTINATIONS}
         counts = pa.record_batch(decoded.child_counts) if decoded.child_counts is not None else None
-        self._buffer.add((tp.topic, tp.partition), part.position, decoded.next_offset, tables, counts,
-                         decoded.max_timestamp_ms)  # fmt: skip
+        self._buffer.add(
+            (tp.topic, tp.partition), part.position, decoded.next_offset, tables, counts, decoded.max_timestamp_ms
+        )
         part.position = decoded.next_offset
         m = self.metrics
         m.records_total.labels(tp.topic).inc(decoded.records)
@@ -276,8 +293,9 @@ class BronzeWorker:
             # Another worker owns these partitions now and consumes them from
             # Bronze's end; ours were deleted. Whatever this worker still owns
             # is set up again from Bronze (its dedup windows have moved on).
-            log.warning("bronze: flush abandoned, the partitions belong to another worker now",
-                        extra={"error": str(exc)})  # fmt: skip
+            log.warning(
+                "bronze: flush abandoned, the partitions belong to another worker now", extra={"error": str(exc)}
+            )
             self.metrics.fenced_flushes_total.inc()
             self._unready |= self._parts.keys()
             self._parts.clear()
@@ -318,8 +336,10 @@ class BronzeWorker:
         begin = (await self.consumer.beginning_offsets([tp]))[tp]
         end = (await self.consumer.end_offsets([tp]))[tp]
         target = begin if part.position < begin else end
-        log.error("bronze: offset out of range; records lost to retention or truncation", extra={
-            "topic": tp.topic, "partition": tp.partition, "position": part.position, "resumes_at": target})  # fmt: skip
+        log.error(
+            "bronze: offset out of range; records lost to retention or truncation",
+            extra={"topic": tp.topic, "partition": tp.partition, "position": part.position, "resumes_at": target},
+        )
         part.position = part.committed = target
         part.dedup.reset()
 
@@ -332,8 +352,11 @@ class BronzeWorker:
         pending = sorted(tps)
         backoff = Backoff(0.2, 10.0)
         progress = await retry(self.commits.progress, what="reading Bronze's commit markers", backoff=backoff)
-        deleted = await retry(lambda: self.commits.recover((tp.topic, tp.partition) for tp in pending),
-                              what="recovering flushes cut short", backoff=backoff)  # fmt: skip
+        deleted = await retry(
+            lambda: self.commits.recover((tp.topic, tp.partition) for tp in pending),
+            what="recovering flushes cut short",
+            backoff=backoff,
+        )
         if deleted:
             self.metrics.deleted_files_total.inc(len(deleted))
             log.warning("bronze: deleted the files of a flush cut short", extra={"files": deleted})
@@ -344,8 +367,9 @@ class BronzeWorker:
             await self._warm_up(tp, dedup, max(begins[tp], position - c.dedup_records), position)
             self._parts[tp] = _Partition(position, position, dedup)
             self._unready.discard(tp)
-            log.info("bronze partition assigned", extra={"topic": tp.topic, "partition": tp.partition,
-                                                        "offset": position})  # fmt: skip
+            log.info(
+                "bronze partition assigned", extra={"topic": tp.topic, "partition": tp.partition, "offset": position}
+            )
         self.metrics.assigned_partitions.set(len(self._parts))
 
     async def _warm_up(self, tp: TopicPartition, dedup: LogDedup, start: int, end: int) -> None:
@@ -358,8 +382,9 @@ class BronzeWorker:
                     return  # the window's start was deleted meanwhile: nothing older can repeat
                 await asyncio.sleep(0.2)
                 continue
-            decoded = await loop.run_in_executor(self._decoder, functools.partial(
-                self._decode, tp.topic, fetched.records, position, dedup, end))  # fmt: skip
+            decoded = await loop.run_in_executor(
+                self._decoder, functools.partial(self._decode, tp.topic, fetched.records, position, dedup, end)
+            )
             if decoded.next_offset <= position:  # a batch cut short only: fetch again
                 await asyncio.sleep(0.2)
                 continue
@@ -394,9 +419,14 @@ class BronzeWorker:
 
     def status(self) -> dict:
         """Per partition: position, where Bronze ends, high watermark (for tests and the ready file)."""
-        return {f"{tp.topic}/{tp.partition}": {"position": p.position, "committed": p.committed,
-                                               "high_watermark": p.high_watermark}
-                for tp, p in sorted(self._parts.items())}  # fmt: skip
+        return {
+            f"{tp.topic}/{tp.partition}": {
+                "position": p.position,
+                "committed": p.committed,
+                "high_watermark": p.high_watermark,
+            }
+            for tp, p in sorted(self._parts.items())
+        }
 
 
 def _allow_open_files(wanted: int) -> int:
@@ -409,8 +439,10 @@ def _allow_open_files(wanted: int) -> int:
     target = need if hard == resource.RLIM_INFINITY else min(need, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     if target < need:
-        log.warning("bronze: the open-file limit allows fewer files at once than --bronze-max-open-files",
-                    extra={"hard_limit": hard, "files": target - OTHER_FILES})  # fmt: skip
+        log.warning(
+            "bronze: the open-file limit allows fewer files at once than --bronze-max-open-files",
+            extra={"hard_limit": hard, "files": target - OTHER_FILES},
+        )
     return max(1, target - OTHER_FILES)
 
 

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from keystone_ingest.server.bronze.commits import CommitLog, Flush, new_flush_id
 from keystone_ingest.server.bronze.layout import SCHEMAS, parquet_options, partition_path
 from keystone_ingest.server.bronze.metrics import BronzeMetrics
@@ -77,8 +76,9 @@ class _OpenFile:
         self._closed_bytes: int | None = None
         self._sink = pa.OSFile(self.spool, "wb")
         schema = SCHEMAS[dest]
-        self._writer = pq.ParquetWriter(self._sink, schema, **parquet_options(schema, options.compression,
-                                                                               options.compression_level))  # fmt: skip
+        self._writer = pq.ParquetWriter(
+            self._sink, schema, **parquet_options(schema, options.compression, options.compression_level)
+        )
 
     @property
     def nbytes(self) -> int:
@@ -212,5 +212,9 @@ class FlushWriter:
         def failed(exc: IngestError) -> None:
             self.metrics.publish_failures_total.inc()
 
-        return await retry(operation, what=what, backoff=Backoff(self.options.retry_base_s, self.options.retry_max_s),
-                           on_failure=failed)  # fmt: skip
+        return await retry(
+            operation,
+            what=what,
+            backoff=Backoff(self.options.retry_base_s, self.options.retry_max_s),
+            on_failure=failed,
+        )

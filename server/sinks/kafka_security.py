@@ -64,7 +64,7 @@ class MskIamTokenProvider(AbstractTokenProvider):
         self.tokens_made = 0
 
     async def token(self) -> str:
-        from aws_msk_iam_sasl_signer import MSKAuthTokenProvider  # noqa: PLC0415 (only needed with MSK IAM)
+        from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
 
         # Signing reads the credential chain, which may do I/O (a role's
         # metadata endpoint): off the event loop.
@@ -90,13 +90,22 @@ class KafkaSecurity:
         provider = None
         if c.kafka_sasl_mechanism == MSK_IAM:
             provider = MskIamTokenProvider(msk_region(c))
-        return cls(c.kafka_security_protocol, c.kafka_sasl_mechanism, c.kafka_sasl_username, c.kafka_sasl_password,
-                   c.kafka_ssl_ca, c.kafka_ssl_cert, c.kafka_ssl_key, c.kafka_msk_region, provider)  # fmt: skip
+        return cls(
+            c.kafka_security_protocol,
+            c.kafka_sasl_mechanism,
+            c.kafka_sasl_username,
+            c.kafka_sasl_password,
+            c.kafka_ssl_ca,
+            c.kafka_ssl_cert,
+            c.kafka_ssl_key,
+            c.kafka_msk_region,
+            provider,
+        )
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if "SSL" not in self.protocol:
             return None
-        from aiokafka.helpers import create_ssl_context  # noqa: PLC0415
+        from aiokafka.helpers import create_ssl_context
 
         return create_ssl_context(cafile=self.ssl_ca, certfile=self.ssl_cert, keyfile=self.ssl_key)
 
@@ -120,7 +129,7 @@ def msk_region(c: Any) -> str:
     region = c.kafka_msk_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         return region
-    import botocore.session  # noqa: PLC0415
+    import botocore.session
 
     region = botocore.session.get_session().get_config_variable("region")
     if not region:
@@ -134,12 +143,16 @@ def check_kafka_security(c: Any) -> None:
     if sasl and not c.kafka_sasl_mechanism:
         raise ValueError(f"--kafka-security-protocol {c.kafka_security_protocol} needs --kafka-sasl-mechanism")
     if c.kafka_sasl_mechanism and not sasl:
-        raise ValueError(f"--kafka-sasl-mechanism {c.kafka_sasl_mechanism} needs --kafka-security-protocol "
-                         f"SASL_SSL (or SASL_PLAINTEXT)")  # fmt: skip
+        raise ValueError(
+            f"--kafka-sasl-mechanism {c.kafka_sasl_mechanism} needs --kafka-security-protocol "
+            f"SASL_SSL (or SASL_PLAINTEXT)"
+        )
     if c.kafka_sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
         if not c.kafka_sasl_username or not c.kafka_sasl_password:
-            raise ValueError(f"--kafka-sasl-mechanism {c.kafka_sasl_mechanism} needs --kafka-sasl-username and "
-                             f"--kafka-sasl-password (or KEYSTONE_KAFKA_SASL_PASSWORD)")  # fmt: skip
+            raise ValueError(
+                f"--kafka-sasl-mechanism {c.kafka_sasl_mechanism} needs --kafka-sasl-username and "
+                f"--kafka-sasl-password (or KEYSTONE_KAFKA_SASL_PASSWORD)"
+            )
     if c.kafka_sasl_mechanism == MSK_IAM:
         msk_region(c)
     if (c.kafka_ssl_cert is None) != (c.kafka_ssl_key is None):

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-
 from keystone_ingest.client.generator import OrderGenerator
-from keystone_ingest.dev.catchup import end_offsets
 from keystone_ingest.core import TABLES, Core
+from keystone_ingest.dev.catchup import end_offsets
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.bronze.config import BronzeWorkerConfig
 from keystone_ingest.server.bronze.layout import QUARANTINE, SCHEMAS
@@ -20,8 +19,9 @@ from keystone_ingest.server.bronze.worker import BronzeWorker
 from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
 
 
-def make_batches(count: int, orders: int = 200, *, seed: int = 1, invalid_ratio: float = 0.05,
-                 spread_days: bool = False) -> list[Batch]:  # fmt: skip
+def make_batches(
+    count: int, orders: int = 200, *, seed: int = 1, invalid_ratio: float = 0.05, spread_days: bool = False
+) -> list[Batch]:
     core = Core()
     generator = OrderGenerator(seed=seed, invalid_ratio=invalid_ratio)
     batches = []
@@ -46,9 +46,18 @@ async def publish(bootstrap: str, topic: str, dlq: str, batches: list[Batch]) ->
 
 
 def worker_config(bootstrap: str, topic: str, dlq: str, bronze: str, **overrides) -> BronzeWorkerConfig:
-    return BronzeWorkerConfig(**{"kafka_bootstrap": bootstrap, "topic": topic, "dlq_topic": dlq, "bronze_uri": bronze,
-                                 "bronze_group": f"bronze-{topic}", "roll_age_s": 0.2,
-                                 "bronze_session_timeout_s": 2.0, **overrides})  # fmt: skip
+    return BronzeWorkerConfig(
+        **{
+            "kafka_bootstrap": bootstrap,
+            "topic": topic,
+            "dlq_topic": dlq,
+            "bronze_uri": bronze,
+            "bronze_group": f"bronze-{topic}",
+            "roll_age_s": 0.2,
+            "bronze_session_timeout_s": 2.0,
+            **overrides,
+        }
+    )
 
 
 async def caught_up(worker: BronzeWorker, timeout_s: float = 60.0, *, committed: bool = True) -> None:
@@ -85,9 +94,16 @@ def read_bronze(root: Path, filesystem=None) -> dict[str, pa.Table]:
     for dest in (*TABLES, QUARANTINE):
         path = f"{root}/{dest}"
         try:
-            out[dest] = ds.dataset(path, format="parquet", partitioning="hive", filesystem=filesystem,
-                                   schema=SCHEMAS[dest].append(pa.field("year", pa.int32()))
-                                   .append(pa.field("month", pa.int32())).append(pa.field("day", pa.int32()))).to_table()  # fmt: skip
+            out[dest] = ds.dataset(
+                path,
+                format="parquet",
+                partitioning="hive",
+                filesystem=filesystem,
+                schema=SCHEMAS[dest]
+                .append(pa.field("year", pa.int32()))
+                .append(pa.field("month", pa.int32()))
+                .append(pa.field("day", pa.int32())),
+            ).to_table()
         except FileNotFoundError:
             out[dest] = SCHEMAS[dest].empty_table()
     return out
@@ -111,8 +127,9 @@ def bronze_rows(tables: dict[str, pa.Table]) -> dict[str, collections.Counter]:
         names = SCHEMAS[table].names
         rows[table] = collections.Counter(_key(r) for r in tables[table].select(names).to_pylist())
     q = tables[QUARANTINE]
-    rows[QUARANTINE] = collections.Counter(zip(q["batch_id"].to_pylist(), q["index"].to_pylist(),
-                                               q["reason"].to_pylist(), strict=True))  # fmt: skip
+    rows[QUARANTINE] = collections.Counter(
+        zip(q["batch_id"].to_pylist(), q["index"].to_pylist(), q["reason"].to_pylist(), strict=True)
+    )
     return rows
 
 

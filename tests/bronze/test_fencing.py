@@ -15,7 +15,6 @@ import urllib.request
 
 from bronzeutil import bronze_rows, caught_up, expected_rows, make_batches, publish, read_bronze, worker_config
 from kafkautil import KafkaCluster
-
 from keystone_ingest.server.bronze.commits import COMMITS, PENDING
 from keystone_ingest.server.bronze.storage import LocalStore
 from keystone_ingest.server.bronze.worker import BronzeWorker
@@ -23,12 +22,16 @@ from keystone_ingest.server.bronze.worker import BronzeWorker
 
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
-               or line.startswith(name + " "))  # fmt: skip
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
 
 
-def test_a_worker_paused_past_its_session_deletes_its_flush_and_bronze_holds_each_row_once(kafka_cluster: KafkaCluster,
-                                                                                           tmp_path):  # fmt: skip
+def test_a_worker_paused_past_its_session_deletes_its_flush_and_bronze_holds_each_row_once(
+    kafka_cluster: KafkaCluster, tmp_path
+):
     topic, dlq = kafka_cluster.new_topic("zombie", partitions=3), kafka_cluster.new_topic("zombie-dlq", partitions=1)
     batches = make_batches(4, orders=250, invalid_ratio=0.0)
     asyncio.run(publish(kafka_cluster.bootstrap, topic, dlq, batches))
@@ -36,15 +39,41 @@ def test_a_worker_paused_past_its_session_deletes_its_flush_and_bronze_holds_eac
     root = tmp_path / "bronze"
     config = worker_config(kafka_cluster.bootstrap, topic, dlq, str(root))  # B's; A runs as a process, same group
     ready = tmp_path / "a.ready"
-    log = open(tmp_path / "a.log", "wb")
+    log = open(tmp_path / "a.log", "wb")  # noqa: SIM115 - closed after worker A is gone
     # Worker A consumes everything into its open files (it would publish them
     # only after 600 s), then freezes.
-    a = subprocess.Popen([sys.executable, "-m", "keystone_ingest.server.cli", "bronze", "--kafka-bootstrap",
-                          kafka_cluster.bootstrap, "--topic", topic, "--dlq-topic", dlq, "--bronze-uri", f"file://{root}",
-                          "--bronze-group", config.bronze_group, "--roll-age-s", "600", "--bronze-session-timeout-s", "2",
-                          "--metrics-listen", "127.0.0.1:0", "--ready-file", str(ready), "--log-format", "text"],
-                         stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    a = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keystone_ingest.server.cli",
+            "bronze",
+            "--kafka-bootstrap",
+            kafka_cluster.bootstrap,
+            "--topic",
+            topic,
+            "--dlq-topic",
+            dlq,
+            "--bronze-uri",
+            f"file://{root}",
+            "--bronze-group",
+            config.bronze_group,
+            "--roll-age-s",
+            "600",
+            "--bronze-session-timeout-s",
+            "2",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--ready-file",
+            str(ready),
+            "--log-format",
+            "text",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
+
         async def scenario() -> None:
             async with asyncio.timeout(90):
                 while not ready.exists():
@@ -85,6 +114,11 @@ def test_a_worker_paused_past_its_session_deletes_its_flush_and_bronze_holds_eac
     # Every commit marker's files exist: the abandoned flush left none behind.
     for key in store.list_keys(COMMITS):
         assert all((root / f).exists() for f in json.loads(store.get(key))["files"])
-    assert not [p for p in root.rglob("*.parquet") if not p.name.startswith(".")
-                and all(p.relative_to(root).as_posix() not in json.loads(store.get(k))["files"]
-                        for k in store.list_keys(COMMITS))]  # fmt: skip
+    assert not [
+        p
+        for p in root.rglob("*.parquet")
+        if not p.name.startswith(".")
+        and all(
+            p.relative_to(root).as_posix() not in json.loads(store.get(k))["files"] for k in store.list_keys(COMMITS)
+        )
+    ]

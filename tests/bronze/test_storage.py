@@ -10,11 +10,11 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-
-from keystone_ingest.server.errors import SinkFailed, SinkUnavailable
 from keystone_ingest.server.bronze.storage import LocalStore, S3Store, classify_os_error, open_store
+from keystone_ingest.server.errors import SinkFailed, SinkUnavailable
 
 KEY = "orders/year=2017/month=11/day=24/part-x.parquet"
 
@@ -83,8 +83,15 @@ def test_local_layout_error_is_permanent(tmp_path):
 
 
 def s3_store(s3, tmp_path, bucket: str | None = None, **kwargs) -> S3Store:
-    return S3Store(bucket or s3.bucket, "bronze", spool_dir=str(tmp_path / "spool"), endpoint_url=s3.endpoint_url,
-                   max_attempts=1, connect_timeout_s=1.0, **kwargs)  # fmt: skip
+    return S3Store(
+        bucket or s3.bucket,
+        "bronze",
+        spool_dir=str(tmp_path / "spool"),
+        endpoint_url=s3.endpoint_url,
+        max_attempts=1,
+        connect_timeout_s=1.0,
+        **kwargs,
+    )
 
 
 def test_s3_object_appears_with_the_spool_files_bytes_and_the_spool_is_removed(s3, tmp_path):
@@ -119,7 +126,7 @@ def test_s3_missing_bucket_is_permanent_and_the_file_is_kept_for_the_next_attemp
     build(spool, b"data")
     with pytest.raises(SinkFailed, match="NoSuchBucket"):
         store.publish(spool, KEY)
-    assert open(spool, "rb").read() == b"data"
+    assert Path(spool).read_bytes() == b"data"
     with pytest.raises(SinkFailed, match="S3 NoSuchBucket"):
         store.check()
 
@@ -128,8 +135,14 @@ def test_s3_unreachable_endpoint_is_retriable_and_quick(aws_env, tmp_path):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    store = S3Store("bucket", "bronze", spool_dir=str(tmp_path / "spool"), endpoint_url=f"http://127.0.0.1:{port}",
-                    max_attempts=1, connect_timeout_s=1.0)  # fmt: skip
+    store = S3Store(
+        "bucket",
+        "bronze",
+        spool_dir=str(tmp_path / "spool"),
+        endpoint_url=f"http://127.0.0.1:{port}",
+        max_attempts=1,
+        connect_timeout_s=1.0,
+    )
     spool = store.spool_path(KEY)
     build(spool, b"data")
     started = time.monotonic()
@@ -137,7 +150,7 @@ def test_s3_unreachable_endpoint_is_retriable_and_quick(aws_env, tmp_path):
         store.publish(spool, KEY)
     assert time.monotonic() - started < 5
     store.check()  # an outage at start only warns
-    assert open(spool, "rb").read() == b"data"  # kept for the next attempt
+    assert Path(spool).read_bytes() == b"data"  # kept for the next attempt
     with pytest.raises(SinkUnavailable, match="Could not connect"):
         store.put("_bronze/commits/x.json", b"{}")
 

@@ -20,11 +20,10 @@ from bronzeutil import (
     worker_config,
 )
 from kafkautil import KafkaCluster, read_all
-
 from keystone_ingest.server.bronze.commits import COMMITS, PENDING, CommitLog, Flush
 from keystone_ingest.server.bronze.layout import QUARANTINE, partition_path
-from keystone_ingest.server.bronze.worker import BronzeWorker
 from keystone_ingest.server.bronze.storage import LocalStore
+from keystone_ingest.server.bronze.worker import BronzeWorker
 
 
 @pytest.fixture
@@ -48,16 +47,22 @@ def test_every_published_order_is_in_bronze_once_with_its_exact_rows(kafka_clust
     assert bronze_rows(tables) == expected_rows(batches)
     # Each row sits in its purchase day's partition; the quarantine keeps the original bytes.
     orders = tables["orders"]
-    for ts, y, m, d in zip(orders["order_purchase_timestamp"].to_pylist(), orders["year"].to_pylist(),
-                           orders["month"].to_pylist(), orders["day"].to_pylist(), strict=True):  # fmt: skip
+    for ts, y, m, d in zip(
+        orders["order_purchase_timestamp"].to_pylist(),
+        orders["year"].to_pylist(),
+        orders["month"].to_pylist(),
+        orders["day"].to_pylist(),
+        strict=True,
+    ):
         assert (ts.year, ts.month, ts.day) == (y, m, d)
     # The quarantine keeps each rejected order's bytes and the validator's
     # message (carried in the dead-letter record's headers).
-    quarantined = {(r["batch_id"], r["index"]): (r["raw"], r["message"], r["event_id"])
-                   for r in tables[QUARANTINE].to_pylist()}  # fmt: skip
+    quarantined = {
+        (r["batch_id"], r["index"]): (r["raw"], r["message"], r["event_id"]) for r in tables[QUARANTINE].to_pylist()
+    }
     for batch in batches:
         for r in batch.rejects.to_pylist():
-            raw = batch.raw[r["offset"]:r["offset"] + r["length"]]
+            raw = batch.raw[r["offset"] : r["offset"] + r["length"]]
             assert quarantined[(batch.batch_id, r["index"])] == (raw, r["message"], r["event_id"])
 
 
@@ -66,9 +71,11 @@ def test_orders_kafka_holds_twice_reach_bronze_once(kafka_cluster, topics, tmp_p
     # every record of it twice (same event_id, same partition).
     topic, dlq = topics
     batches = make_batches(3, orders=200)
-    run(publish(kafka_cluster.bootstrap, topic, dlq, batches + [batches[1], batches[0]]))
-    assert len(read_all(kafka_cluster.bootstrap, topic)) == sum(b.accepted for b in batches) + batches[0].accepted + \
-        batches[1].accepted
+    run(publish(kafka_cluster.bootstrap, topic, dlq, [*batches, batches[1], batches[0]]))
+    assert (
+        len(read_all(kafka_cluster.bootstrap, topic))
+        == sum(b.accepted for b in batches) + batches[0].accepted + batches[1].accepted
+    )
     config = worker_config(kafka_cluster.bootstrap, topic, dlq, str(tmp_path / "bronze"))
     run(run_worker_until_caught_up(config))
     assert bronze_rows(read_bronze(tmp_path / "bronze")) == expected_rows(batches)
@@ -96,8 +103,11 @@ def test_a_flush_cut_short_is_deleted_and_written_again_whole(kafka_cluster, top
     root = tmp_path / "bronze"
     store = LocalStore(str(root))
     # What a worker killed mid-flush leaves: the pending marker and some of its files.
-    ghost = Flush("20260101T000000Z-deadbeef0000", {(topic, 0): (0, 10**6)},
-                  [f"{partition_path('orders', d)}/part-20260101T000000Z-deadbeef0000.parquet" for d in (17000, 17001)])
+    ghost = Flush(
+        "20260101T000000Z-deadbeef0000",
+        {(topic, 0): (0, 10**6)},
+        [f"{partition_path('orders', d)}/part-20260101T000000Z-deadbeef0000.parquet" for d in (17000, 17001)],
+    )
     CommitLog(store).begin(ghost)
     for key in ghost.files:
         (root / key).parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +125,7 @@ def test_a_flush_cut_short_is_deleted_and_written_again_whole(kafka_cluster, top
 
 def _consume_then_stop(config, rounds: list[list]) -> BronzeWorker:
     """One worker consumes each round of batches as it is published, then stops."""
+
     async def go() -> BronzeWorker:
         worker = BronzeWorker(config)
         await worker.start()
@@ -131,8 +142,10 @@ def _consume_then_stop(config, rounds: list[list]) -> BronzeWorker:
 
 
 def _files(root) -> dict[str, list]:
-    return {dest: sorted((root / dest).rglob("*.parquet")) for dest in ("orders", "order_items", "order_payments",
-                                                                        "customers")}  # fmt: skip
+    return {
+        dest: sorted((root / dest).rglob("*.parquet"))
+        for dest in ("orders", "order_items", "order_payments", "customers")
+    }
 
 
 def test_a_memory_budget_far_below_a_backfill_still_makes_one_file_per_table_and_day(kafka_cluster, topics, tmp_path):
@@ -142,8 +155,9 @@ def test_a_memory_budget_far_below_a_backfill_still_makes_one_file_per_table_and
     topic, dlq = topics
     batches = make_batches(6, orders=500, spread_days=True, invalid_ratio=0.0)
     root = tmp_path / "bronze"
-    config = worker_config(kafka_cluster.bootstrap, topic, dlq, str(root), roll_age_s=600.0,
-                           bronze_max_buffered_bytes=64 << 10)  # fmt: skip
+    config = worker_config(
+        kafka_cluster.bootstrap, topic, dlq, str(root), roll_age_s=600.0, bronze_max_buffered_bytes=64 << 10
+    )
     _consume_then_stop(config, [[b] for b in batches])
 
     assert len(LocalStore(str(root)).list_keys(COMMITS)) == 1
@@ -158,13 +172,15 @@ def test_a_memory_budget_far_below_a_backfill_still_makes_one_file_per_table_and
 
 
 @pytest.mark.parametrize("limit", [{"bronze_roll_bytes": 1}, {"bronze_max_open_files": 1}])
-def test_files_are_published_once_one_reaches_the_roll_size_or_too_many_are_open(kafka_cluster, topics, tmp_path,
-                                                                                   limit):  # fmt: skip
+def test_files_are_published_once_one_reaches_the_roll_size_or_too_many_are_open(
+    kafka_cluster, topics, tmp_path, limit
+):
     topic, dlq = topics
     batches = make_batches(5, orders=300, invalid_ratio=0.0)
     root = tmp_path / "bronze"
-    config = worker_config(kafka_cluster.bootstrap, topic, dlq, str(root), roll_age_s=600.0,
-                           bronze_max_buffered_bytes=16 << 10, **limit)  # fmt: skip
+    config = worker_config(
+        kafka_cluster.bootstrap, topic, dlq, str(root), roll_age_s=600.0, bronze_max_buffered_bytes=16 << 10, **limit
+    )
     _consume_then_stop(config, [[b] for b in batches])
 
     # Without the limit, the one flush at stop would hold everything.
@@ -178,8 +194,14 @@ def test_bronze_on_s3_exactly_once_across_two_workers_in_turn(kafka_cluster, top
     topic, dlq = topics
     batches = make_batches(4, orders=200, seed=9)
     run(publish(kafka_cluster.bootstrap, topic, dlq, batches[:2]))
-    config = worker_config(kafka_cluster.bootstrap, topic, dlq, s3.uri("bronze"), s3_endpoint_url=s3.endpoint_url,
-                           spool_dir=str(tmp_path / "spool"))
+    config = worker_config(
+        kafka_cluster.bootstrap,
+        topic,
+        dlq,
+        s3.uri("bronze"),
+        s3_endpoint_url=s3.endpoint_url,
+        spool_dir=str(tmp_path / "spool"),
+    )
     run(run_worker_until_caught_up(config))
     run(publish(kafka_cluster.bootstrap, topic, dlq, batches[2:] + batches[:1]))
     run(run_worker_until_caught_up(config))

@@ -20,7 +20,6 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf import any_pb2, duration_pb2
-
 from keystone_ingest.client.client import (
     SERVICE,
     AckMismatchError,
@@ -196,9 +195,7 @@ def retry_info_trailers(delay_s: float) -> tuple[tuple[str, bytes], ...]:
         return bytes([number << 3 | 2, len(payload)]) + payload
 
     delay = duration_pb2.Duration(seconds=int(delay_s), nanos=round(delay_s % 1 * 1e9))
-    detail = any_pb2.Any(
-        type_url="type.googleapis.com/google.rpc.RetryInfo", value=field(1, delay.SerializeToString())
-    )
+    detail = any_pb2.Any(type_url="type.googleapis.com/google.rpc.RetryInfo", value=field(1, delay.SerializeToString()))
     code = bytes([1 << 3, grpc.StatusCode.UNAVAILABLE.value[0]])
     status = code + field(2, b"busy") + field(3, detail.SerializeToString())
     return (("grpc-status-details-bin", status),)
@@ -264,7 +261,7 @@ def test_broken_stream_resends_every_unacked_batch_with_same_id_and_bytes():
         # not seen, in order: b3 at the latest.
         assert first[:4] == ["b0", "b1", "b2", "b3"]
         assert second == [f"b{k}" for k in range(int(second[0][1:]), 10)] and int(second[0][1:]) <= 3
-        assert all(raw == payloads[bid] for bid, raw in zip(first + second, peer.received))
+        assert all(raw == payloads[bid] for bid, raw in zip(first + second, peer.received, strict=True))
         # A batch acked on the first stream whose ack was lost with it comes back as a duplicate.
         for ack in acks:
             acked_twice = ack.batch_id in first[:3] and ack.batch_id in second

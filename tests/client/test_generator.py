@@ -8,7 +8,6 @@ import re
 import statistics
 
 import pytest
-
 from keystone_ingest.client.generator import INVALID_RULES, OrderGenerator
 from keystone_ingest.core import Core
 from keystone_ingest.proto.v1 import ingest_pb2
@@ -104,7 +103,7 @@ def test_duplicates_are_byte_identical_resends_of_earlier_orders():
     repeats = [event_id for event_id, count in event_ids.items() if count > 1]
     assert repeats
     for event_id in repeats:
-        assert len({s for s, o in zip(serialized, orders) if o.event_id == event_id}) == 1
+        assert len({s for s, o in zip(serialized, orders, strict=True) if o.event_id == event_id}) == 1
     result = Core().process(ingest_pb2.OrderBatch(batch_id="d", orders=orders).SerializeToString())
     assert result.duplicates == len(orders) - len(event_ids)
 

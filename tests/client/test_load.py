@@ -9,18 +9,34 @@ import json
 
 import grpc
 import pytest
-from test_client import Fault, running_peer, run
-
 from keystone_ingest.client import cli, load
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.client.load import LoadOptions, run_load_async
 from keystone_ingest.proto.v1 import ingest_pb2
+from test_client import Fault, run, running_peer
 
 SUMMARY_KEYS = {
-    "target", "streams", "batch_size", "seed", "orders", "batches", "total_s", "orders_per_s", "batches_per_s",
-    "latency_ms", "histogram", "statuses", "accepted", "duplicates", "rejected", "errors", "error_examples",
-    "reconnects", "resends", "extra",
-}  # fmt: skip
+    "target",
+    "streams",
+    "batch_size",
+    "seed",
+    "orders",
+    "batches",
+    "total_s",
+    "orders_per_s",
+    "batches_per_s",
+    "latency_ms",
+    "histogram",
+    "statuses",
+    "accepted",
+    "duplicates",
+    "rejected",
+    "errors",
+    "error_examples",
+    "reconnects",
+    "resends",
+    "extra",
+}
 
 
 def received_ids(peer) -> list[str]:
@@ -52,9 +68,16 @@ def test_stream_zero_sends_exactly_what_the_generator_makes_for_the_seed():
     async def body():
         async with running_peer() as peer:
             await run_load_async(
-                LoadOptions(target=peer.target, count=300, batch_size=100, streams=1, seed=11,
-                            duplicate_ratio=0.05, invalid_ratio=0.05)
-            )  # fmt: skip
+                LoadOptions(
+                    target=peer.target,
+                    count=300,
+                    batch_size=100,
+                    streams=1,
+                    seed=11,
+                    duplicate_ratio=0.05,
+                    invalid_ratio=0.05,
+                )
+            )
         generator = OrderGenerator(11, duplicate_ratio=0.05, invalid_ratio=0.05)
         expected = [
             generator.batch(100, batch_id=f"load-11-0-{k}", source="keystone-load").SerializeToString()
@@ -72,8 +95,10 @@ def test_same_seed_again_resends_the_same_batches_and_gets_duplicate_batch_acks(
             first = await run_load_async(options)
             second = await run_load_async(options)
         assert first.statuses["ACCEPTED"] == 4 and second.statuses == {
-            "ACCEPTED": 0, "DUPLICATE_BATCH": 4, "REJECTED": 0
-        }  # fmt: skip
+            "ACCEPTED": 0,
+            "DUPLICATE_BATCH": 4,
+            "REJECTED": 0,
+        }
         assert sorted(peer.received[:4]) == sorted(peer.received[4:])
 
     run(body)
@@ -181,9 +206,24 @@ def test_cli_json_prints_the_summary_as_json_only(capsys):
     async def body():
         async with running_peer() as peer:
             status = await run_cli(
-                ["load", "--target", peer.target, "--count", "1000", "--batch-size", "250", "--streams", "2",
-                 "--seed", "4", "--duplicate-ratio", "0.1", "--json", "--no-progress"]
-            )  # fmt: skip
+                [
+                    "load",
+                    "--target",
+                    peer.target,
+                    "--count",
+                    "1000",
+                    "--batch-size",
+                    "250",
+                    "--streams",
+                    "2",
+                    "--seed",
+                    "4",
+                    "--duplicate-ratio",
+                    "0.1",
+                    "--json",
+                    "--no-progress",
+                ]
+            )
         summary = json.loads(capsys.readouterr().out)
         assert status == 0
         assert set(summary) == SUMMARY_KEYS

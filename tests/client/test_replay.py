@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from olistutil import ORDERS, PRODUCT, SELLER, A, B, C, D, E, F, write_olist
-from test_client import run, running_peer
-
 from keystone_ingest.client import cli
 from keystone_ingest.client.replay import (
     OlistFormatError,
@@ -24,6 +21,9 @@ from keystone_ingest.client.replay import (
     run_replay_async,
 )
 from keystone_ingest.proto.v1 import ingest_pb2
+from olistutil import ORDERS, PRODUCT, SELLER, A, B, C, D, E, F, write_olist
+from test_client import run, running_peer
+
 
 def utc(year, month, day, hour=0, minute=0, second=0) -> Timestamp:
     return Timestamp(seconds=calendar.timegm((year, month, day, hour, minute, second)))
@@ -48,19 +48,36 @@ def test_an_order_is_joined_with_its_items_payments_and_customer_field_by_field(
         order_delivered_customer_date=utc(2017, 10, 11, 0, 25, 13),
         order_estimated_delivery_date=utc(2017, 10, 18, 2, 0, 0),
         items=[
-            ingest_pb2.OrderItem(order_item_id=n, product_id=PRODUCT, seller_id=SELLER,
-                                 shipping_limit_date=utc(2017, 10, 6, 14, 7, 15), price_cents=2999,
-                                 freight_value_cents=872)
+            ingest_pb2.OrderItem(
+                order_item_id=n,
+                product_id=PRODUCT,
+                seller_id=SELLER,
+                shipping_limit_date=utc(2017, 10, 6, 14, 7, 15),
+                price_cents=2999,
+                freight_value_cents=872,
+            )
             for n in (1, 2)
-        ],  # fmt: skip
+        ],
         payments=[
-            ingest_pb2.OrderPayment(payment_sequential=1, payment_type=ingest_pb2.PAYMENT_TYPE_CREDIT_CARD,
-                                    payment_installments=1, payment_value_cents=1812),
-            ingest_pb2.OrderPayment(payment_sequential=2, payment_type=ingest_pb2.PAYMENT_TYPE_VOUCHER,
-                                    payment_installments=1, payment_value_cents=5730),
-            ingest_pb2.OrderPayment(payment_sequential=3, payment_type=ingest_pb2.PAYMENT_TYPE_VOUCHER,
-                                    payment_installments=1, payment_value_cents=200),
-        ],  # fmt: skip
+            ingest_pb2.OrderPayment(
+                payment_sequential=1,
+                payment_type=ingest_pb2.PAYMENT_TYPE_CREDIT_CARD,
+                payment_installments=1,
+                payment_value_cents=1812,
+            ),
+            ingest_pb2.OrderPayment(
+                payment_sequential=2,
+                payment_type=ingest_pb2.PAYMENT_TYPE_VOUCHER,
+                payment_installments=1,
+                payment_value_cents=5730,
+            ),
+            ingest_pb2.OrderPayment(
+                payment_sequential=3,
+                payment_type=ingest_pb2.PAYMENT_TYPE_VOUCHER,
+                payment_installments=1,
+                payment_value_cents=200,
+            ),
+        ],
         customer=ingest_pb2.Customer(
             customer_unique_id="7c396fd4830fd04220f754e42b4e5bff",
             customer_zip_code_prefix="03149",
@@ -87,14 +104,23 @@ def test_order_without_items_and_customer_row_is_sent_as_it_is(olist_dir):
     order = list(OlistReader(olist_dir).orders())[2]
     assert order.order_id == C and order.order_status == ingest_pb2.ORDER_STATUS_CANCELED
     assert [field.name for field, _ in order.ListFields()] == [
-        "event_id", "order_id", "customer_id", "order_status", "order_purchase_timestamp",
-        "order_estimated_delivery_date", "payments",
-    ]  # fmt: skip
+        "event_id",
+        "order_id",
+        "customer_id",
+        "order_status",
+        "order_purchase_timestamp",
+        "order_estimated_delivery_date",
+        "payments",
+    ]
     assert order.order_purchase_timestamp == utc(2018, 8, 28, 18, 26, 39)
     assert list(order.payments) == [
-        ingest_pb2.OrderPayment(payment_sequential=1, payment_type=ingest_pb2.PAYMENT_TYPE_NOT_DEFINED,
-                                payment_installments=1, payment_value_cents=0)
-    ]  # fmt: skip
+        ingest_pb2.OrderPayment(
+            payment_sequential=1,
+            payment_type=ingest_pb2.PAYMENT_TYPE_NOT_DEFINED,
+            payment_installments=1,
+            payment_value_cents=0,
+        )
+    ]
 
 
 def test_rows_the_contract_cannot_express_skip_their_order_with_a_warning(olist_dir, caplog):
@@ -106,11 +132,19 @@ def test_rows_the_contract_cannot_express_skip_their_order_with_a_warning(olist_
     assert reader.skipped == {"unknown_order_status": 1, "bad_money": 1, "bad_timestamp": 1}
     assert reader.unmatched_rows == {"olist_order_items_dataset.csv": 1, "olist_order_payments_dataset.csv": 0}
     messages = sorted(record.getMessage() for record in caplog.records)
-    assert messages == sorted([
-        f"order skipped: olist_orders_dataset.csv:5: order {D}: order_status 'pending' is not an Olist status",
-        f"order skipped: olist_order_payments_dataset.csv:7: order {E}: payment_value '179.125' is not a whole number of cents",
-        f"order skipped: olist_orders_dataset.csv:7: order {F}: order_purchase_timestamp '2018-02-30 10:00:00' is not a timestamp",
-    ])  # fmt: skip
+    assert messages == sorted(
+        [
+            f"order skipped: olist_orders_dataset.csv:5: order {D}: order_status 'pending' is not an Olist status",
+            (
+                f"order skipped: olist_order_payments_dataset.csv:7: order {E}: payment_value "
+                "'179.125' is not a whole number of cents"
+            ),
+            (
+                f"order skipped: olist_orders_dataset.csv:7: order {F}: order_purchase_timestamp "
+                "'2018-02-30 10:00:00' is not a timestamp"
+            ),
+        ]
+    )
 
 
 def test_strict_stops_at_the_first_bad_row(olist_dir):
@@ -119,8 +153,11 @@ def test_strict_stops_at_the_first_bad_row(olist_dir):
         list(OlistReader(olist_dir, strict=True).orders())
     problem = stopped.value
     assert (problem.reason, problem.file, problem.line, problem.order_id) == (
-        "bad_money", "olist_order_payments_dataset.csv", 7, E
-    )  # fmt: skip
+        "bad_money",
+        "olist_order_payments_dataset.csv",
+        7,
+        E,
+    )
 
 
 def test_timezone_utc_takes_wall_clock_times_as_utc(olist_dir):
@@ -135,10 +172,10 @@ def test_limit_counts_orders_sent(olist_dir):
 
 def test_missing_file_or_column_is_a_format_error(tmp_path):
     write_olist(tmp_path, orders=[[cell for i, cell in enumerate(row) if i != 2] for row in ORDERS])
-    with pytest.raises(OlistFormatError, match="olist_orders_dataset.csv: missing column\\(s\\) order_status"):
+    with pytest.raises(OlistFormatError, match=r"olist_orders_dataset\.csv: missing column\(s\) order_status"):
         list(OlistReader(tmp_path).orders())
     (tmp_path / "olist_customers_dataset.csv").unlink()
-    with pytest.raises(OlistFormatError, match="olist_customers_dataset.csv: file not found"):
+    with pytest.raises(OlistFormatError, match=r"olist_customers_dataset\.csv: file not found"):
         list(OlistReader(tmp_path).orders())
 
 
@@ -189,9 +226,20 @@ def test_cli_replay_prints_json_with_what_was_read_and_skipped(olist_dir, capsys
         async with running_peer() as peer:
             status = await asyncio.to_thread(
                 cli.main,
-                ["replay", "--olist-dir", str(olist_dir), "--target", peer.target, "--limit", "2",
-                 "--streams", "1", "--json", "--no-progress"],
-            )  # fmt: skip
+                [
+                    "replay",
+                    "--olist-dir",
+                    str(olist_dir),
+                    "--target",
+                    peer.target,
+                    "--limit",
+                    "2",
+                    "--streams",
+                    "1",
+                    "--json",
+                    "--no-progress",
+                ],
+            )
         summary = json.loads(capsys.readouterr().out)
         assert status == 0 and (summary["orders"], summary["accepted"], summary["seed"]) == (2, 2, None)
         assert summary["extra"]["orders_read"] == 2 and summary["extra"]["skipped_orders"] == {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from keystone_ingest.client.targets import PICK_FIRST, ROUND_ROBIN, channel_target
 
 
@@ -42,11 +41,14 @@ def test_dns_and_address_list_uris_get_round_robin():
     assert channel_target("ipv4:10.0.0.1:1,10.0.0.2:1") == ("ipv4:10.0.0.1:1,10.0.0.2:1", [ROUND_ROBIN])
 
 
-@pytest.mark.parametrize("target, message", [
-    ("127.0.0.1:1,[::1]:2", "mixes IPv4 and IPv6"),
-    ("127.0.0.1:1,nohost", "expected HOST:PORT"),
-    ("127.0.0.1:1,no-such-host.invalid:5", "cannot resolve 'no-such-host.invalid'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("127.0.0.1:1,[::1]:2", "mixes IPv4 and IPv6"),
+        ("127.0.0.1:1,nohost", "expected HOST:PORT"),
+        ("127.0.0.1:1,no-such-host.invalid:5", "cannot resolve 'no-such-host.invalid'"),
+    ],
+)
 def test_bad_replica_lists_are_refused_with_what_is_wrong(target, message):
     with pytest.raises(ValueError, match=message):
         channel_target(target)

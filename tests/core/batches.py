@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 from google.protobuf.timestamp_pb2 import Timestamp
-
-from benchmarks.reference.core import ReferenceCore, ReferenceResult
 from keystone_ingest.core import TABLES, BatchResult, Core, InvalidBatch
 from keystone_ingest.proto.v1 import ingest_pb2
+
+from benchmarks.reference.core import ReferenceCore, ReferenceResult
 
 # A fixed clock for the dedup window: tests never depend on the wall clock.
 NOW_MS = 1_700_000_000_000

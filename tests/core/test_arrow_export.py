@@ -7,12 +7,11 @@ from __future__ import annotations
 import gc
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pyarrow as pa
 import pytest
-
 from batches import NOW_MS, PURCHASE_S, batch_bytes, field_len, process, rows, valid_order
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import TABLES, Core, batch_id_of, schema
@@ -95,7 +94,7 @@ EXPECTED_SCHEMAS = {
     ),
 }
 ALL_TABLES = (*TABLES, "order_spans", "rejects")
-AT = datetime.fromtimestamp(PURCHASE_S, timezone.utc)
+AT = datetime.fromtimestamp(PURCHASE_S, UTC)
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +164,9 @@ def test_a_core_without_bronze_tables_builds_the_same_spans_and_rejects_and_says
     assert pa.record_batch(lean.rejects).equals(pa.record_batch(full.rejects))
     assert lean.errors() == full.errors()
     for name in TABLES:
-        with pytest.raises(ValueError, match=f"the {name} table was not built: this Core was made with "
-                                             "bronze_tables=False"):  # fmt: skip
+        with pytest.raises(
+            ValueError, match=f"the {name} table was not built: this Core was made with bronze_tables=False"
+        ):
             lean.table(name)
     with pytest.raises(ValueError, match="the orders table was not built"):
         pa.record_batch(lean.orders)
@@ -322,9 +322,17 @@ def test_largest_money_and_timestamps_convert_exactly():
 
 @pytest.mark.parametrize(
     "status, name",
-    [(1, "created"), (2, "approved"), (3, "invoiced"), (4, "processing"),
-     (5, "shipped"), (6, "delivered"), (7, "unavailable"), (8, "canceled")],
-)  # fmt: skip
+    [
+        (1, "created"),
+        (2, "approved"),
+        (3, "invoiced"),
+        (4, "processing"),
+        (5, "shipped"),
+        (6, "delivered"),
+        (7, "unavailable"),
+        (8, "canceled"),
+    ],
+)
 def test_order_status_is_written_as_its_olist_name(status, name):
     order = valid_order(1)
     order.order_status = status

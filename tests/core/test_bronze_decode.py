@@ -12,13 +12,12 @@ import random
 import struct
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
-
 from batches import NOW_MS, batch_bytes, valid_order
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import (
@@ -51,8 +50,11 @@ def processed(seed: int = 1, orders: int = 200, invalid_ratio: float = 0.05, **b
 
 def headers(result, producer: str | None) -> list[tuple[str, bytes]]:
     """The common headers the Kafka sink publishes with every record of a batch."""
-    common = [("batch_id", result.batch_id.encode()), ("source", result.source.encode()),
-              ("content-type", CONTENT_TYPE)]  # fmt: skip
+    common = [
+        ("batch_id", result.batch_id.encode()),
+        ("source", result.source.encode()),
+        ("content-type", CONTENT_TYPE),
+    ]
     return common + ([("producer", producer.encode())] if producer is not None else [])
 
 
@@ -61,8 +63,15 @@ def at_offset(batch: bytes, base_offset: int) -> bytes:
     return struct.pack(">q", base_offset) + bytes(batch[8:])
 
 
-def orders_batch(raw: bytes, result, *, base_offset: int, codec: str = "zstd", timestamp_ms: int = NOW_MS,
-                 producer: str | None = "svc-a") -> bytes:  # fmt: skip
+def orders_batch(
+    raw: bytes,
+    result,
+    *,
+    base_offset: int,
+    codec: str = "zstd",
+    timestamp_ms: int = NOW_MS,
+    producer: str | None = "svc-a",
+) -> bytes:
     builder = RecordBatchBuilder(codec, 0, 1 << 22)
     assert builder.append_orders(result, raw, 0, 1, 0, timestamp_ms, headers(result, producer)) == result.accepted
     return at_offset(builder._build(), base_offset)
@@ -70,12 +79,14 @@ def orders_batch(raw: bytes, result, *, base_offset: int, codec: str = "zstd", t
 
 def single_order_batch(order: ingest_pb2.Order, *, base_offset: int, timestamp_ms: int, batch_id: str = "b-1") -> bytes:
     raw = batch_bytes(order, batch_id=batch_id)
-    return orders_batch(raw, Core().process(raw, now_ms=NOW_MS), base_offset=base_offset, timestamp_ms=timestamp_ms,
-                        codec="none")  # fmt: skip
+    return orders_batch(
+        raw, Core().process(raw, now_ms=NOW_MS), base_offset=base_offset, timestamp_ms=timestamp_ms, codec="none"
+    )
 
 
-def records_batch(records: list[tuple[bytes, list[tuple[str, bytes]]]], *, base_offset: int,
-                  timestamp_ms: int = NOW_MS) -> bytes:  # fmt: skip
+def records_batch(
+    records: list[tuple[bytes, list[tuple[str, bytes]]]], *, base_offset: int, timestamp_ms: int = NOW_MS
+) -> bytes:
     """Records of any value and headers, built by aiokafka's own writer."""
     builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 22)
     for delta, (value, hs) in enumerate(records):
@@ -137,7 +148,11 @@ def test_every_codec_decodes_back_to_the_ingest_tables_plus_producer(codec: str)
     decoded = decode_order_records(fetch, first_offset=500, dedup=LogDedup(**WINDOW))
 
     assert (decoded.records, decoded.orders, decoded.duplicates, decoded.quarantined) == (
-        result.accepted, result.accepted, 0, 0)  # fmt: skip
+        result.accepted,
+        result.accepted,
+        0,
+        0,
+    )
     assert (decoded.next_offset, decoded.consumed) == (500 + result.accepted, len(fetch))
     assert (decoded.last_offset, decoded.max_timestamp_ms) == (500 + result.accepted - 1, NOW_MS + 7)
     got = tables(decoded)
@@ -164,7 +179,8 @@ def test_each_order_carries_the_lineage_of_its_own_record():
     first_raw, first = processed(seed=13, orders=40, batch_id="batch-a", source="east")
     second_raw, second = processed(seed=14, orders=40, batch_id="batch-b", source="west")
     fetch = orders_batch(first_raw, first, base_offset=0) + orders_batch(
-        second_raw, second, base_offset=first.accepted, producer=None, codec="lz4")  # fmt: skip
+        second_raw, second, base_offset=first.accepted, producer=None, codec="lz4"
+    )
     decoded = decode_order_records(fetch, first_offset=0, dedup=LogDedup(**WINDOW))
     assert_tables_equal(tables(decoded), concat(expected_tables(first, "svc-a"), expected_tables(second, None)))
     assert decoded.next_offset == first.accepted + second.accepted
@@ -176,7 +192,10 @@ def test_an_event_id_published_again_at_a_later_offset_is_dropped():
     fetch = orders_batch(raw, result, base_offset=0) + orders_batch(raw, again, base_offset=result.accepted)
     decoded = decode_order_records(fetch, first_offset=0, dedup=LogDedup(**WINDOW))
     assert (decoded.records, decoded.orders, decoded.duplicates) == (
-        2 * result.accepted, result.accepted, result.accepted)  # fmt: skip
+        2 * result.accepted,
+        result.accepted,
+        result.accepted,
+    )
     assert_tables_equal(tables(decoded), expected_tables(result, "svc-a"))
     undeduped = decode_order_records(fetch, first_offset=0, dedup=None)
     assert undeduped.orders == 2 * result.accepted
@@ -194,11 +213,13 @@ def test_an_event_id_published_again_at_a_later_offset_is_dropped():
 def test_the_window_ends_exactly_at_window_records_and_window_ms(gap_records: int, gap_ms: int, duplicate: bool):
     order = valid_order(1)
     fetch = single_order_batch(order, base_offset=100, timestamp_ms=NOW_MS) + single_order_batch(
-        order, base_offset=100 + gap_records, timestamp_ms=NOW_MS + gap_ms, batch_id="b-2")  # fmt: skip
+        order, base_offset=100 + gap_records, timestamp_ms=NOW_MS + gap_ms, batch_id="b-2"
+    )
     decoded = decode_order_records(fetch, first_offset=0, dedup=LogDedup(window_records=10, window_ms=500))
     assert decoded.duplicates == int(duplicate)
     assert pa.record_batch(decoded.tables["orders"]).column("batch_id").to_pylist() == (
-        ["b-1"] if duplicate else ["b-1", "b-2"])  # fmt: skip
+        ["b-1"] if duplicate else ["b-1", "b-2"]
+    )
 
 
 def reference_decisions(log: list[tuple[int, int, str]], window_records: int, window_ms: int) -> list[bool]:
@@ -244,11 +265,20 @@ def test_first_offset_in_the_middle_of_a_batch_skips_the_records_before_it():
     window = LogDedup(**WINDOW)
     decoded = decode_order_records(fetch, first_offset=1010, dedup=window)
     assert (decoded.records, decoded.next_offset, decoded.last_offset) == (
-        result.accepted - 10, 1000 + result.accepted, 999 + result.accepted)  # fmt: skip
+        result.accepted - 10,
+        1000 + result.accepted,
+        999 + result.accepted,
+    )
     # The ingest tables without the first 10 orders and their children.
     spans = pa.record_batch(result.order_spans)
-    skipped = {table: sum(spans.column(column).to_pylist()[:10]) for table, column in
-               (("order_items", "item_count"), ("order_payments", "payment_count"), ("customers", "customer_count"))}
+    skipped = {
+        table: sum(spans.column(column).to_pylist()[:10])
+        for table, column in (
+            ("order_items", "item_count"),
+            ("order_payments", "payment_count"),
+            ("customers", "customer_count"),
+        )
+    }
     skipped["orders"] = 10
     expected = {name: rows.slice(skipped[name]) for name, rows in expected_tables(result, "svc-a").items()}
     assert_tables_equal(tables(decoded), expected)
@@ -266,7 +296,8 @@ def test_end_offset_inside_a_batch_reads_only_the_records_before_it_and_the_wind
     after = decode_order_records(fetch, first_offset=before.next_offset, dedup=window)
     assert (after.records, after.next_offset) == (result.accepted - 12, 1000 + result.accepted)
     assert kept_event_ids(before) + kept_event_ids(after) == kept_event_ids(
-        decode_order_records(fetch, first_offset=1000, dedup=None))
+        decode_order_records(fetch, first_offset=1000, dedup=None)
+    )
     # A bound before the batch reads nothing and stays where it was asked to start.
     nothing = decode_order_records(fetch, first_offset=900, end_offset=950, dedup=LogDedup(**WINDOW))
     assert (nothing.records, nothing.next_offset) == (0, 900)
@@ -302,8 +333,9 @@ def test_an_undecodable_value_is_quarantined_with_its_kafka_offset():
     good = valid_order(1).SerializeToString()
     broken = b"\x0f" + good[1:]  # field 1 with wire type 7
     hs = [("event_id", b"evt-9"), ("batch_id", b"b-1"), ("source", b"tests"), ("producer", b"svc-a")]
-    fetch = records_batch([(good, [("event_id", b"evt-1"), *hs[1:]]), (broken, hs)], base_offset=41,
-                          timestamp_ms=NOW_MS + 3)  # fmt: skip
+    fetch = records_batch(
+        [(good, [("event_id", b"evt-1"), *hs[1:]]), (broken, hs)], base_offset=41, timestamp_ms=NOW_MS + 3
+    )
     decoded = decode_order_records(fetch, first_offset=0, dedup=LogDedup(**WINDOW))
     assert (decoded.orders, decoded.quarantined) == (1, 1)
     assert pa.record_batch(decoded.tables["_quarantine"]).to_pylist() == [
@@ -317,7 +349,7 @@ def test_an_undecodable_value_is_quarantined_with_its_kafka_offset():
             "message": "Kafka offset 42: the value is not an Order: "
             "invalid wire type at byte 0 in Order (bad_wire_type)",
             "raw": broken,
-            "received_at": datetime.fromtimestamp((NOW_MS + 3) / 1000, timezone.utc),
+            "received_at": datetime.fromtimestamp((NOW_MS + 3) / 1000, UTC),
         }
     ]
 
@@ -361,7 +393,10 @@ def test_a_corrupt_fetch_raises_with_its_byte_offset_and_leaves_the_window_alone
     with pytest.raises(CorruptRecords, match="CRC32C does not match") as caught:
         decode_order_records(good + bytes(bad), first_offset=0, dedup=window)
     assert (caught.value.code, caught.value.offset, caught.value.retriable) == (
-        "corrupt_record_batch", len(good) + 17, True)  # fmt: skip
+        "corrupt_record_batch",
+        len(good) + 17,
+        True,
+    )
     assert isinstance(caught.value, ValueError)
     assert (len(window), window.last_offset) == (0, None)
     with pytest.raises(CorruptRecords) as caught:
@@ -439,8 +474,15 @@ def test_decoding_releases_the_gil():
 # -- the dead-letter topic -------------------------------------------------------
 
 
-def rejects_batch(raw: bytes, result, *, base_offset: int, codec: str = "zstd", timestamp_ms: int = NOW_MS,
-                  producer: str | None = "svc-a") -> bytes:  # fmt: skip
+def rejects_batch(
+    raw: bytes,
+    result,
+    *,
+    base_offset: int,
+    codec: str = "zstd",
+    timestamp_ms: int = NOW_MS,
+    producer: str | None = "svc-a",
+) -> bytes:
     builder = RecordBatchBuilder(codec, 0, 1 << 22)
     assert builder.append_rejects(result, raw, 0, timestamp_ms, headers(result, producer)) == result.rejected
     return at_offset(builder._build(), base_offset)
@@ -458,7 +500,7 @@ def expected_quarantine(raw: bytes, result, producer: str | None, timestamp_ms: 
             "reason": x["reason"],
             "message": x["message"],
             "raw": raw[x["offset"] : x["offset"] + x["length"]],
-            "received_at": datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc),
+            "received_at": datetime.fromtimestamp(timestamp_ms / 1000, UTC),
         }
         for x in pa.record_batch(result.rejects).to_pylist()
     ]
@@ -475,7 +517,11 @@ def test_dead_letter_records_decode_to_the_quarantine_rows_of_their_rejects(code
     assert quarantine.schema == QUARANTINE_SCHEMA == pa.schema(schema("_quarantine"))
     assert quarantine.to_pylist() == expected_quarantine(raw, result, "svc-a", NOW_MS + 9)
     assert (decoded.records, decoded.quarantined, decoded.orders, decoded.next_offset) == (
-        result.rejected, result.rejected, 0, 70 + result.rejected)  # fmt: skip
+        result.rejected,
+        result.rejected,
+        0,
+        70 + result.rejected,
+    )
     assert decoded.child_counts.num_rows == 0
 
 
@@ -483,16 +529,19 @@ def test_a_batch_published_twice_to_the_dead_letter_topic_is_quarantined_once():
     raw, result = processed(seed=23, orders=100, invalid_ratio=0.2)
     again = Core().process(raw, now_ms=NOW_MS)
     fetch = rejects_batch(raw, result, base_offset=0, producer=None) + rejects_batch(
-        raw, again, base_offset=result.rejected, producer=None)  # fmt: skip
+        raw, again, base_offset=result.rejected, producer=None
+    )
     decoded = decode_reject_records(fetch, first_offset=0, dedup=LogDedup(**WINDOW))
     assert (decoded.records, decoded.duplicates, decoded.quarantined) == (
-        2 * result.rejected, result.rejected, result.rejected)  # fmt: skip
+        2 * result.rejected,
+        result.rejected,
+        result.rejected,
+    )
     assert pa.record_batch(decoded.tables["_quarantine"]).to_pylist() == expected_quarantine(raw, result, None, NOW_MS)
 
 
 def test_dead_letter_records_without_the_headers_keep_what_they_have():
-    fetch = records_batch([(b"\x01\x02", [("error.index", b"x7"), ("error.reason", b"money_negative")])],
-                          base_offset=5)  # fmt: skip
+    fetch = records_batch([(b"\x01\x02", [("error.index", b"x7"), ("error.reason", b"money_negative")])], base_offset=5)
     decoded = decode_reject_records(fetch, first_offset=0, dedup=LogDedup(**WINDOW))
     assert pa.record_batch(decoded.tables["_quarantine"]).to_pylist() == [
         {
@@ -504,6 +553,6 @@ def test_dead_letter_records_without_the_headers_keep_what_they_have():
             "reason": "money_negative",
             "message": "",
             "raw": b"\x01\x02",
-            "received_at": datetime.fromtimestamp(NOW_MS / 1000, timezone.utc),
+            "received_at": datetime.fromtimestamp(NOW_MS / 1000, UTC),
         }
     ]

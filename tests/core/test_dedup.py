@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 
 from batches import NOW_MS, batch_bytes, field_len, field_varint, process, rows, valid_order
-from benchmarks.reference.core import ReferenceCore
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import Core
 from keystone_ingest.proto.v1 import ingest_pb2
+
+from benchmarks.reference.core import ReferenceCore
 
 
 def counts(result) -> tuple[int, int, int]:
@@ -218,4 +219,3 @@ def test_window_memory_per_key_is_a_sane_number_of_bytes():
     assert core.dedup_size == max_keys
     assert 16 <= core.dedup_bytes_per_key <= 128
     assert 16 * max_keys <= core.dedup_memory_bytes <= 128 * max_keys
-

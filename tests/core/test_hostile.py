@@ -6,11 +6,9 @@ messages) that must decode to the same values as the canonical ones."""
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from google.protobuf.message import DecodeError
-
 from batches import (
     EGROUP,
     I32,
@@ -30,14 +28,16 @@ from batches import (
     valid_order,
     varint,
 )
-from benchmarks.reference.core import ReferenceCore
+from google.protobuf.message import DecodeError
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import BATCH_ERRORS, Core, InvalidBatch, RecordError
 from keystone_ingest.proto.v1 import ingest_pb2
 
+from benchmarks.reference.core import ReferenceCore
+
 BATCH_ID = field_len(1, b"b-1")  # bytes 0..4; whatever follows starts at offset 5
 BATCH_LEVEL_CODES = {"batch_id_empty", "batch_id_too_long", "source_too_long"}
-PURCHASE_AT = datetime.fromtimestamp(PURCHASE_S, timezone.utc)
+PURCHASE_AT = datetime.fromtimestamp(PURCHASE_S, UTC)
 
 
 def official_parse(data: bytes) -> ingest_pb2.OrderBatch | None:

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import pyarrow as pa
 from aiokafka.partitioner import murmur2
-from google.protobuf.timestamp_pb2 import Timestamp
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from batches import (
     END_OF_RANGE_S,
     FIRST_VALID_S,
@@ -23,10 +19,14 @@ from batches import (
     process_both,
     rows,
 )
-from benchmarks.reference.core import ReferenceCore
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import Core, InvalidBatch
 from keystone_ingest.proto.v1 import ingest_pb2
+
+from benchmarks.reference.core import ReferenceCore
 
 # Fixed and derandomized so CI runs the same examples every time.
 PROPERTY_SETTINGS = settings(
@@ -157,9 +157,7 @@ def orders(draw):
     if "item_ids" in broken:
         item_ids = draw(st.lists(st.one_of(st.integers(0, 3), any_counter), min_size=item_count, max_size=item_count))
     else:
-        item_ids = draw(
-            st.lists(st.integers(1, INT32_MAX), min_size=item_count, max_size=item_count, unique=True)
-        )
+        item_ids = draw(st.lists(st.integers(1, INT32_MAX), min_size=item_count, max_size=item_count, unique=True))
     for item_id in item_ids:
         item = order.items.add(
             order_item_id=item_id,
@@ -333,11 +331,31 @@ def test_generated_batches_match_the_reference_batch_by_batch():
 # Whole and broken UTF-8 sequences, so strings straddle the 8-byte words the
 # native check reads at a time with every kind of malformation.
 _UTF8_PIECES = [
-    b"a", b"0123456", b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"\xc2\x80", b"\xdf\xbf",
-    b"\xef\xbf\xbf", b"\xf4\x8f\xbf\xbf", b"\xc0", b"\xc1\xbf", b"\x80", b"\xbf", b"\xed\xa0\x80",
-    b"\xed\xbf\xbf", b"\xe0\x80\x80", b"\xe0\x9f\xbf", b"\xf0\x80\x80\x80", b"\xf0\x8f\xbf\xbf",
-    b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\xe2\x82", b"\xf0\x9f\x98",
-]  # fmt: skip
+    b"a",
+    b"0123456",
+    b"\xc3\xa9",
+    b"\xe2\x82\xac",
+    b"\xf0\x9f\x98\x80",
+    b"\xc2\x80",
+    b"\xdf\xbf",
+    b"\xef\xbf\xbf",
+    b"\xf4\x8f\xbf\xbf",
+    b"\xc0",
+    b"\xc1\xbf",
+    b"\x80",
+    b"\xbf",
+    b"\xed\xa0\x80",
+    b"\xed\xbf\xbf",
+    b"\xe0\x80\x80",
+    b"\xe0\x9f\xbf",
+    b"\xf0\x80\x80\x80",
+    b"\xf0\x8f\xbf\xbf",
+    b"\xf4\x90\x80\x80",
+    b"\xf5\x80\x80\x80",
+    b"\xff",
+    b"\xe2\x82",
+    b"\xf0\x9f\x98",
+]
 utf8_like_bytes = st.one_of(
     st.lists(st.sampled_from(_UTF8_PIECES), max_size=12).map(b"".join),
     st.binary(max_size=40),

@@ -5,7 +5,6 @@ pins that a rejection touches only the order that broke the rule."""
 from __future__ import annotations
 
 import pytest
-
 from batches import (
     END_OF_RANGE_S,
     FIRST_VALID_S,
@@ -47,18 +46,43 @@ def test_valid_order_is_accepted():
 
 def test_reason_and_batch_error_codes_are_the_documented_ones():
     assert set(REASONS) == {
-        "event_id_too_long", "order_id_empty", "order_id_too_long", "customer_id_empty", "customer_id_too_long",
-        "order_status_unspecified", "order_status_unknown", "purchase_timestamp_missing",
-        "timestamp_nanos_out_of_range", "timestamp_out_of_range", "item_id_zero", "item_id_out_of_range",
-        "item_id_repeated", "text_too_long", "money_negative", "money_out_of_range",
-        "payment_counter_out_of_range", "payment_type_unspecified", "payment_type_unknown",
-    }  # fmt: skip
+        "event_id_too_long",
+        "order_id_empty",
+        "order_id_too_long",
+        "customer_id_empty",
+        "customer_id_too_long",
+        "order_status_unspecified",
+        "order_status_unknown",
+        "purchase_timestamp_missing",
+        "timestamp_nanos_out_of_range",
+        "timestamp_out_of_range",
+        "item_id_zero",
+        "item_id_out_of_range",
+        "item_id_repeated",
+        "text_too_long",
+        "money_negative",
+        "money_out_of_range",
+        "payment_counter_out_of_range",
+        "payment_type_unspecified",
+        "payment_type_unknown",
+    }
     # batch_too_large is the native core's guard against inputs of 2 GiB or more.
     assert set(BATCH_ERRORS) == {
-        "truncated", "varint_too_long", "bad_wire_type", "invalid_field_number", "length_past_end",
-        "invalid_utf8", "nesting_too_deep", "too_many_orders", "too_many_items", "too_many_payments",
-        "batch_id_empty", "batch_id_too_long", "source_too_long", "batch_too_large",
-    }  # fmt: skip
+        "truncated",
+        "varint_too_long",
+        "bad_wire_type",
+        "invalid_field_number",
+        "length_past_end",
+        "invalid_utf8",
+        "nesting_too_deep",
+        "too_many_orders",
+        "too_many_items",
+        "too_many_payments",
+        "batch_id_empty",
+        "batch_id_too_long",
+        "source_too_long",
+        "batch_too_large",
+    }
     assert all(REASONS.values()) and all(BATCH_ERRORS.values())
 
 
@@ -187,9 +211,7 @@ def test_nanos_of_999999999_are_accepted():
 def test_nanos_outside_a_second_are_rejected(nanos):
     order = valid_order(1)
     order.order_approved_at.nanos = nanos
-    assert_rejected(
-        order, "timestamp_nanos_out_of_range", f"order_approved_at.nanos is {nanos}, outside 0..999999999"
-    )
+    assert_rejected(order, "timestamp_nanos_out_of_range", f"order_approved_at.nanos is {nanos}, outside 0..999999999")
 
 
 def test_first_second_of_2000_is_accepted():
@@ -411,9 +433,7 @@ def test_payment_counter_of_int32_max_is_accepted(name):
 def test_payment_counter_above_int32_max_is_rejected(name):
     order = valid_order(1)
     setattr(order.payments[0], name, INT32_MAX + 1)
-    assert_rejected(
-        order, "payment_counter_out_of_range", f"payments[0].{name} is 2147483648, more than 2147483647"
-    )
+    assert_rejected(order, "payment_counter_out_of_range", f"payments[0].{name} is 2147483648, more than 2147483647")
 
 
 def test_payment_counters_may_be_zero():

@@ -12,7 +12,6 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-
 from keystone_ingest.server.bronze.metrics import BronzeMetrics
 from keystone_ingest.server.cli import build_parser
 from keystone_ingest.server.config import config_from_args
@@ -36,14 +35,23 @@ def test_every_manifest_is_valid_for_the_latest_kubernetes():
     for doc in documents():
         kubernetes_validate.validate(doc, version, strict=True)  # raises, naming the field
         kinds.append(doc["kind"])
-    assert sorted(kinds) == ["ConfigMap", "Deployment", "Deployment", "Namespace", "PodDisruptionBudget",
-                             "PodDisruptionBudget", "Service", "ServiceAccount"]  # fmt: skip
+    assert sorted(kinds) == [
+        "ConfigMap",
+        "Deployment",
+        "Deployment",
+        "Namespace",
+        "PodDisruptionBudget",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
+    ]
 
 
 def test_the_kustomization_lists_every_manifest():
     kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in KUBERNETES.glob("*.yaml")
-                                                        if p.name != "kustomization.yaml")  # fmt: skip
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in KUBERNETES.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
 
 
 def containers() -> list[tuple[str, dict[str, str]]]:

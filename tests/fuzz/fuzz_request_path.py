@@ -36,7 +36,6 @@ with atheris.instrument_imports(include=["keystone_ingest"]):
     from keystone_ingest.server.config import ServeConfig
 
 import grpc
-
 from keystone_ingest.dev.kafka import KafkaCluster
 
 MAX_MESSAGE_BYTES = 1 << 20
@@ -53,10 +52,16 @@ class InProcessServer:
         for topic, partitions in (("orders", 3), ("orders.dlq", 1)):
             self.broker.create_topic(topic, partitions)
         config = ServeConfig(
-            listen="127.0.0.1:0", metrics_listen="", kafka_bootstrap=self.broker.bootstrap,
-            bronze_uri="", max_message_bytes=MAX_MESSAGE_BYTES,
-            dedup_window=100_000, batch_id_window=100_000, core_threads=1, send_timeout_s=30.0,
-        )  # fmt: skip
+            listen="127.0.0.1:0",
+            metrics_listen="",
+            kafka_bootstrap=self.broker.bootstrap,
+            bronze_uri="",
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            dedup_window=100_000,
+            batch_id_window=100_000,
+            core_threads=1,
+            send_timeout_s=30.0,
+        )
         self.loop = asyncio.new_event_loop()
         self.server = IngestServer(config)
         started = threading.Event()
@@ -79,8 +84,9 @@ class InProcessServer:
         if self.error is not None:
             raise RuntimeError(f"the server did not start: {self.error}")
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
-        self.call = self.channel.unary_unary(UNARY_METHOD, request_serializer=None,
-                                             response_deserializer=ingest_pb2.BatchAck.FromString)  # fmt: skip
+        self.call = self.channel.unary_unary(
+            UNARY_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+        )
 
 
 SERVER: InProcessServer | None = None

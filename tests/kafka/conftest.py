@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 from kafkautil import KafkaCluster
-
 from keystone_ingest.dev.mockbroker import MockBroker
 
 

@@ -16,10 +16,9 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from kafkautil import KafkaCluster, read_all
-from reliabilityutil import wait_until
-
 from keystone_ingest.dev.kafka import KafkaUnavailable
 from keystone_ingest.dev.kafka.cluster import cluster_id
+from reliabilityutil import wait_until
 
 
 def jvm_alive(pid: int) -> bool:
@@ -115,8 +114,11 @@ OWNER = textwrap.dedent("""
 
 @pytest.mark.parametrize("from_thread", [False, True], ids=["main-thread", "ended-thread"])
 def test_the_jvm_dies_with_the_process_that_started_it(tmp_path, from_thread: bool):
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path), "thread" if from_thread else "main"],
-                             stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(tmp_path), "thread" if from_thread else "main"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         pid = int(owner.stdout.readline())
         assert jvm_alive(pid)  # a thread that ended did not take the JVM with it
@@ -140,8 +142,11 @@ def test_a_jvm_left_on_a_data_dir_by_an_earlier_owner_is_killed_before_the_node_
 
 
 def test_the_command_line_prints_the_bootstrap_creates_topics_and_stops_on_sigterm():
-    process = subprocess.Popen([sys.executable, "-m", "keystone_ingest.dev.kafka", "--nodes", "1",
-                                "--topic", "orders:3"], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keystone_ingest.dev.kafka", "--nodes", "1", "--topic", "orders:3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         info = json.loads(process.stdout.readline())
         pid = info["nodes"]["1"]

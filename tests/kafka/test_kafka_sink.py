@@ -15,15 +15,15 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, NotLead
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Producer
 from kafkautil import KafkaCluster, Record, read_all
-
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import Core
+from keystone_ingest.dev.mockbroker import MockBroker
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.batch import Batch
-from keystone_ingest.dev.mockbroker import MockBroker
 from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavailable
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink, ProducerReplaced, classify
+
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2
 def partition_for(key: bytes, partitions: int) -> int:
@@ -31,8 +31,15 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def make_batch(seed: int = 1, orders: int = 300, duplicate_ratio: float = 0.0, invalid_ratio: float = 0.0,
-               core: Core | None = None, order_ids: list[str] | None = None, batch_index: int = 0) -> Batch:
+def make_batch(
+    seed: int = 1,
+    orders: int = 300,
+    duplicate_ratio: float = 0.0,
+    invalid_ratio: float = 0.0,
+    core: Core | None = None,
+    order_ids: list[str] | None = None,
+    batch_index: int = 0,
+) -> Batch:
     generator = OrderGenerator(seed=seed, duplicate_ratio=duplicate_ratio, invalid_ratio=invalid_ratio)
     message = generator.batch(orders)
     if batch_index:
@@ -45,8 +52,12 @@ def make_batch(seed: int = 1, orders: int = 300, duplicate_ratio: float = 0.0, i
 
 
 def expected_headers(batch: Batch, event_id: str) -> list[tuple[str, bytes]]:
-    return [("event_id", event_id.encode()), ("batch_id", batch.batch_id.encode()),
-            ("source", batch.source.encode()), ("content-type", CONTENT_TYPE)]
+    return [
+        ("event_id", event_id.encode()),
+        ("batch_id", batch.batch_id.encode()),
+        ("source", batch.source.encode()),
+        ("content-type", CONTENT_TYPE),
+    ]
 
 
 def run_sink(config: KafkaConfig, scenario, metrics: Metrics | None = None, timeout_s: float = 180.0):
@@ -95,7 +106,8 @@ def test_partitions_agree_with_librdkafkas_java_compatible_murmur2_partitioner(k
 
 
 def test_accepted_orders_land_once_each_with_key_value_headers_and_java_partition(
-        kafka_cluster: KafkaCluster, topics: tuple[str, str]):
+    kafka_cluster: KafkaCluster, topics: tuple[str, str]
+):
     topic, dlq = topics
     batch = make_batch(seed=3, orders=600, duplicate_ratio=0.05, invalid_ratio=0.05)
     assert batch.result.duplicates > 0 and batch.rejected > 0
@@ -106,8 +118,8 @@ def test_accepted_orders_land_once_each_with_key_value_headers_and_java_partitio
     event_ids = batch.tables["orders"].column("event_id").to_pylist()
     spans = batch.spans.to_pylist()
     expected = {
-        event_id: (order_id.encode(), batch.raw[span["offset"]:span["offset"] + span["length"]])
-        for order_id, event_id, span in zip(order_ids, event_ids, spans)
+        event_id: (order_id.encode(), batch.raw[span["offset"] : span["offset"] + span["length"]])
+        for order_id, event_id, span in zip(order_ids, event_ids, spans, strict=True)
     }
     assert len(records) == batch.accepted == len(expected)
     received_ms = batch.received_ns // 1_000_000
@@ -129,7 +141,8 @@ def test_accepted_orders_land_once_each_with_key_value_headers_and_java_partitio
 
 
 def test_rejected_orders_go_to_one_dlq_partition_with_their_reason_index_and_message(
-        kafka_cluster: KafkaCluster, topics: tuple[str, str]):
+    kafka_cluster: KafkaCluster, topics: tuple[str, str]
+):
     topic, dlq = topics
     batch = make_batch(seed=4, orders=400, invalid_ratio=0.1)
     rejects = batch.rejects.to_pylist()
@@ -139,13 +152,16 @@ def test_rejected_orders_go_to_one_dlq_partition_with_their_reason_index_and_mes
     records = read_all(kafka_cluster.bootstrap, dlq)
     assert len(records) == len(rejects)
     dlq_partition = partition_for(batch.batch_id.encode(), 3)
-    for record, reject in zip(records, rejects):  # one partition: batch order
+    for record, reject in zip(records, rejects, strict=True):  # one partition: batch order
         assert record.partition == dlq_partition
         assert record.key is None
-        assert record.value == batch.raw[reject["offset"]:reject["offset"] + reject["length"]]
-        assert record.headers == expected_headers(batch, reject["event_id"]) + [
-            ("error.reason", reject["reason"].encode()), ("error.index", str(reject["index"]).encode()),
-            ("error.message", reject["message"].encode())]
+        assert record.value == batch.raw[reject["offset"] : reject["offset"] + reject["length"]]
+        assert record.headers == [
+            *expected_headers(batch, reject["event_id"]),
+            ("error.reason", reject["reason"].encode()),
+            ("error.index", str(reject["index"]).encode()),
+            ("error.message", reject["message"].encode()),
+        ]
     assert len(read_all(kafka_cluster.bootstrap, topic)) == batch.accepted
 
 
@@ -165,7 +181,8 @@ def test_a_batch_of_duplicates_only_publishes_nothing(kafka_cluster: KafkaCluste
 
 
 def test_concurrent_publishes_keep_each_order_ids_records_in_call_order(
-        kafka_cluster: KafkaCluster, topics: tuple[str, str]):
+    kafka_cluster: KafkaCluster, topics: tuple[str, str]
+):
     topic, dlq = topics
     keys = [f"order-{k}" for k in range(24)]
     core = Core()
@@ -180,8 +197,11 @@ def test_concurrent_publishes_keep_each_order_ids_records_in_call_order(
     run_sink(config, scenario)
     expected: dict[bytes, list[str]] = {}
     for batch in batches:
-        for order_id, event_id in zip(batch.tables["orders"].column("order_id").to_pylist(),
-                                      batch.tables["orders"].column("event_id").to_pylist()):
+        for order_id, event_id in zip(
+            batch.tables["orders"].column("order_id").to_pylist(),
+            batch.tables["orders"].column("event_id").to_pylist(),
+            strict=True,
+        ):
             expected.setdefault(order_id.encode(), []).append(event_id)
     got: dict[bytes, list[str]] = {}
     for record in read_all(kafka_cluster.bootstrap, topic):
@@ -192,22 +212,28 @@ def test_concurrent_publishes_keep_each_order_ids_records_in_call_order(
 
 @pytest.mark.parametrize("compression", ["zstd", "lz4", "snappy", "gzip", "none"])
 def test_every_compression_codec_round_trips_the_order_bytes(
-        kafka_cluster: KafkaCluster, topics: tuple[str, str], compression: str):
+    kafka_cluster: KafkaCluster, topics: tuple[str, str], compression: str
+):
     topic, dlq = topics
     batch = make_batch(seed=9, orders=200)
-    run_sink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq, compression=compression),
-             lambda sink: sink.publish(batch))
+    run_sink(
+        KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq, compression=compression),
+        lambda sink: sink.publish(batch),
+    )
     values = sorted(r.value for r in read_all(kafka_cluster.bootstrap, topic))
     spans = batch.spans.to_pylist()
-    assert values == sorted(batch.raw[s["offset"]:s["offset"] + s["length"]] for s in spans)
+    assert values == sorted(batch.raw[s["offset"] : s["offset"] + s["length"]] for s in spans)
 
 
 def test_metrics_count_acked_records_per_topic_and_time_each_record_batch(
-        kafka_cluster: KafkaCluster, topics: tuple[str, str]):
+    kafka_cluster: KafkaCluster, topics: tuple[str, str]
+):
     topic, dlq = topics
     metrics = Metrics()
     batch = make_batch(seed=11, orders=300, invalid_ratio=0.05)
-    run_sink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch), metrics)
+    run_sink(
+        KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq), lambda sink: sink.publish(batch), metrics
+    )
     sample = metrics.registry.get_sample_value
     assert sample("keystone_ingest_kafka_records_total", {"topic": topic}) == batch.accepted
     assert sample("keystone_ingest_kafka_records_total", {"topic": dlq}) == batch.rejected
@@ -381,7 +407,8 @@ def test_records_queued_while_the_producer_is_replaced_go_to_the_new_one_once(mo
 
 
 def test_a_producer_stuck_on_a_hung_leader_is_replaced_and_the_new_producer_id_passes_the_brokers_checks(
-        breakable_kafka: KafkaCluster):
+    breakable_kafka: KafkaCluster,
+):
     # The leader hangs (SIGSTOP): the record batch handed to it is neither acked
     # nor failed, so the producer is replaced. The real broker checks every
     # producer id's sequence numbers: a record batch stamped for the old
@@ -391,8 +418,15 @@ def test_a_producer_stuck_on_a_hung_leader_is_replaced_and_the_new_producer_id_p
     topic, dlq = cluster.new_topic("stuck-orders", 1), cluster.new_topic("stuck-orders.dlq", 1)
     metrics = Metrics()
     first, stuck, queued = make_batch(seed=79, orders=5), make_batch(seed=80, orders=20), make_batch(seed=81, orders=20)
-    config = KafkaConfig(cluster.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=5.0, replace_after_s=1.0,
-                         replace_drain_s=0.2, probe_interval_s=0.2)
+    config = KafkaConfig(
+        cluster.bootstrap,
+        topic=topic,
+        dlq_topic=dlq,
+        send_timeout_s=5.0,
+        replace_after_s=1.0,
+        replace_drain_s=0.2,
+        probe_interval_s=0.2,
+    )
 
     async def scenario(sink: KafkaSink):
         await sink.publish(first)
@@ -428,10 +462,16 @@ def test_a_producer_stuck_on_a_hung_leader_is_replaced_and_the_new_producer_id_p
     run_sink(config, scenario, metrics)
     # Every record batch waiting over a second counts as stuck here, so the
     # leader's move may cost a second replacement; each passes the checks.
-    assert metrics.registry.get_sample_value("keystone_ingest_kafka_producer_replacements_total",
-                                             {"reason": "stalled"}) >= 1
-    errors = {s.labels["kind"] for s in metrics.registry.collect() for s in s.samples
-              if s.name == "keystone_ingest_kafka_errors_total"}
+    assert (
+        metrics.registry.get_sample_value("keystone_ingest_kafka_producer_replacements_total", {"reason": "stalled"})
+        >= 1
+    )
+    errors = {
+        s.labels["kind"]
+        for s in metrics.registry.collect()
+        for s in s.samples
+        if s.name == "keystone_ingest_kafka_errors_total"
+    }
     assert not errors & {"OutOfOrderSequenceNumber", "UnknownProducerId", "InvalidProducerEpoch"}, errors
     cluster.wait_in_sync([topic])  # the resumed node is a follower again: metadata names the new leader
     records = read_all(cluster.bootstrap, topic)
@@ -448,13 +488,22 @@ def test_a_producer_stuck_on_a_hung_leader_is_replaced_and_the_new_producer_id_p
 
 
 def test_a_replacement_during_a_full_outage_keeps_trying_and_publishes_within_2_s_of_the_brokers_return(
-        breakable_kafka: KafkaCluster):
+    breakable_kafka: KafkaCluster,
+):
     cluster = breakable_kafka
     topic, dlq = cluster.new_topic("outage-swap-orders", 3), cluster.new_topic("outage-swap-orders.dlq", 1)
     metrics = Metrics()
     stuck, later = make_batch(seed=85, orders=30), make_batch(seed=86, orders=30)
-    config = KafkaConfig(cluster.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=3.0, replace_after_s=1.0,
-                         replace_drain_s=0.2, probe_interval_s=0.2, start_timeout_s=2.0)
+    config = KafkaConfig(
+        cluster.bootstrap,
+        topic=topic,
+        dlq_topic=dlq,
+        send_timeout_s=3.0,
+        replace_after_s=1.0,
+        replace_drain_s=0.2,
+        probe_interval_s=0.2,
+        start_timeout_s=2.0,
+    )
 
     async def scenario(sink: KafkaSink):
         await asyncio.to_thread(cluster.stop_all)
@@ -463,8 +512,10 @@ def test_a_replacement_during_a_full_outage_keeps_trying_and_publishes_within_2_
                 await sink.publish(stuck)
             started = time.monotonic()
             # Replaced, and the new producer cannot start while every broker is down.
-            while (metrics.registry.get_sample_value("keystone_ingest_kafka_retries_total",
-                                                     {"kind": "producer_start"}) or 0) < 3:
+            while (
+                metrics.registry.get_sample_value("keystone_ingest_kafka_retries_total", {"kind": "producer_start"})
+                or 0
+            ) < 3:
                 assert time.monotonic() - started < 15
                 await asyncio.sleep(0.05)
             assert sink.state == "replacing"
@@ -499,8 +550,15 @@ def test_across_a_replacement_a_record_batch_the_old_producer_wrote_is_written_a
     # treats cluster-level ones for good (see devbroker.py).
     with MockBroker(brokers=3, partitions=1, topics=[topic, dlq]) as broker:
         broker.set_leader(topic, 0, 3)
-        config = KafkaConfig(broker.bootstrap, topic=topic, dlq_topic=dlq, send_timeout_s=10.0, replace_after_s=0.5,
-                             replace_drain_s=0.2, probe_interval_s=0.1)
+        config = KafkaConfig(
+            broker.bootstrap,
+            topic=topic,
+            dlq_topic=dlq,
+            send_timeout_s=10.0,
+            replace_after_s=0.5,
+            replace_drain_s=0.2,
+            probe_interval_s=0.1,
+        )
 
         async def scenario(sink: KafkaSink):
             await sink.publish(make_batch(seed=94, orders=5))
@@ -548,12 +606,13 @@ def test_records_nobody_waits_for_are_withdrawn_during_an_outage(breakable_kafka
     # Only the first record batches (at most three: one sent, one queued in
     # the producer, one being handed over) reach Kafka after their publish failed.
     delivered = [b for b in batches if set(event_ids(b)) & set(got)]
-    assert 1 <= len(delivered) <= 3 and delivered == batches[:len(delivered)]
+    assert 1 <= len(delivered) <= 3 and delivered == batches[: len(delivered)]
     assert got == [e for b in delivered for e in event_ids(b)]
 
 
 def test_record_batches_fit_a_topics_small_max_message_bytes_and_a_too_large_order_is_refused_by_name(
-        kafka_cluster: KafkaCluster):
+    kafka_cluster: KafkaCluster,
+):
     limit = 16_384
     topic = kafka_cluster.new_topic("small-messages", 3, config={"max.message.bytes": str(limit)})
     dlq = kafka_cluster.new_topic("small-messages.dlq", 1)
@@ -576,14 +635,17 @@ def test_record_batches_fit_a_topics_small_max_message_bytes_and_a_too_large_ord
         size = len(big.SerializeToString())
         assert refused.value.message == (
             f"order {big.event_id!r} of batch {too_large.batch_id!r} is {size} bytes, too large for a Kafka record "
-            f"on topic {topic} (max.message.bytes {limit}); the batch was not published")
+            f"on topic {topic} (max.message.bytes {limit}); the batch was not published"
+        )
         assert sink.stats()["replacements"] == 0 and sink.available
 
     run_sink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq), scenario, metrics)
     records = read_all(kafka_cluster.bootstrap, topic)
     assert sorted(r.header("event_id").decode() for r in records) == sorted(event_ids(many))
-    assert metrics.registry.get_sample_value("keystone_ingest_kafka_errors_total",
-                                             {"kind": "MessageSizeTooLargeError"}) is None
+    assert (
+        metrics.registry.get_sample_value("keystone_ingest_kafka_errors_total", {"kind": "MessageSizeTooLargeError"})
+        is None
+    )
 
 
 def test_start_fails_with_sink_unavailable_when_no_broker_answers():

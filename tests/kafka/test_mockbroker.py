@@ -16,7 +16,6 @@ import time
 import pytest
 from aiokafka import AIOKafkaProducer
 from kafkautil import partition_count, read_all
-
 from keystone_ingest.dev.mockbroker import API_KEYS, MockBroker, MockBrokerError
 
 BROKER_CMD = [sys.executable, "-m", "keystone_ingest.dev.mockbroker"]
@@ -52,8 +51,14 @@ def refuses_connections(bootstrap: str) -> bool:
 
 
 def start_cli(*args: str) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen([*BROKER_CMD, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [*BROKER_CMD, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+    )
     return proc, json.loads(proc.stdout.readline())
 
 
@@ -70,10 +75,18 @@ def test_cli_prints_bootstrap_then_answers_each_command_line():
         assert hello["brokers"] == [1, 2]
         assert len(addresses) == 2 and all(a.startswith("127.0.0.1:") for a in addresses)
         assert ask(proc, '{"op": "ping"}') == {"ok": True}
-        assert ask(proc, '{"op": "info"}') == {"ok": True, "bootstrap": hello["bootstrap"], "brokers": [1, 2],
-                                               "topics": {"a": 5, "b": 5}}
+        assert ask(proc, '{"op": "info"}') == {
+            "ok": True,
+            "bootstrap": hello["bootstrap"],
+            "brokers": [1, 2],
+            "topics": {"a": 5, "b": 5},
+        }
         assert ask(proc, '{"op": "topic_create", "topic": "c", "partitions": 3}') == {
-            "ok": True, "topic": "c", "partitions": 3, "replication": 2}
+            "ok": True,
+            "topic": "c",
+            "partitions": 3,
+            "replication": 2,
+        }
         assert partition_count(hello["bootstrap"], "a") == 5
         assert partition_count(hello["bootstrap"], "c") == 3
     finally:
@@ -91,10 +104,12 @@ def test_a_bad_command_is_answered_with_an_error_and_the_broker_carries_on():
             '{"op": "broker_down", "broker": 7}': "no broker 7; brokers are [1, 2, 3] or -1",
             '{"op": "broker_down"}': "bad arguments",
             '{"op": "push_request_errors", "api": "Nope", "errors": ["REQUEST_TIMED_OUT"]}': "unknown Kafka API 'Nope'",
-            '{"op": "push_request_errors", "api": "Produce", "errors": ["NO_SUCH_ERROR"]}':
-                "unknown Kafka error 'NO_SUCH_ERROR'",
-            '{"op": "broker_push_request_error_rtts", "broker": 1, "api": "Produce", "errors": [["NO_ERROR"]]}':
-                "expected [error, rtt_ms]",
+            (
+                '{"op": "push_request_errors", "api": "Produce", "errors": ["NO_SUCH_ERROR"]}'
+            ): "unknown Kafka error 'NO_SUCH_ERROR'",
+            (
+                '{"op": "broker_push_request_error_rtts", "broker": 1, "api": "Produce", "errors": [["NO_ERROR"]]}'
+            ): "expected [error, rtt_ms]",
         }
         for line, error in answers.items():
             answer = ask(proc, line)
@@ -143,8 +158,9 @@ def test_all_brokers_down_stalls_idempotent_produce_and_up_resumes_it_without_du
     mock_broker.create_topic(topic, partitions=1)
 
     async def scenario() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=mock_broker.bootstrap, enable_idempotence=True, acks="all",
-                                    compression_type="zstd")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=mock_broker.bootstrap, enable_idempotence=True, acks="all", compression_type="zstd"
+        )
         await producer.start()
         try:
             await producer.send_and_wait(topic, b"before", partition=0)

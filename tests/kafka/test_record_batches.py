@@ -12,7 +12,6 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.record.default_records import DefaultRecordBatch
 from kafkautil import KafkaCluster, read_all
-
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import Core, RecordBatchBuilder, partition_counts
 
@@ -31,9 +30,15 @@ def expected_orders(raw: bytes, result, partition: int | None = None, partitions
 
     orders = pa.record_batch(result.orders).to_pylist()
     spans = pa.record_batch(result.order_spans).to_pylist()
-    return [(o["order_id"].encode(), raw[s["offset"]:s["offset"] + s["length"]],
-             [("event_id", o["event_id"].encode()), *HEADERS])
-            for o, s in zip(orders, spans) if partition is None or s["key_hash"] % partitions == partition]
+    return [
+        (
+            o["order_id"].encode(),
+            raw[s["offset"] : s["offset"] + s["length"]],
+            [("event_id", o["event_id"].encode()), *HEADERS],
+        )
+        for o, s in zip(orders, spans, strict=True)
+        if partition is None or s["key_hash"] % partitions == partition
+    ]
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -80,9 +85,19 @@ def test_rejected_orders_carry_no_key_and_their_reason_index_and_message():
     records = list(DefaultRecordBatch(builder._build()))
     rejects = pa.record_batch(result.rejects).to_pylist()
     assert [(r.key, r.value, list(r.headers)) for r in records] == [
-        (None, raw[x["offset"]:x["offset"] + x["length"]],
-         [("event_id", x["event_id"].encode()), *HEADERS, ("error.reason", x["reason"].encode()),
-          ("error.index", str(x["index"]).encode()), ("error.message", x["message"].encode())]) for x in rejects]
+        (
+            None,
+            raw[x["offset"] : x["offset"] + x["length"]],
+            [
+                ("event_id", x["event_id"].encode()),
+                *HEADERS,
+                ("error.reason", x["reason"].encode()),
+                ("error.index", str(x["index"]).encode()),
+                ("error.message", x["message"].encode()),
+            ],
+        )
+        for x in rejects
+    ]
 
 
 def test_one_order_larger_than_the_limit_travels_alone_and_an_empty_batch_stays_empty():
@@ -111,7 +126,8 @@ def test_mistakes_are_refused_with_what_was_wrong():
 
 
 def test_a_batch_of_the_largest_size_goes_through_the_real_broker_and_reads_back_with_confluent_kafka(
-        kafka_cluster: KafkaCluster):
+    kafka_cluster: KafkaCluster,
+):
     # Uncompressed, up to just under the broker's default message.max.bytes
     # (1 MiB + 12): the largest record batch a default topic takes.
     topic = kafka_cluster.new_topic("largest", 1)
@@ -120,7 +136,7 @@ def test_a_batch_of_the_largest_size_goes_through_the_real_broker_and_reads_back
     results = [core.process(raw) for raw in raws]
     builder = RecordBatchBuilder("none", 0, 1_048_000)
     appended = []
-    for raw, result in zip(raws, results):
+    for raw, result in zip(raws, results, strict=True):
         stop = builder.append_orders(result, raw, 0, 1, 0, 1_700_000_000_000, HEADERS)
         appended += expected_orders(raw, result)[:stop]
         if stop < result.accepted:

@@ -14,13 +14,13 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 from kafkautil import KafkaCluster, read_all
+from keystone_ingest.client.client import AsyncIngestClient
+from keystone_ingest.client.generator import OrderGenerator
+from keystone_ingest.dev.launcher import ServerProcess
+from keystone_ingest.proto.v1 import ingest_pb2
 from serverutil import wait_bronze_caught_up
 
 from benchmarks.processes import ReferenceProcess
-from keystone_ingest.client.client import AsyncIngestClient
-from keystone_ingest.client.generator import OrderGenerator
-from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.dev.launcher import ServerProcess
 
 BRONZE_TABLES = ("orders", "order_items", "order_payments", "customers", "_quarantine")
 
@@ -105,7 +105,7 @@ def test_reference_server_gives_the_real_servers_acks_records_and_bronze_rows(si
         assert real_rows, table
         ref_rows = ref.bronze_rows(table)
         assert len(ref_rows) == len(real_rows), table
-        for ref_row, real_row in zip(ref_rows, real_rows):
+        for ref_row, real_row in zip(ref_rows, real_rows, strict=True):
             assert ref_row == real_row, table
 
 

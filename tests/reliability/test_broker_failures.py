@@ -27,15 +27,14 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from kafkautil import KafkaCluster, Record, read_all
-from reliabilityutil import expected_from, health, metric, metrics
-from serverutil import wait_bronze_caught_up
-
 from keystone_ingest.client.client import IngestClient, IngestRpcError, RetryPolicy
 from keystone_ingest.client.generator import OrderGenerator
-from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.dev.mockbroker import MockBroker
-from keystone_ingest.server.errors import SinkFailed, SinkUnavailable, to_rpc_status
 from keystone_ingest.dev.launcher import ServerProcess
+from keystone_ingest.dev.mockbroker import MockBroker
+from keystone_ingest.proto.v1 import ingest_pb2
+from keystone_ingest.server.errors import SinkFailed, SinkUnavailable, to_rpc_status
+from reliabilityutil import expected_from, health, metric, metrics
+from serverutil import wait_bronze_caught_up
 
 PARTITIONS = 12
 UNARY_METHOD = "/keystone.ingest.v1.OrderIngest/IngestOrders"
@@ -75,13 +74,18 @@ def deploy(tmp_path: Path):
     here, `extra_args` win. Everything started is closed at teardown."""
     started: list[Deployment] = []
 
-    def start(*extra_args: str, cluster: KafkaCluster | None = None, topic_config: dict | None = None,
-              assignment: list[list[int]] | None = None) -> Deployment:
+    def start(
+        *extra_args: str,
+        cluster: KafkaCluster | None = None,
+        topic_config: dict | None = None,
+        assignment: list[list[int]] | None = None,
+    ) -> Deployment:
         if cluster is not None:
             broker = None
             bootstrap = cluster.bootstrap
-            topic = cluster.create_topic(f"orders-{uuid.uuid4().hex[:8]}", PARTITIONS, config=topic_config,
-                                         assignment=assignment)
+            topic = cluster.create_topic(
+                f"orders-{uuid.uuid4().hex[:8]}", PARTITIONS, config=topic_config, assignment=assignment
+            )
             dlq = cluster.new_topic("dlq", 3)
         else:
             broker = MockBroker(brokers=3, partitions=PARTITIONS)
@@ -96,11 +100,25 @@ def deploy(tmp_path: Path):
         # On the mock cluster no Bronze worker runs: aiokafka cannot join a
         # consumer group there, and those tests are about the produce path.
         bronze_uri = f"file://{tmp_path / 'bronze'}" if cluster is not None else ""
-        args = ["--kafka-bootstrap", bootstrap, "--topic", topic, "--dlq-topic", dlq,
-                "--bronze-uri", bronze_uri, "--linger-ms", "2",
-                "--send-timeout-s", str(SEND_TIMEOUT_S),
-                "--kafka-unavailable-threshold-s", str(UNAVAILABLE_THRESHOLD_S),
-                "--core-threads", "1", *extra_args]  # fmt: skip
+        args = [
+            "--kafka-bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--dlq-topic",
+            dlq,
+            "--bronze-uri",
+            bronze_uri,
+            "--linger-ms",
+            "2",
+            "--send-timeout-s",
+            str(SEND_TIMEOUT_S),
+            "--kafka-unavailable-threshold-s",
+            str(UNAVAILABLE_THRESHOLD_S),
+            "--core-threads",
+            "1",
+            *extra_args,
+        ]
         try:
             server = ServerProcess(args)
         except BaseException:
@@ -125,8 +143,9 @@ class SustainedStream:
     """One client stream sending batches of `orders` orders at `rate` batches/s
     from a thread, until stopped; records every batch, ack and failure."""
 
-    def __init__(self, target: str, seed: int, orders: int = 80, rate: float = 12.0,
-                 ack_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, target: str, seed: int, orders: int = 80, rate: float = 12.0, ack_timeout_s: float = 30.0
+    ) -> None:
         self.client = IngestClient(target, max_in_flight=8, retry=CLIENT_RETRY, ack_timeout_s=ack_timeout_s)
         self.generator = OrderGenerator(seed=seed, invalid_ratio=0.02)
         self.orders = orders
@@ -259,8 +278,12 @@ def check_copies(records: list[Record], key_of, *, same_attempt_copies_allowed: 
         copies += len(group) - 1
         first = group[0]
         for r in group[1:]:
-            assert (r.key, r.value, r.headers, r.partition) == (first.key, first.value, first.headers,
-                                                                first.partition), k
+            assert (r.key, r.value, r.headers, r.partition) == (
+                first.key,
+                first.value,
+                first.headers,
+                first.partition,
+            ), k
         stamps = [r.timestamp_ms for r in group]
         same_attempt += len(stamps) - len(set(stamps))
         if not same_attempt_copies_allowed:
@@ -268,13 +291,21 @@ def check_copies(records: list[Record], key_of, *, same_attempt_copies_allowed: 
     return copies, same_attempt
 
 
-def verify(d: Deployment, stream: SustainedStream, *, same_attempt_copies_allowed: bool,
-           also_sent: tuple[ingest_pb2.OrderBatch, ...] = ()) -> dict[str, int]:
+def verify(
+    d: Deployment,
+    stream: SustainedStream,
+    *,
+    same_attempt_copies_allowed: bool,
+    also_sent: tuple[ingest_pb2.OrderBatch, ...] = (),
+) -> dict[str, int]:
     """Waits for the Bronze worker to catch up, stops the server with SIGTERM,
     then checks Kafka and Bronze (Bronze only on the real cluster: on the mock
     no Bronze worker runs). `also_sent`: batches sent outside the stream and not acked."""
-    acked = [stream.batches[b] for b, ack in stream.acks.items()
-             if ack.status in (ingest_pb2.ACK_STATUS_ACCEPTED, ingest_pb2.ACK_STATUS_DUPLICATE_BATCH)]
+    acked = [
+        stream.batches[b]
+        for b, ack in stream.acks.items()
+        if ack.status in (ingest_pb2.ACK_STATUS_ACCEPTED, ingest_pb2.ACK_STATUS_DUPLICATE_BATCH)
+    ]
     assert len(acked) == len(stream.acks)
     expected = expected_from(acked)
     sent = expected_from([*stream.batches.values(), *also_sent])
@@ -290,26 +321,37 @@ def verify(d: Deployment, stream: SustainedStream, *, same_attempt_copies_allowe
         event_id = r.header("event_id").decode()
         assert r.value == sent.order_bytes[event_id]  # the client's bytes
         assert r.key == ingest_pb2.Order.FromString(r.value).order_id.encode()
-    copies, same_attempt = check_copies(records, lambda r: r.header("event_id"),
-                                        same_attempt_copies_allowed=same_attempt_copies_allowed)
+    copies, same_attempt = check_copies(
+        records, lambda r: r.header("event_id"), same_attempt_copies_allowed=same_attempt_copies_allowed
+    )
 
     dead = read_all(d.bootstrap, d.dlq, timeout_s=30)
     in_dlq = {(r.header("batch_id").decode(), int(r.header("error.index"))): r.value for r in dead}
     assert set(expected.rejects) <= set(in_dlq)
     assert all(in_dlq[k] == sent.rejects[k] for k in in_dlq)
-    check_copies(dead, lambda r: (r.header("batch_id"), r.header("error.index")),
-                 same_attempt_copies_allowed=same_attempt_copies_allowed)
+    check_copies(
+        dead,
+        lambda r: (r.header("batch_id"), r.header("error.index")),
+        same_attempt_copies_allowed=same_attempt_copies_allowed,
+    )
 
-    report = {"acked_orders": len(expected.order_bytes), "kafka_records": len(records), "kafka_copies": copies,
-              "of_one_attempt": same_attempt}
+    report = {
+        "acked_orders": len(expected.order_bytes),
+        "kafka_records": len(records),
+        "kafka_copies": copies,
+        "of_one_attempt": same_attempt,
+    }
     if d.broker is not None:
         return report
     orders = ds.dataset(d.bronze / "orders", format="parquet", partitioning="hive").to_table(columns=["event_id"])
     bronze_ids = orders["event_id"].to_pylist()
     assert len(bronze_ids) == len(set(bronze_ids)), "an order twice in Bronze"
     assert set(expected.order_bytes) <= set(bronze_ids) <= set(sent.order_bytes)
-    quarantine = ds.dataset(d.bronze / "_quarantine", format="parquet", partitioning="hive").to_table(
-        columns=["batch_id", "index"]).to_pylist()
+    quarantine = (
+        ds.dataset(d.bronze / "_quarantine", format="parquet", partitioning="hive")
+        .to_table(columns=["batch_id", "index"])
+        .to_pylist()
+    )
     quarantined = [(r["batch_id"], r["index"]) for r in quarantine]
     assert len(quarantined) == len(set(quarantined))
     assert set(expected.rejects) <= set(quarantined)
@@ -371,7 +413,8 @@ PATIENT = ("--send-timeout-s", "90")
 
 
 def test_sigkill_of_a_partition_leader_mid_stream_moves_leadership_loses_nothing_and_writes_nothing_twice(
-        breakable_kafka: KafkaCluster, deploy):
+    breakable_kafka: KafkaCluster, deploy
+):
     cluster = breakable_kafka
     d = deploy(*PATIENT, cluster=cluster)
     with HealthWatch(d) as health, SustainedStream(d.server.target, seed=201, ack_timeout_s=120) as stream:
@@ -388,8 +431,10 @@ def test_sigkill_of_a_partition_leader_mid_stream_moves_leadership_loses_nothing
         stream.wait_acks(len(stream.acks) + 30, 60)
         stream.finish()
         replaced = d.metric("keystone_ingest_kafka_producer_replacements_total", reason="stalled")
-    print(f"\nleader {killed} SIGKILLed: leadership of {len(led)} partitions moved in {moved_s:.1f} s, "
-          f"first ack {first_ack_s:.1f} s after it moved; health {[s for _, s in health.changes]}")
+    print(
+        f"\nleader {killed} SIGKILLed: leadership of {len(led)} partitions moved in {moved_s:.1f} s, "
+        f"first ack {first_ack_s:.1f} s after it moved; health {[s for _, s in health.changes]}"
+    )
     # The producer followed the leaders: no batch failed, none was resent.
     assert stream.failures == {} and stream.client.stats.resends == 0
     assert replaced == 0
@@ -401,7 +446,8 @@ def test_sigkill_of_a_partition_leader_mid_stream_moves_leadership_loses_nothing
 
 
 def test_all_brokers_stopped_for_10_s_streams_stay_open_batches_wait_and_every_one_is_acked(
-        breakable_kafka: KafkaCluster, deploy, client_logs):
+    breakable_kafka: KafkaCluster, deploy, client_logs
+):
     cluster = breakable_kafka
     d = deploy(*PATIENT, cluster=cluster)
     with HealthWatch(d) as health, SustainedStream(d.server.target, seed=101, ack_timeout_s=120) as stream:
@@ -420,9 +466,11 @@ def test_all_brokers_stopped_for_10_s_streams_stay_open_batches_wait_and_every_o
         wait_until(lambda: health.status_at(time.monotonic()) == "SERVING", 10)
         stream.wait_acks(len(stream.acks) + 30, 60)
         stream.finish()
-    print(f"\nall brokers stopped ({stopped_at - down_at:.1f} s to stop) for {restart_at - down_at:.1f} s; "
-          f"{waiting} batches waited; the nodes answered {up_at - restart_at:.1f} s after their start and the first "
-          f"ack came {first_ack_s:.1f} s after it; health {[(round(t - down_at, 1), s) for t, s in health.changes]}")
+    print(
+        f"\nall brokers stopped ({stopped_at - down_at:.1f} s to stop) for {restart_at - down_at:.1f} s; "
+        f"{waiting} batches waited; the nodes answered {up_at - restart_at:.1f} s after their start and the first "
+        f"ack came {first_ack_s:.1f} s after it; health {[(round(t - down_at, 1), s) for t, s in health.changes]}"
+    )
     assert waiting > 0
     # Nothing was acked while no broker ran (acks Kafka gave before the last
     # node stopped may still have been on their way for a moment).
@@ -441,7 +489,8 @@ def test_all_brokers_stopped_for_10_s_streams_stay_open_batches_wait_and_every_o
 
 
 def test_fewer_in_sync_replicas_than_min_insync_fails_batches_unavailable_with_retry_info_and_resumes(
-        breakable_kafka: KafkaCluster, deploy, client_logs):
+    breakable_kafka: KafkaCluster, deploy, client_logs
+):
     cluster = breakable_kafka
     # Every partition on nodes 1 and 2 only: min.insync.replicas is 2, so with
     # node 2 stopped acks=all cannot be met and the leader answers NOT_ENOUGH_REPLICAS.
@@ -461,8 +510,9 @@ def test_fewer_in_sync_replicas_than_min_insync_fails_batches_unavailable_with_r
             refused.append(OrderGenerator(seed=502 + len(refused)).batch(5))
             error = unary_refusal(d, refused[-1], SEND_TIMEOUT_S + 10)
             assert error.code() == grpc.StatusCode.UNAVAILABLE
-            assert error.details().startswith(f"Kafka did not ack batch {refused[-1].batch_id!r} within "
-                                              f"{SEND_TIMEOUT_S} s")
+            assert error.details().startswith(
+                f"Kafka did not ack batch {refused[-1].batch_id!r} within {SEND_TIMEOUT_S} s"
+            )
             assert 0.5 <= retry_delay_of(error) <= 1.0
         assert error.details().endswith("(Kafka answered NotEnoughReplicasError)")
         wait_until(lambda: health.status_at(time.monotonic()) == "NOT_SERVING", 15)
@@ -487,7 +537,8 @@ def test_fewer_in_sync_replicas_than_min_insync_fails_batches_unavailable_with_r
 
 
 def test_a_topic_with_a_small_max_message_bytes_gets_smaller_record_batches_and_a_too_large_order_a_clear_error(
-        kafka_cluster: KafkaCluster, deploy):
+    kafka_cluster: KafkaCluster, deploy
+):
     d = deploy(cluster=kafka_cluster, topic_config={"max.message.bytes": "16384"})
     huge = OrderGenerator(seed=601).batch(3)
     for k in range(200):
@@ -500,7 +551,8 @@ def test_a_topic_with_a_small_max_message_bytes_gets_smaller_record_batches_and_
     assert error.code() == grpc.StatusCode.INTERNAL
     assert error.details() == (
         f"order {huge.orders[1].event_id!r} of batch {huge.batch_id!r} is {huge.orders[1].ByteSize()} bytes, too "
-        f"large for a Kafka record on topic {d.topic} (max.message.bytes 16384); the batch was not published")
+        f"large for a Kafka record on topic {d.topic} (max.message.bytes 16384); the batch was not published"
+    )
     # 400-order batches (~60 KiB a partition) went through in record batches under the limit.
     assert stream.failures == {}
     assert d.metric("keystone_ingest_kafka_producer_replacements_total", reason="failed_batch") == 0
@@ -516,8 +568,10 @@ def test_injected_produce_errors_retriable_are_retried_a_permanent_one_fails_its
     with SustainedStream(d.server.target, seed=301) as stream:
         stream.wait_acks(10)
         # Retriable: the producer retries them itself; no batch notices.
-        d.broker.push_request_errors("Produce", ["NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT",
-                                                 "NOT_ENOUGH_REPLICAS", "LEADER_NOT_AVAILABLE"] * 2)
+        d.broker.push_request_errors(
+            "Produce",
+            ["NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT", "NOT_ENOUGH_REPLICAS", "LEADER_NOT_AVAILABLE"] * 2,
+        )
         stream.wait_acks(len(stream.acks) + 30)
         assert stream.failures == {}
         assert d.metric("keystone_ingest_kafka_retries_total", kind="produce") >= 8
@@ -543,14 +597,16 @@ def test_injected_produce_errors_retriable_are_retried_a_permanent_one_fails_its
     # those the server had finished are answered from the batch_id window.
     with IngestClient(d.server.target, retry=CLIENT_RETRY) as client:
         resent = [client.send(stream.batches[b]) for b in failed]
-        for batch_id, future in zip(failed, resent):
+        for batch_id, future in zip(failed, resent, strict=True):
             ack = future.result(30)
             assert ack.status in (ingest_pb2.ACK_STATUS_ACCEPTED, ingest_pb2.ACK_STATUS_DUPLICATE_BATCH)
             stream.acks[batch_id] = ack
     stream.failures.clear()
     # Injected errors are answered before anything is appended: no copy of one attempt.
-    print(f"\ninjected errors: {len(failed)} batches failed permanently and were resent;",
-          verify(d, stream, same_attempt_copies_allowed=False))
+    print(
+        f"\ninjected errors: {len(failed)} batches failed permanently and were resent;",
+        verify(d, stream, same_attempt_copies_allowed=False),
+    )
 
 
 def test_a_producer_the_broker_refuses_is_replaced_and_nothing_acked_is_lost(deploy, client_logs):
@@ -559,8 +615,12 @@ def test_a_producer_the_broker_refuses_is_replaced_and_nothing_acked_is_lost(dep
         stream.wait_acks(10)
         for replacements, error in enumerate(["OUT_OF_ORDER_SEQUENCE_NUMBER", "UNKNOWN_PRODUCER_ID"], start=1):
             d.broker.push_request_errors("Produce", [error])
-            wait_until(lambda: d.metric("keystone_ingest_kafka_producer_replacements_total",
-                                        reason="producer_state") == replacements, 15)
+            wait_until(
+                lambda expected=replacements: (
+                    d.metric("keystone_ingest_kafka_producer_replacements_total", reason="producer_state") == expected
+                ),
+                15,
+            )
             stream.wait_acks(len(stream.acks) + 25)
         stream.finish()
     # Retriable for the client: the failed batches were resent, none was given up.

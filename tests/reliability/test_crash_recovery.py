@@ -19,14 +19,13 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 from kafkautil import KafkaCluster
-from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from, wait_until
-from serverutil import catch_up_bronze, wait_bronze_caught_up
-
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.dev.launcher import ServerProcess
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.bronze.commits import PENDING
 from keystone_ingest.server.bronze.storage import LocalStore
+from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from, wait_until
+from serverutil import catch_up_bronze, wait_bronze_caught_up
 
 ROUNDS = 20
 
@@ -42,9 +41,21 @@ class Site:
         self.topic = cluster.new_topic("orders", partitions=12)
         self.dlq = cluster.new_topic("orders-dlq", partitions=3)
         self.bronze = tmp_path / "lake" / "bronze"
-        self.args = ["--kafka-bootstrap", cluster.bootstrap, "--topic", self.topic, "--dlq-topic", self.dlq,
-                     "--bronze-uri", f"file://{self.bronze}", "--linger-ms", "2", "--core-threads", "1",
-                     *extra]  # fmt: skip
+        self.args = [
+            "--kafka-bootstrap",
+            cluster.bootstrap,
+            "--topic",
+            self.topic,
+            "--dlq-topic",
+            self.dlq,
+            "--bronze-uri",
+            f"file://{self.bronze}",
+            "--linger-ms",
+            "2",
+            "--core-threads",
+            "1",
+            *extra,
+        ]
         self.servers: list[ServerProcess] = []
 
     def start(self) -> ServerProcess:
@@ -62,8 +73,15 @@ class Site:
         return ds.dataset(path, format="parquet", partitioning="hive").to_table()
 
     def check(self, acked: list[ingest_pb2.OrderBatch], sent: list[ingest_pb2.OrderBatch]) -> dict[str, int]:
-        return check_kafka_and_bronze(self.cluster.bootstrap, self.topic, self.dlq, self.bronze_table,
-                                      expected_from(acked), expected_from(sent), restarts=True)  # fmt: skip
+        return check_kafka_and_bronze(
+            self.cluster.bootstrap,
+            self.topic,
+            self.dlq,
+            self.bronze_table,
+            expected_from(acked),
+            expected_from(sent),
+            restarts=True,
+        )
 
     def close(self) -> None:
         for server in self.servers:
@@ -116,7 +134,9 @@ def test_sigkill_at_random_moments_and_a_lost_working_directory_lose_no_acked_or
         stream.stop()
         assert all(a.status in ACKED for a in stream.acks.values())
         acked.update(stream.acks)
-        wait_until(lambda: not os.path.exists(f"/proc/{bronze_pid}"), 10, what="the Bronze worker dying with serve")
+        wait_until(
+            lambda pid=bronze_pid: not os.path.exists(f"/proc/{pid}"), 10, what="the Bronze worker dying with serve"
+        )
         server.close()
         shutil.rmtree(server.workdir)
 
@@ -153,8 +173,9 @@ def backfill(kafka_cluster: KafkaCluster):
         sent.append(message)
 
     async def publish() -> None:
-        sink = KafkaSink(KafkaConfig(bootstrap=kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq,
-                                     create_topics=False))  # fmt: skip
+        sink = KafkaSink(
+            KafkaConfig(bootstrap=kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq, create_topics=False)
+        )
         await sink.start()
         try:
             for message in sent:
@@ -170,13 +191,30 @@ def backfill(kafka_cluster: KafkaCluster):
 def bronze_worker(bootstrap: str, topic: str, dlq: str, bronze: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "KEYSTONE_BRONZE_MAX_BUFFERED_BYTES": str(2 << 20), "KEYSTONE_ROLL_AGE_S": "0.2"}
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "keystone_ingest.server.cli", "bronze", "--kafka-bootstrap",
-                                 bootstrap, "--topic", topic, "--dlq-topic", dlq, "--bronze-uri", f"file://{bronze}",
-                                 "--log-format", "text"], stdout=out, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "keystone_ingest.server.cli",
+                "bronze",
+                "--kafka-bootstrap",
+                bootstrap,
+                "--topic",
+                topic,
+                "--dlq-topic",
+                dlq,
+                "--bronze-uri",
+                f"file://{bronze}",
+                "--log-format",
+                "text",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
 
-def test_bronze_worker_sigkilled_mid_flush_20_times_ends_exactly_once(kafka_cluster: KafkaCluster, backfill,
-                                                                       tmp_path):  # fmt: skip
+def test_bronze_worker_sigkilled_mid_flush_20_times_ends_exactly_once(kafka_cluster: KafkaCluster, backfill, tmp_path):
     """The topics hold a backfill whose orders spread over ~700 purchase days;
     a `keystone-ingest bronze` process flushing every ~2 MiB (hundreds of files
     a flush) is SIGKILLed 20 times, most often while a flush is under way (some
@@ -203,10 +241,17 @@ def test_bronze_worker_sigkilled_mid_flush_20_times_ends_exactly_once(kafka_clus
     assert cut_short >= ROUNDS // 2, cut_short
     catch_up_bronze(kafka_cluster.bootstrap, topic, dlq, f"file://{bronze}", timeout_s=180)
     assert store.list_keys(PENDING) == []
-    tables = {name: (ds.dataset(bronze / name, format="parquet", partitioning="hive").to_table()
-                     if (bronze / name).is_dir() else None) for name in ("orders", "order_items", "_quarantine")}  # fmt: skip
-    report = check_kafka_and_bronze(kafka_cluster.bootstrap, topic, dlq, tables.get, expected_from(sent),
-                                    expected_from(sent))  # fmt: skip
+    tables = {
+        name: (
+            ds.dataset(bronze / name, format="parquet", partitioning="hive").to_table()
+            if (bronze / name).is_dir()
+            else None
+        )
+        for name in ("orders", "order_items", "_quarantine")
+    }
+    report = check_kafka_and_bronze(
+        kafka_cluster.bootstrap, topic, dlq, tables.get, expected_from(sent), expected_from(sent)
+    )
     days = {(r["year"], r["month"], r["day"]) for r in tables["orders"].select(["year", "month", "day"]).to_pylist()}
     assert len(days) > 600
     print(f"{ROUNDS} worker kills, {cut_short} mid-flush: {report}, {len(days)} purchase days")

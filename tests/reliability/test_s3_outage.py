@@ -18,13 +18,12 @@ import zlib
 import pyarrow.dataset as ds
 import pytest
 from kafkautil import KafkaCluster
+from keystone_ingest.client.generator import OrderGenerator
+from keystone_ingest.dev.launcher import ServerProcess
+from keystone_ingest.proto.v1 import ingest_pb2
 from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from, health, metric, wait_until
 from s3util import AWS_ENV, S3Server, start_s3
 from serverutil import wait_bronze_caught_up
-
-from keystone_ingest.client.generator import OrderGenerator
-from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.dev.launcher import ServerProcess
 
 OUTAGE_S = 10.0
 RATE = 20  # batches/s of 40 orders
@@ -64,11 +63,27 @@ class Deployment:
         self.dlq = cluster.new_topic("orders-dlq", partitions=3)
         self.spool = tmp_path / "spool"
         self.server = ServerProcess(
-            ["--kafka-bootstrap", cluster.bootstrap, "--topic", self.topic, "--dlq-topic", self.dlq,
-             "--bronze-uri", s3.uri("bronze"), "--s3-endpoint-url", s3.endpoint_url,
-             "--spool-dir", str(self.spool), "--roll-age-s", "1", "--linger-ms", "2", *extra],
+            [
+                "--kafka-bootstrap",
+                cluster.bootstrap,
+                "--topic",
+                self.topic,
+                "--dlq-topic",
+                self.dlq,
+                "--bronze-uri",
+                s3.uri("bronze"),
+                "--s3-endpoint-url",
+                s3.endpoint_url,
+                "--spool-dir",
+                str(self.spool),
+                "--roll-age-s",
+                "1",
+                "--linger-ms",
+                "2",
+                *extra,
+            ],
             env=AWS_ENV,
-        )  # fmt: skip
+        )
 
     def bronze_table(self, name: str):
         fs = self.s3.filesystem()
@@ -84,8 +99,9 @@ class Deployment:
         return metric(self.server.bronze_metrics_port, name, **labels)
 
     def lag(self) -> float:
-        return sum(self.bronze_metric("keystone_bronze_lag_records", topic=self.topic, partition=str(p))
-                   for p in range(6))  # fmt: skip
+        return sum(
+            self.bronze_metric("keystone_bronze_lag_records", topic=self.topic, partition=str(p)) for p in range(6)
+        )
 
 
 @pytest.fixture
@@ -106,8 +122,9 @@ def test_s3_stopped_for_10_s_mid_stream_acks_go_on_and_bronze_catches_up_exactly
     d = deploy()
     batches = batches_over_three_days(404, int(RATE * (OUTAGE_S + 8)), duplicate_ratio=0.02, invalid_ratio=0.01)
     stream = Stream(d.server.target, batches, rate=RATE)
-    wait_until(lambda: d.bronze_metric("keystone_bronze_files_total", table="orders") > 0, 15,
-               what="a first file on S3")  # fmt: skip
+    wait_until(
+        lambda: d.bronze_metric("keystone_bronze_files_total", table="orders") > 0, 15, what="a first file on S3"
+    )
 
     s3.stop()
     stopped_at = time.monotonic()
@@ -127,12 +144,19 @@ def test_s3_stopped_for_10_s_mid_stream_acks_go_on_and_bronze_catches_up_exactly
     assert not stream.failures, list(stream.failures.values())[:3]
     assert all(a.status in ACKED for a in stream.acks.values())
     assert len(stream.acks) == len(batches)
-    wait_bronze_caught_up(d.cluster.bootstrap, [d.topic, d.dlq], s3.uri("bronze"), timeout_s=60,
-                          endpoint_url=s3.endpoint_url, spool_dir=str(d.spool))  # fmt: skip
+    wait_bronze_caught_up(
+        d.cluster.bootstrap,
+        [d.topic, d.dlq],
+        s3.uri("bronze"),
+        timeout_s=60,
+        endpoint_url=s3.endpoint_url,
+        spool_dir=str(d.spool),
+    )
     assert d.bronze_metric("keystone_bronze_files_total", table="orders") > files_before
     wait_until(lambda: d.lag() == 0, 10, what="the lag metric at 0")
     assert d.server.stop() == 0, d.server.logs()[-3000:]
 
-    report = check_kafka_and_bronze(d.cluster.bootstrap, d.topic, d.dlq, d.bronze_table,
-                                    expected_from(batches), expected_from(batches))  # fmt: skip
+    report = check_kafka_and_bronze(
+        d.cluster.bootstrap, d.topic, d.dlq, d.bronze_table, expected_from(batches), expected_from(batches)
+    )
     assert report["bronze_orders"] == report["acked_orders"]

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 from kafkautil import KafkaCluster
-from reliabilityutil import Stream, check_kafka_and_bronze, expected_from, free_port, metric, wait_until
-from serverutil import wait_bronze_caught_up
-
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.dev.launcher import BronzeWorkerProcess, ServerProcess
+from reliabilityutil import Stream, check_kafka_and_bronze, expected_from, free_port, metric, wait_until
+from serverutil import wait_bronze_caught_up
 
 STREAMS = 6
 
@@ -51,8 +50,9 @@ def test_a_replica_and_a_bronze_worker_killed_mid_stream_lose_nothing(kafka_clus
     worker_args = [*kafka, "--bronze-uri", f"file://{bronze}", "--bronze-group", f"bronze-{topic}"]
     processes: list = []
     try:
-        replicas = [ServerProcess([*kafka, "--bronze-uri", "", "--linger-ms", "2", "--core-threads", "1"])
-                    for _ in range(3)]  # fmt: skip
+        replicas = [
+            ServerProcess([*kafka, "--bronze-uri", "", "--linger-ms", "2", "--core-threads", "1"]) for _ in range(3)
+        ]
         workers = [BronzeWorkerProcess(worker_args) for _ in range(2)]
         processes += replicas + workers
         generator = OrderGenerator(seed=1313, invalid_ratio=0.01)
@@ -77,11 +77,28 @@ def test_a_replica_and_a_bronze_worker_killed_mid_stream_lose_nothing(kafka_clus
 
         wait_bronze_caught_up(kafka_cluster.bootstrap, [topic, dlq], f"file://{bronze}", timeout_s=120)
 
-        report = check_kafka_and_bronze(kafka_cluster.bootstrap, topic, dlq, bronze_reader(bronze), expected_from(acked),
-                                        expected_from(batches), restarts=True)  # fmt: skip
+        report = check_kafka_and_bronze(
+            kafka_cluster.bootstrap,
+            topic,
+            dlq,
+            bronze_reader(bronze),
+            expected_from(acked),
+            expected_from(batches),
+            restarts=True,
+        )
         # The live workers' lag falls back to nothing once they have written it all.
-        wait_until(lambda: sum(metric(w.metrics_port, "keystone_bronze_lag_records", topic=topic, partition=str(p))
-                               for w in workers[1:] for p in range(6)) == 0, 30, what="bronze lag back to 0")  # fmt: skip
+        wait_until(
+            lambda: (
+                sum(
+                    metric(w.metrics_port, "keystone_bronze_lag_records", topic=topic, partition=str(p))
+                    for w in workers[1:]
+                    for p in range(6)
+                )
+                == 0
+            ),
+            30,
+            what="bronze lag back to 0",
+        )
         print(f"3 replicas (1 killed), 3 Bronze workers (1 killed): {report}")
     finally:
         for p in processes:
@@ -106,15 +123,19 @@ def test_a_rolling_restart_of_every_replica_under_load_fails_no_batch(kafka_clus
     try:
         replicas = [replica(a) for a in addresses]
         processes += replicas
-        processes.append(BronzeWorkerProcess([*kafka, "--bronze-uri", f"file://{bronze}", "--bronze-group",
-                                              f"bronze-{topic}"]))  # fmt: skip
+        processes.append(
+            BronzeWorkerProcess([*kafka, "--bronze-uri", f"file://{bronze}", "--bronze-group", f"bronze-{topic}"])
+        )
         generator = OrderGenerator(seed=2727, invalid_ratio=0.01)
         batches = [generator.batch(200) for _ in range(STREAMS * 50)]
         streams = [Stream(",".join(addresses), batches[i::STREAMS], rate=8) for i in range(STREAMS)]
         try:
             for i, address in enumerate(addresses):
-                wait_until(lambda: sum(len(s.acks) for s in streams) >= (i + 1) * len(batches) // 5, 60,
-                           what="acks before the next restart")  # fmt: skip
+                wait_until(
+                    lambda restarted=i: sum(len(s.acks) for s in streams) >= (restarted + 1) * len(batches) // 5,
+                    60,
+                    what="acks before the next restart",
+                )
                 assert replicas[i].stop() == 0
                 replicas[i] = replica(address)
                 processes.append(replicas[i])
@@ -125,16 +146,24 @@ def test_a_rolling_restart_of_every_replica_under_load_fails_no_batch(kafka_clus
                 s.stop()
         acked = acked_every_batch(streams, batches)
         wait_bronze_caught_up(kafka_cluster.bootstrap, [topic, dlq], f"file://{bronze}", timeout_s=120)
-        report = check_kafka_and_bronze(kafka_cluster.bootstrap, topic, dlq, bronze_reader(bronze),
-                                        expected_from(acked), expected_from(batches), restarts=True)  # fmt: skip
+        report = check_kafka_and_bronze(
+            kafka_cluster.bootstrap,
+            topic,
+            dlq,
+            bronze_reader(bronze),
+            expected_from(acked),
+            expected_from(batches),
+            restarts=True,
+        )
         print(f"rolling restart of 3 replicas: {report}")
     finally:
         for p in processes:
             p.close()
 
 
-def test_a_bronze_worker_added_and_then_removed_under_load_leaves_no_gap_and_no_copy(kafka_cluster: KafkaCluster,
-                                                                                      tmp_path: Path):  # fmt: skip
+def test_a_bronze_worker_added_and_then_removed_under_load_leaves_no_gap_and_no_copy(
+    kafka_cluster: KafkaCluster, tmp_path: Path
+):
     topic = kafka_cluster.new_topic("orders", partitions=6)
     dlq = kafka_cluster.new_topic("orders-dlq", partitions=2)
     bronze = tmp_path / "bronze"
@@ -165,8 +194,11 @@ def test_a_bronze_worker_added_and_then_removed_under_load_leaves_no_gap_and_no_
             # all back to the first when the second leaves; the load goes on
             # throughout.
             wait_until(lambda: owned(second) > 0 and owned(first) + owned(second) == 8, 30, what="a shared group")
-            wait_until(lambda: metric(second.metrics_port, "keystone_bronze_flushes_total") > 0, 30,
-                       what="the second worker writing")  # fmt: skip
+            wait_until(
+                lambda: metric(second.metrics_port, "keystone_bronze_flushes_total") > 0,
+                30,
+                what="the second worker writing",
+            )
             assert second.stop() == 0
             wait_until(lambda: owned(first) == 8, 30, what="the partitions back with the first worker")
             load_on.clear()
@@ -180,10 +212,20 @@ def test_a_bronze_worker_added_and_then_removed_under_load_leaves_no_gap_and_no_
         acked = acked_every_batch(streams, sent)
         assert len(acked) > 40
         wait_bronze_caught_up(kafka_cluster.bootstrap, [topic, dlq], f"file://{bronze}", timeout_s=120)
-        report = check_kafka_and_bronze(kafka_cluster.bootstrap, topic, dlq, bronze_reader(bronze),
-                                        expected_from(acked), expected_from(sent))  # fmt: skip
-        wait_until(lambda: sum(metric(first.metrics_port, "keystone_bronze_lag_records", topic=topic, partition=str(p))
-                               for p in range(6)) == 0, 30, what="bronze lag back to 0")  # fmt: skip
+        report = check_kafka_and_bronze(
+            kafka_cluster.bootstrap, topic, dlq, bronze_reader(bronze), expected_from(acked), expected_from(sent)
+        )
+        wait_until(
+            lambda: (
+                sum(
+                    metric(first.metrics_port, "keystone_bronze_lag_records", topic=topic, partition=str(p))
+                    for p in range(6)
+                )
+                == 0
+            ),
+            30,
+            what="bronze lag back to 0",
+        )
         print(f"a Bronze worker added and removed under load: {report}")
     finally:
         for p in processes:

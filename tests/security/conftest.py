@@ -33,5 +33,3 @@ def pki(tmp_path: Path) -> dict[str, object]:
         "other_ca": other,
         "stranger": other.issue("stranger"),
     }
-
-

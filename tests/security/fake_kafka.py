@@ -69,7 +69,9 @@ class FakeSaslBroker:
                 elif api_key == SASL_HANDSHAKE:
                     (length,) = struct.unpack_from(">h", body, 0)
                     connection.mechanism = body[2 : 2 + length].decode()
-                    answer = SaslHandShakeResponse_v1(0 if connection.mechanism == self.mechanism else 33, [self.mechanism])
+                    answer = SaslHandShakeResponse_v1(
+                        0 if connection.mechanism == self.mechanism else 33, [self.mechanism]
+                    )
                 elif api_key == SASL_AUTHENTICATE:
                     (length,) = struct.unpack_from(">i", body, 0)
                     connection.auth_bytes = body[4 : 4 + length]

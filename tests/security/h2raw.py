@@ -93,8 +93,15 @@ class RawH2:
             self.closed.set()
 
     def open(self, stream: int, path: str, metadata: list[tuple[str, str]] = ()) -> None:
-        headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", f"127.0.0.1:{self.port}"),
-                   ("content-type", "application/grpc"), ("te", "trailers"), *metadata]  # fmt: skip
+        headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", f"127.0.0.1:{self.port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *metadata,
+        ]
         self.send(frame(HEADERS, END_HEADERS, stream, b"".join(_literal(k, v) for k, v in headers)))
 
     def data(self, stream: int, payload: bytes, *, end_stream: bool = False) -> None:

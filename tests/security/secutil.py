@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 from certs import Issued
-
-from keystone_ingest.server.auth import token_digest
 from keystone_ingest.dev.launcher import ServerProcess
+from keystone_ingest.server.auth import token_digest
 
 UNARY_METHOD = "/keystone.ingest.v1.OrderIngest/IngestOrders"
 STREAM_METHOD = "/keystone.ingest.v1.OrderIngest/StreamOrders"

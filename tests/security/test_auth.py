@@ -11,26 +11,29 @@ import sys
 import grpc
 import pyarrow.dataset as ds
 import pytest
-from secutil import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kafkautil import read_all
-
 from keystone_ingest.client.client import IngestClient, IngestRpcError
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.client.security import bearer_metadata
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.auth import TokensFileError, parse_tokens, token_digest
+from secutil import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text
 
 UNAUTHENTICATED = "a valid bearer token is required: send 'authorization: Bearer <token>'"
 
 
 def unary(channel: grpc.Channel):
-    return channel.unary_unary(UNARY_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString)
+    return channel.unary_unary(
+        UNARY_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+    )
 
 
 def stream(channel: grpc.Channel):
-    return channel.stream_stream(STREAM_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString)
+    return channel.stream_stream(
+        STREAM_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+    )
 
 
 @pytest.fixture
@@ -44,8 +47,12 @@ def test_calls_without_a_valid_token_are_unauthenticated_and_callers_without_ing
     d = deploy("--auth-tokens-file", str(tokens_path))
     batch = OrderGenerator(seed=1).batch(5, batch_id="auth-1").SerializeToString()
     with grpc.insecure_channel(d.target) as channel:
-        for metadata in [None, [("authorization", "Bearer not-a-token")], [("authorization", f"Basic {TOKENS['checkout-api']}")],
-                         [("authorization", "Bearer ")]]:  # fmt: skip
+        for metadata in [
+            None,
+            [("authorization", "Bearer not-a-token")],
+            [("authorization", f"Basic {TOKENS['checkout-api']}")],
+            [("authorization", "Bearer ")],
+        ]:
             with pytest.raises(grpc.RpcError) as refused:
                 unary(channel)(batch, metadata=metadata, timeout=10)
             assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
@@ -54,12 +61,16 @@ def test_calls_without_a_valid_token_are_unauthenticated_and_callers_without_ing
             assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
 
         auditor = bearer_metadata(TOKENS["auditor"])
-        for call in (lambda: unary(channel)(batch, metadata=auditor, timeout=10),
-                     lambda: list(stream(channel)(iter([batch]), metadata=auditor, timeout=10))):  # fmt: skip
+        for call in (
+            lambda: unary(channel)(batch, metadata=auditor, timeout=10),
+            lambda: list(stream(channel)(iter([batch]), metadata=auditor, timeout=10)),
+        ):
             with pytest.raises(grpc.RpcError) as denied:
                 call()
             assert (denied.value.code(), denied.value.details()) == (
-                grpc.StatusCode.PERMISSION_DENIED, "caller auditor may not ingest orders")
+                grpc.StatusCode.PERMISSION_DENIED,
+                "caller auditor may not ingest orders",
+            )
 
         # Health needs no token (load balancers); reflection does.
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
@@ -68,8 +79,9 @@ def test_calls_without_a_valid_token_are_unauthenticated_and_callers_without_ing
         with pytest.raises(grpc.RpcError) as refused:
             list(reflect(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
         assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
-        answers = list(reflect(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                               metadata=auditor, timeout=10))  # fmt: skip
+        answers = list(
+            reflect(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=auditor, timeout=10)
+        )
         assert "keystone.ingest.v1.OrderIngest" in {s.name for s in answers[0].list_services_response.service}
 
         # Nothing of the refused batch went anywhere: the same batch_id is new to the server.
@@ -112,7 +124,10 @@ def test_the_authenticated_caller_is_the_producer_in_kafka_headers_and_bronze_be
 
     for table in ("orders", "order_items", "order_payments", "customers", "_quarantine"):
         rows = ds.dataset(d.bronze / table, format="parquet", partitioning="hive").to_table()
-        lineage = {(r["batch_id"], r["producer"], r["source"]) for r in rows.select(["batch_id", "producer", "source"]).to_pylist()}
+        lineage = {
+            (r["batch_id"], r["producer"], r["source"])
+            for r in rows.select(["batch_id", "producer", "source"]).to_pylist()
+        }
         assert lineage == {(b, caller, source) for b, (caller, source, _) in sent.items()}, table
 
 
@@ -142,7 +157,9 @@ def test_a_changed_tokens_file_is_used_without_a_restart_and_a_broken_one_is_not
 
         # Add the newcomer, revoke checkout-api (rename into place, as a deploy would).
         staged = tokens_path.with_name("tokens.new")
-        staged.write_text(tokens_file_text({"newcomer": newcomer, "backfill-job": TOKENS["backfill-job"]}, no_ingest=()))
+        staged.write_text(
+            tokens_file_text({"newcomer": newcomer, "backfill-job": TOKENS["backfill-job"]}, no_ingest=())
+        )
         os.replace(staged, tokens_path)
         assert unary(channel)(batch, metadata=bearer_metadata(newcomer), timeout=30).accepted == 4
         with pytest.raises(grpc.RpcError) as refused:
@@ -152,8 +169,11 @@ def test_a_changed_tokens_file_is_used_without_a_restart_and_a_broken_one_is_not
         # A broken file: logged (line number, no token), the previous callers stay.
         staged.write_text(f"newcomer ingest sha256:{token_digest(newcomer)}\nbroken line\n")
         os.replace(staged, tokens_path)
-        ack = unary(channel)(OrderGenerator(seed=6).batch(2, batch_id="reload-2").SerializeToString(),
-                             metadata=bearer_metadata(newcomer), timeout=30)  # fmt: skip
+        ack = unary(channel)(
+            OrderGenerator(seed=6).batch(2, batch_id="reload-2").SerializeToString(),
+            metadata=bearer_metadata(newcomer),
+            timeout=30,
+        )
         assert ack.accepted == 2
     errors = [r for r in d.server.log_records() if r["msg"].startswith("tokens file changed but cannot be used")]
     assert [e["error"] for e in errors] == [f"{tokens_path}:2: expected 'NAME PERMISSIONS sha256:HEX', got 2 fields"]
@@ -179,23 +199,56 @@ def test_tokens_file_errors_name_the_line_and_never_the_token():
 def test_secrets_do_not_appear_in_help_or_configuration_errors(tmp_path):
     env = {**os.environ, "KEYSTONE_KAFKA_SASL_PASSWORD": "hunter2-very-secret", "KEYSTONE_TOKEN": "tok-in-env-secret"}
     for command in ("serve", "load", "replay"):
-        out = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", command, "--help"],
-                             capture_output=True, text=True, env=env, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "keystone_ingest.server.cli", command, "--help"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
         assert "hunter2-very-secret" not in out and "tok-in-env-secret" not in out
-    top = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "--help"],
-                         capture_output=True, text=True, env=env, check=True).stdout  # fmt: skip
+    top = subprocess.run(
+        [sys.executable, "-m", "keystone_ingest.server.cli", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     assert "hunter2-very-secret" not in top and "tok-in-env-secret" not in top
-    run = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--kafka-bootstrap", "127.0.0.1:1",
-                          "--kafka-security-protocol", "SASL_SSL", "--kafka-sasl-mechanism", "SCRAM-SHA-512",
-                          "--bronze-uri", f"file://{tmp_path}"],
-                         capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keystone_ingest.server.cli",
+            "serve",
+            "--kafka-bootstrap",
+            "127.0.0.1:1",
+            "--kafka-security-protocol",
+            "SASL_SSL",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--bronze-uri",
+            f"file://{tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert run.returncode == 2
-    assert run.stderr == ("keystone-ingest serve: --kafka-sasl-mechanism SCRAM-SHA-512 needs --kafka-sasl-username and "
-                          "--kafka-sasl-password (or KEYSTONE_KAFKA_SASL_PASSWORD)\n")  # fmt: skip
+    assert run.stderr == (
+        "keystone-ingest serve: --kafka-sasl-mechanism SCRAM-SHA-512 needs --kafka-sasl-username and "
+        "--kafka-sasl-password (or KEYSTONE_KAFKA_SASL_PASSWORD)\n"
+    )
     from keystone_ingest.server.config import ServeConfig
 
-    config = ServeConfig(kafka_bootstrap="b:9092", kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN",
-                         kafka_sasl_username="u", kafka_sasl_password="hunter2-very-secret")  # fmt: skip
+    config = ServeConfig(
+        kafka_bootstrap="b:9092",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="u",
+        kafka_sasl_password="hunter2-very-secret",
+    )
     assert "hunter2" not in repr(config)
     from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
 

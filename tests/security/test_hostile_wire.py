@@ -11,20 +11,21 @@ import socket
 
 import grpc
 import pytest
-from secutil import STREAM_METHOD, UNARY_METHOD, wait_until
 from h2raw import GOAWAY, RST_STREAM, RawH2, frame, grpc_message
 from kafkautil import read_all
-
 from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import Core, InvalidBatch
 from keystone_ingest.proto.v1 import ingest_pb2
+from secutil import STREAM_METHOD, UNARY_METHOD, wait_until
 
 MiB = 1 << 20
 
 
 def unary(channel: grpc.Channel):
-    return channel.unary_unary(UNARY_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString)
+    return channel.unary_unary(
+        UNARY_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+    )
 
 
 def rejection(raw: bytes, **core_options) -> str:
@@ -54,17 +55,24 @@ def test_garbage_truncated_and_oversized_messages_get_clear_answers(deploy):
             assert ack.status == ingest_pb2.ACK_STATUS_REJECTED
             assert [(e.index, e.reason) for e in ack.errors] == [(0, rejection(raw))]
         # The same on a stream, which stays open after each rejection.
-        acks = list(channel.stream_stream(STREAM_METHOD, request_serializer=None,
-                                          response_deserializer=ingest_pb2.BatchAck.FromString)(
-            iter([garbage, truncated, good]), timeout=30))  # fmt: skip
-        assert [a.status for a in acks] == [ingest_pb2.ACK_STATUS_REJECTED, ingest_pb2.ACK_STATUS_REJECTED,
-                                            ingest_pb2.ACK_STATUS_ACCEPTED]  # fmt: skip
+        acks = list(
+            channel.stream_stream(
+                STREAM_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+            )(iter([garbage, truncated, good]), timeout=30)
+        )
+        assert [a.status for a in acks] == [
+            ingest_pb2.ACK_STATUS_REJECTED,
+            ingest_pb2.ACK_STATUS_REJECTED,
+            ingest_pb2.ACK_STATUS_ACCEPTED,
+        ]
         assert [e.reason for e in acks[1].errors] == [rejection(truncated)]
         oversized = os.urandom(MiB + 1)
         with pytest.raises(grpc.RpcError) as refused:
             unary(channel)(oversized, timeout=30)
         assert (refused.value.code(), refused.value.details()) == (
-            grpc.StatusCode.RESOURCE_EXHAUSTED, f"SERVER: Received message larger than max ({MiB + 1} vs. {MiB})")
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"SERVER: Received message larger than max ({MiB + 1} vs. {MiB})",
+        )
 
     # Not HTTP/2 at all, and HTTP/2 frames of nonsense: the connection is dropped.
     with socket.create_connection(("127.0.0.1", d.port), timeout=10) as raw_socket:
@@ -184,7 +192,7 @@ def test_thousands_of_streams_opened_and_dropped_leave_the_server_as_it_was(depl
     payload = OrderGenerator(seed=10).batch(20, batch_id="storm").SerializeToString()
 
     opened = 0
-    for connection in range(40):
+    for _ in range(40):
         with RawH2(d.port) as h2:
             for i in range(50):
                 stream = 2 * i + 1

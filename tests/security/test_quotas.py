@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from secutil import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text, wait_until
 from h2raw import RawH2
-
 from keystone_ingest.client.client import retry_delay_from_trailers
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.client.security import bearer_metadata
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.errors import Overloaded
 from keystone_ingest.server.quotas import CallerQuotas
+from secutil import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text, wait_until
 
 
 def unary(channel: grpc.Channel):
-    return channel.unary_unary(UNARY_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString)
+    return channel.unary_unary(
+        UNARY_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+    )
 
 
 def test_a_caller_over_its_rate_gets_resource_exhausted_with_retry_info_and_others_do_not(deploy, tmp_path):
@@ -30,22 +31,29 @@ def test_a_caller_over_its_rate_gets_resource_exhausted_with_retry_info_and_othe
     checkout = bearer_metadata(TOKENS["checkout-api"])
     with grpc.insecure_channel(d.target) as channel:
         for i in range(2):
-            assert unary(channel)(gen.batch(5, batch_id=f"rate-{i}").SerializeToString(), metadata=checkout,
-                                  timeout=30).accepted == 5  # fmt: skip
+            assert (
+                unary(channel)(
+                    gen.batch(5, batch_id=f"rate-{i}").SerializeToString(), metadata=checkout, timeout=30
+                ).accepted
+                == 5
+            )
         with pytest.raises(grpc.RpcError) as limited:
             unary(channel)(gen.batch(5, batch_id="rate-2").SerializeToString(), metadata=checkout, timeout=30)
         assert (limited.value.code(), limited.value.details()) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "caller checkout-api is over its rate of 0.001 batches/s (burst 2); resend after the delay in RetryInfo")
+            "caller checkout-api is over its rate of 0.001 batches/s (burst 2); resend after the delay in RetryInfo",
+        )
         delay_s = retry_delay_from_trailers(limited.value.trailing_metadata())
         assert 900 < delay_s <= 1000
 
         # On a stream: the batches within the rate are acked, then the stream ends with the same status.
         backfill = bearer_metadata(TOKENS["backfill-job"])
-        call = channel.stream_stream(STREAM_METHOD, request_serializer=None,
-                                     response_deserializer=ingest_pb2.BatchAck.FromString)  # fmt: skip
-        responses = call(iter([gen.batch(5, batch_id=f"s-{i}").SerializeToString() for i in range(3)]),
-                         metadata=backfill, timeout=30)  # fmt: skip
+        call = channel.stream_stream(
+            STREAM_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+        )
+        responses = call(
+            iter([gen.batch(5, batch_id=f"s-{i}").SerializeToString() for i in range(3)]), metadata=backfill, timeout=30
+        )
         acks = []
         with pytest.raises(grpc.RpcError) as limited:
             for ack in responses:
@@ -53,7 +61,8 @@ def test_a_caller_over_its_rate_gets_resource_exhausted_with_retry_info_and_othe
         assert [(a.batch_id, a.accepted) for a in acks] == [("s-0", 5), ("s-1", 5)]
         assert (limited.value.code(), limited.value.details()) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "caller backfill-job is over its rate of 0.001 batches/s (burst 2); resend after the delay in RetryInfo")
+            "caller backfill-job is over its rate of 0.001 batches/s (burst 2); resend after the delay in RetryInfo",
+        )
         assert 900 < retry_delay_from_trailers(limited.value.trailing_metadata()) <= 1000
 
 
@@ -66,24 +75,31 @@ def test_a_caller_may_hold_only_so_many_streams(deploy):
             h2.open(1, STREAM_METHOD)
         wait_until(lambda: d.metric("keystone_ingest_streams_open") == 2, "two streams open")
         with grpc.insecure_channel(d.target) as channel:
-            call = channel.stream_stream(STREAM_METHOD, request_serializer=None,
-                                         response_deserializer=ingest_pb2.BatchAck.FromString)  # fmt: skip
+            call = channel.stream_stream(
+                STREAM_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+            )
             with pytest.raises(grpc.RpcError) as refused:
                 list(call(iter([OrderGenerator(seed=2).batch(3).SerializeToString()]), timeout=30))
             assert (refused.value.code(), refused.value.details()) == (
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "caller ipv4:127.0.0.1 already has 2 streams open, the most allowed (--max-streams-per-caller); "
-                "send on those")
+                "send on those",
+            )
             # Unary calls are not streams: still served.
-            assert unary(channel)(OrderGenerator(seed=3).batch(3, batch_id="unary-ok").SerializeToString(),
-                                  timeout=30).accepted == 3  # fmt: skip
+            assert (
+                unary(channel)(
+                    OrderGenerator(seed=3).batch(3, batch_id="unary-ok").SerializeToString(), timeout=30
+                ).accepted
+                == 3
+            )
     finally:
         for h2 in held:
             h2.close()
     wait_until(lambda: d.metric("keystone_ingest_streams_open") == 0, "the held streams closed")
     with grpc.insecure_channel(d.target) as channel:
-        call = channel.stream_stream(STREAM_METHOD, request_serializer=None,
-                                     response_deserializer=ingest_pb2.BatchAck.FromString)  # fmt: skip
+        call = channel.stream_stream(
+            STREAM_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+        )
         acks = list(call(iter([OrderGenerator(seed=4).batch(3, batch_id="stream-ok").SerializeToString()]), timeout=30))
     assert [(a.batch_id, a.accepted) for a in acks] == [("stream-ok", 3)]
 
@@ -131,9 +147,11 @@ def test_a_connection_may_open_only_max_streams_per_connection(deploy):
     with RawH2(d.port) as h2:
         # The limit applies once the server's SETTINGS (which announce it) are acknowledged.
         wait_until(lambda: any(kind == SETTINGS and not flags for kind, flags, _, _ in h2.frames), "server SETTINGS")
-        advertised = [p for kind, flags, _, p in h2.frames if kind == SETTINGS and not flags][0]
-        settings = {int.from_bytes(advertised[i : i + 2], "big"): int.from_bytes(advertised[i + 2 : i + 6], "big")
-                    for i in range(0, len(advertised), 6)}  # fmt: skip
+        advertised = next(p for kind, flags, _, p in h2.frames if kind == SETTINGS and not flags)
+        settings = {
+            int.from_bytes(advertised[i : i + 2], "big"): int.from_bytes(advertised[i + 2 : i + 6], "big")
+            for i in range(0, len(advertised), 6)
+        }
         assert settings[0x3] == 5  # SETTINGS_MAX_CONCURRENT_STREAMS
         for i in range(6):
             h2.open(2 * i + 1, STREAM_METHOD)

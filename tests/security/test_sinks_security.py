@@ -19,15 +19,14 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from certs import TestCA
 from kafkautil import KafkaCluster
-from s3util import AWS_ENV, s3_server
-
 from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator
-from keystone_ingest.server.config import ServeConfig
 from keystone_ingest.dev.launcher import ServerProcess
+from keystone_ingest.server.config import ServeConfig
 from keystone_ingest.server.sinks.kafka import KafkaConfig
 from keystone_ingest.server.sinks.kafka.producer import new_producer
 from keystone_ingest.server.sinks.kafka_security import KafkaSecurity, MskIamTokenProvider
+from s3util import AWS_ENV, s3_server
 
 
 def producer_of(security: KafkaSecurity) -> AIOKafkaProducer:
@@ -55,22 +54,42 @@ async def connect_once(broker, config: ServeConfig):
 def test_sasl_scram_over_tls_settings_reach_the_producer(tmp_path):
     ca = TestCA(tmp_path, "kafka-ca")
     client = ca.issue("keystone")
-    config = ServeConfig(kafka_bootstrap="b-1:9096", kafka_security_protocol="SASL_SSL",
-                         kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="keystone",
-                         kafka_sasl_password="s3cret", kafka_ssl_ca=str(ca.cert),
-                         kafka_ssl_cert=str(client.cert), kafka_ssl_key=str(client.key))  # fmt: skip
+    config = ServeConfig(
+        kafka_bootstrap="b-1:9096",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="keystone",
+        kafka_sasl_password="s3cret",
+        kafka_ssl_ca=str(ca.cert),
+        kafka_ssl_cert=str(client.cert),
+        kafka_ssl_key=str(client.key),
+    )
     producer = producer_of(KafkaSecurity.from_config(config))
     c = producer.client
     assert (c._security_protocol, c._sasl_mechanism, c._sasl_plain_username, c._sasl_plain_password) == (
-        "SASL_SSL", "SCRAM-SHA-512", "keystone", "s3cret")
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+        "keystone",
+        "s3cret",
+    )
     assert c._ssl_context is not None and c._ssl_context.verify_mode.name == "CERT_REQUIRED"
-    assert [cert["subject"] for cert in c._ssl_context.get_ca_certs()] == [((("commonName", "keystone test CA kafka-ca"),),)]
+    assert [cert["subject"] for cert in c._ssl_context.get_ca_certs()] == [
+        ((("commonName", "keystone test CA kafka-ca"),),)
+    ]
 
 
 def test_plain_and_ssl_only_settings_reach_the_producer():
-    plain = producer_of(KafkaSecurity.from_config(ServeConfig(
-        kafka_bootstrap="b:9092", kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
-        kafka_sasl_username="u", kafka_sasl_password="p")))  # fmt: skip
+    plain = producer_of(
+        KafkaSecurity.from_config(
+            ServeConfig(
+                kafka_bootstrap="b:9092",
+                kafka_security_protocol="SASL_PLAINTEXT",
+                kafka_sasl_mechanism="PLAIN",
+                kafka_sasl_username="u",
+                kafka_sasl_password="p",
+            )
+        )
+    )
     assert (plain.client._security_protocol, plain.client._sasl_mechanism) == ("SASL_PLAINTEXT", "PLAIN")
     tls = producer_of(KafkaSecurity.from_config(ServeConfig(kafka_bootstrap="b:9094", kafka_security_protocol="SSL")))
     assert (tls.client._security_protocol, tls.client._sasl_mechanism) == ("SSL", "PLAIN")  # aiokafka's unused default
@@ -83,8 +102,14 @@ def test_plain_and_ssl_only_settings_reach_the_producer():
     ("settings", "message"),
     [
         ({"kafka_security_protocol": "SASL_SSL"}, "--kafka-security-protocol SASL_SSL needs --kafka-sasl-mechanism"),
-        ({"kafka_sasl_mechanism": "PLAIN"}, "--kafka-sasl-mechanism PLAIN needs --kafka-security-protocol SASL_SSL (or SASL_PLAINTEXT)"),
-        ({"kafka_security_protocol": "SSL", "kafka_ssl_cert": "c.pem"}, "--kafka-ssl-cert and --kafka-ssl-key go together"),
+        (
+            {"kafka_sasl_mechanism": "PLAIN"},
+            "--kafka-sasl-mechanism PLAIN needs --kafka-security-protocol SASL_SSL (or SASL_PLAINTEXT)",
+        ),
+        (
+            {"kafka_security_protocol": "SSL", "kafka_ssl_cert": "c.pem"},
+            "--kafka-ssl-cert and --kafka-ssl-key go together",
+        ),
         ({"kafka_ssl_ca": "ca.pem"}, "--kafka-ssl-ca/--kafka-ssl-cert need --kafka-security-protocol SSL or SASL_SSL"),
     ],
 )
@@ -101,10 +126,18 @@ def test_the_embedded_broker_refuses_kafka_security():
 
 
 def test_msk_iam_uses_oauthbearer_with_a_fresh_presigned_token_from_the_credential_chain(monkeypatch):
-    for key, value in {**AWS_ENV, "AWS_ACCESS_KEY_ID": "AKIAKEYSTONETEST", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}.items():
+    for key, value in {
+        **AWS_ENV,
+        "AWS_ACCESS_KEY_ID": "AKIAKEYSTONETEST",
+        "AWS_SECRET_ACCESS_KEY": "not-a-real-secret",
+    }.items():
         monkeypatch.setenv(key, value)
-    config = ServeConfig(kafka_bootstrap="b-1.msk:9098", kafka_security_protocol="SASL_SSL",
-                         kafka_sasl_mechanism="AWS_MSK_IAM", kafka_msk_region="eu-west-1")  # fmt: skip
+    config = ServeConfig(
+        kafka_bootstrap="b-1.msk:9098",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="AWS_MSK_IAM",
+        kafka_msk_region="eu-west-1",
+    )
     security = KafkaSecurity.from_config(config)
     producer = producer_of(security)
     assert (producer.client._security_protocol, producer.client._sasl_mechanism) == ("SASL_SSL", "OAUTHBEARER")
@@ -139,12 +172,24 @@ def test_msk_iam_without_a_region_is_refused(monkeypatch):
 def test_bronze_objects_are_written_with_sse_kms(kafka_cluster: KafkaCluster, tmp_path):
     with s3_server() as s3:
         with ServerProcess(
-            ["--kafka-bootstrap", kafka_cluster.bootstrap, "--topic", kafka_cluster.new_topic("orders"),
-             "--dlq-topic", kafka_cluster.new_topic("dlq"), "--bronze-uri", s3.uri("lake/bronze"),
-             "--s3-endpoint-url", s3.endpoint_url, "--s3-sse-kms-key-id", "alias/keystone-bronze",
-             "--spool-dir", str(tmp_path / "spool")],
+            [
+                "--kafka-bootstrap",
+                kafka_cluster.bootstrap,
+                "--topic",
+                kafka_cluster.new_topic("orders"),
+                "--dlq-topic",
+                kafka_cluster.new_topic("dlq"),
+                "--bronze-uri",
+                s3.uri("lake/bronze"),
+                "--s3-endpoint-url",
+                s3.endpoint_url,
+                "--s3-sse-kms-key-id",
+                "alias/keystone-bronze",
+                "--spool-dir",
+                str(tmp_path / "spool"),
+            ],
             env=AWS_ENV,
-        ) as server:  # fmt: skip
+        ) as server:
             with IngestClient(server.target) as client:
                 assert client.ingest(OrderGenerator(seed=1).batch(50)).accepted == 50
             assert server.stop() == 0
@@ -166,14 +211,22 @@ def test_msk_iam_tokens_go_on_the_wire_and_every_reconnect_authenticates_with_a_
     from aiokafka.protocol.metadata import MetadataRequest
     from fake_kafka import API_VERSIONS, METADATA, SASL_AUTHENTICATE, SASL_HANDSHAKE, FakeSaslBroker
 
-    for key, value in {**AWS_ENV, "AWS_ACCESS_KEY_ID": "AKIAKEYSTONETEST", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}.items():
+    for key, value in {
+        **AWS_ENV,
+        "AWS_ACCESS_KEY_ID": "AKIAKEYSTONETEST",
+        "AWS_SECRET_ACCESS_KEY": "not-a-real-secret",
+    }.items():
         monkeypatch.setenv(key, value)
 
     async def scenario() -> tuple[FakeSaslBroker, MskIamTokenProvider]:
         broker = FakeSaslBroker()
         await broker.start()
-        config = ServeConfig(kafka_bootstrap=f"127.0.0.1:{broker.port}", kafka_security_protocol="SASL_PLAINTEXT",
-                             kafka_sasl_mechanism="AWS_MSK_IAM", kafka_msk_region="eu-west-1")  # fmt: skip
+        config = ServeConfig(
+            kafka_bootstrap=f"127.0.0.1:{broker.port}",
+            kafka_security_protocol="SASL_PLAINTEXT",
+            kafka_sasl_mechanism="AWS_MSK_IAM",
+            kafka_msk_region="eu-west-1",
+        )
         kafka = KafkaConfig(bootstrap=config.kafka_bootstrap, security=KafkaSecurity.from_config(config))
         producer = new_producer(kafka, kafka.max_batch_bytes)
         client = producer.client

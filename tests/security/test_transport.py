@@ -11,13 +11,12 @@ import sys
 import grpc
 import pytest
 from certs import TestCA
-from secutil import UNARY_METHOD, presented_serial
-
 from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.client.security import channel_credentials
-from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.dev.launcher import ServerProcess
+from keystone_ingest.proto.v1 import ingest_pb2
+from secutil import UNARY_METHOD, presented_serial
 
 
 def serve_args(*args: str) -> list[str]:
@@ -25,12 +24,18 @@ def serve_args(*args: str) -> list[str]:
 
 
 def unary(channel: grpc.Channel):
-    return channel.unary_unary(UNARY_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString)
+    return channel.unary_unary(
+        UNARY_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+    )
 
 
 def test_plaintext_on_a_non_loopback_address_is_refused_without_insecure(tmp_path):
-    run = subprocess.run(serve_args("--listen", "0.0.0.0:0", "--bronze-uri", f"file://{tmp_path}"),
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        serve_args("--listen", "0.0.0.0:0", "--bronze-uri", f"file://{tmp_path}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2
     assert run.stderr == (
         "keystone-ingest serve: --listen 0.0.0.0:0 is not a loopback address: serve TLS (--tls-cert, --tls-key) "
@@ -42,8 +47,11 @@ def test_insecure_allows_plaintext_on_any_address_with_a_warning(deploy):
     d = deploy("--listen", "0.0.0.0:0", "--insecure")
     warnings = [r for r in d.server.log_records() if r["level"] == "warning" and "PLAINTEXT" in r["msg"]]
     assert [(w["msg"], w["listen"]) for w in warnings] == [
-        ("serving PLAINTEXT gRPC on a non-loopback address (--insecure): batches and tokens cross the network "
-         "unencrypted", "0.0.0.0:0")
+        (
+            "serving PLAINTEXT gRPC on a non-loopback address (--insecure): batches and tokens cross the network "
+            "unencrypted",
+            "0.0.0.0:0",
+        )
     ]
     with IngestClient(d.target) as client:
         ack = client.ingest(OrderGenerator(seed=1).batch(10, batch_id="insecure-ok"))
@@ -87,11 +95,13 @@ def test_mutual_tls_takes_only_clients_with_a_certificate_from_the_client_ca(dep
     batch = OrderGenerator(seed=4).batch(5, batch_id="mtls-refused").SerializeToString()
     for name, credentials in [
         ("no client certificate", channel_credentials(ca=str(ca.cert))),
-        ("a certificate from another CA", channel_credentials(str(ca.cert), str(pki["stranger"].cert), str(pki["stranger"].key))),
+        (
+            "a certificate from another CA",
+            channel_credentials(str(ca.cert), str(pki["stranger"].cert), str(pki["stranger"].key)),
+        ),
     ]:
-        with grpc.secure_channel(d.target, credentials) as channel:
-            with pytest.raises(grpc.RpcError) as refused:
-                unary(channel)(batch, timeout=10)
+        with grpc.secure_channel(d.target, credentials) as channel, pytest.raises(grpc.RpcError) as refused:
+            unary(channel)(batch, timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, name
     client = pki["client"]
     with IngestClient(d.target, credentials=channel_credentials(str(ca.cert), str(client.cert), str(client.key))) as c:
@@ -132,8 +142,10 @@ def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(de
 def test_bad_certificate_files_fail_the_start_with_the_paths_named(tmp_path, pki):
     server = pki["server"]
     with pytest.raises(RuntimeError) as failed:
-        ServerProcess(["--tls-cert", str(server.cert), "--tls-key", str(pki["client"].key),
-                       "--bronze-uri", f"file://{tmp_path}"], env={"KEYSTONE_KAFKA_BOOTSTRAP": "127.0.0.1:1"})  # fmt: skip
+        ServerProcess(
+            ["--tls-cert", str(server.cert), "--tls-key", str(pki["client"].key), "--bronze-uri", f"file://{tmp_path}"],
+            env={"KEYSTONE_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
+        )
     assert "server exited with 1" in str(failed.value)
     record = [json.loads(line) for line in str(failed.value).splitlines() if line.startswith("{")][-1]
     assert record["msg"] == "cannot start"
@@ -146,11 +158,32 @@ def test_the_load_command_speaks_mutual_tls(deploy, pki):
     server, ca, client = pki["server"], pki["ca"], pki["client"]
     d = deploy("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-client-ca", str(ca.cert))
     run = subprocess.run(
-        [sys.executable, "-m", "keystone_ingest.server.cli", "load", "--target", f"localhost:{d.port}",
-         "--count", "2000", "--batch-size", "500", "--streams", "2", "--json", "--no-progress",
-         "--tls-ca", str(ca.cert), "--tls-cert", str(client.cert), "--tls-key", str(client.key)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "keystone_ingest.server.cli",
+            "load",
+            "--target",
+            f"localhost:{d.port}",
+            "--count",
+            "2000",
+            "--batch-size",
+            "500",
+            "--streams",
+            "2",
+            "--json",
+            "--no-progress",
+            "--tls-ca",
+            str(ca.cert),
+            "--tls-cert",
+            str(client.cert),
+            "--tls-key",
+            str(client.key),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert (summary["orders"], summary["accepted"], summary["errors"]) == (2000, 2000, {}), summary

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from keystone_ingest.server.limits import ByteBudget, MemoryLimiter, resident_bytes
 
 
@@ -97,8 +96,17 @@ def test_freed_memory_is_handed_back_from_the_low_mark_up_at_most_every_trim_int
     rss = Rss(100 * MiB)
     limiter = MemoryLimiter(400 * MiB, trim_interval_s=0.5, read_rss=rss)
     trims = []
-    for t, value in [(0.0, 100), (0.1, 290), (0.2, 295), (0.6, 300), (0.7, 320), (0.8, 330), (1.3, 250), (1.4, 290),
-                     (1.5, 295)]:  # fmt: skip
+    for t, value in [
+        (0.0, 100),
+        (0.1, 290),
+        (0.2, 295),
+        (0.6, 300),
+        (0.7, 320),
+        (0.8, 330),
+        (1.3, 250),
+        (1.4, 290),
+        (1.5, 295),
+    ]:
         rss.value = value * MiB
         if limiter.check(now=t):
             trims.append(t)

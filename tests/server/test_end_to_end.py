@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import grpc
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from aiokafka.partitioner import murmur2
 from kafkautil import read_all
-
 from keystone_ingest.client.client import AsyncIngestClient
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import Core
@@ -63,8 +62,10 @@ def check_kafka(deployment, expected: Expected) -> None:
         assert r.header("content-type") == CONTENT_TYPE
 
     dead = read_all(deployment.cluster.bootstrap, deployment.dlq_topic)
-    got = {(r.header("batch_id").decode(), int(r.header("error.index"))): (r.header("error.reason").decode(), r.value)
-           for r in dead}  # fmt: skip
+    got = {
+        (r.header("batch_id").decode(), int(r.header("error.index"))): (r.header("error.reason").decode(), r.value)
+        for r in dead
+    }
     assert len(dead) == len(got)
     assert got == expected.rejects
 
@@ -78,15 +79,18 @@ def check_bronze(deployment, expected: Expected) -> None:
     for row in orders.select(["event_id", "order_id", "order_purchase_timestamp", "year", "month", "day"]).to_pylist():
         sent = expected.orders[row["event_id"]]
         assert row["order_id"] == sent.order_id
-        purchased = datetime.fromtimestamp(sent.order_purchase_timestamp.seconds, timezone.utc)
+        purchased = datetime.fromtimestamp(sent.order_purchase_timestamp.seconds, UTC)
         assert row["order_purchase_timestamp"].replace(microsecond=0) == purchased
         assert (row["year"], row["month"], row["day"]) == (purchased.year, purchased.month, purchased.day)
 
     # Children sit in their order's partition, and there are as many as were sent.
     partition_of = {r["order_id"]: (r["year"], r["month"], r["day"]) for r in orders.to_pylist()}
     accepted = list(expected.orders.values())
-    for name, count in (("order_items", lambda o: len(o.items)), ("order_payments", lambda o: len(o.payments)),
-                        ("customers", lambda o: int(o.HasField("customer")))):  # fmt: skip
+    for name, count in (
+        ("order_items", lambda o: len(o.items)),
+        ("order_payments", lambda o: len(o.payments)),
+        ("customers", lambda o: int(o.HasField("customer"))),
+    ):
         rows = table(name)
         assert rows.num_rows == sum(count(o) for o in accepted), name
         key = "customer_id" if name == "customers" else "order_id"
@@ -148,10 +152,22 @@ def test_a_batch_that_is_not_an_order_batch_is_rejected_and_the_stream_stays_ope
     good = OrderGenerator(seed=5).batch(10, batch_id="after-garbage")
     cut = OrderGenerator(seed=6).batch(3, batch_id="cut").SerializeToString()[:-5]
     with grpc.insecure_channel(d.target) as channel:
-        call = channel.stream_stream(STREAM_METHOD, request_serializer=None,
-                                     response_deserializer=ingest_pb2.BatchAck.FromString)  # fmt: skip
-        acks = list(call(iter([b"\xff\xff\xff", cut, ingest_pb2.OrderBatch(source="s").SerializeToString(),
-                               good.SerializeToString()]), timeout=30))  # fmt: skip
+        call = channel.stream_stream(
+            STREAM_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+        )
+        acks = list(
+            call(
+                iter(
+                    [
+                        b"\xff\xff\xff",
+                        cut,
+                        ingest_pb2.OrderBatch(source="s").SerializeToString(),
+                        good.SerializeToString(),
+                    ]
+                ),
+                timeout=30,
+            )
+        )
     assert [a.status for a in acks] == [ingest_pb2.ACK_STATUS_REJECTED] * 3 + [ingest_pb2.ACK_STATUS_ACCEPTED]
     assert [a.errors[0].reason for a in acks[:3]] == [
         "truncated: truncated varint at byte 0 in OrderBatch",

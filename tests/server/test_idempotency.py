@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from keystone_ingest.server.idempotency import AckCounts, BatchIdWindow
 
 

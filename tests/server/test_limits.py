@@ -6,7 +6,6 @@ import threading
 
 import grpc
 import pytest
-
 from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.proto.v1 import ingest_pb2
@@ -19,8 +18,9 @@ def test_a_batch_over_max_message_bytes_gets_resource_exhausted_and_the_server_g
     big = OrderGenerator(seed=1).batch(1500, batch_id="too-big").SerializeToString()
     assert len(big) > 256 * 1024
     with grpc.insecure_channel(d.target) as channel:
-        call = channel.unary_unary(UNARY_METHOD, request_serializer=None,
-                                   response_deserializer=ingest_pb2.BatchAck.FromString)  # fmt: skip
+        call = channel.unary_unary(
+            UNARY_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
+        )
         with pytest.raises(grpc.RpcError) as refused:
             call(big, timeout=30)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -56,8 +56,14 @@ def overload(target: str, streams: int = 12) -> tuple[list[int], list[BaseExcept
 def test_overload_becomes_backpressure_with_memory_bounded_by_configuration(deploy):
     # 12 streams, each with up to 16 batches of ~320 KB in flight, against budgets
     # of 2 MiB per stream and 6 MiB for the server: readers must wait.
-    d = deploy("--max-bytes-in-flight", str(6 << 20), "--max-stream-bytes-in-flight", str(2 << 20),
-               "--max-in-flight-per-stream", "16")  # fmt: skip
+    d = deploy(
+        "--max-bytes-in-flight",
+        str(6 << 20),
+        "--max-stream-bytes-in-flight",
+        str(2 << 20),
+        "--max-in-flight-per-stream",
+        "16",
+    )
     acked, failures = overload(d.target)
     assert not failures
     assert len(acked) == 144 and sum(acked) == 144_000

@@ -11,8 +11,10 @@ import sys
 
 import pytest
 
-PROGRAM = ("import logging; from keystone_ingest.server import logs; logs.configure('info', sys.argv[1]); "
-           "logging.getLogger('keystone_ingest.test').warning('batch refused', extra={'batch_id': 'b-7', 'orders': 3})")
+PROGRAM = (
+    "import logging; from keystone_ingest.server import logs; logs.configure('info', sys.argv[1]); "
+    "logging.getLogger('keystone_ingest.test').warning('batch refused', extra={'batch_id': 'b-7', 'orders': 3})"
+)
 
 
 def run(fmt: str, *, terminal: bool) -> str:
@@ -43,7 +45,12 @@ def run(fmt: str, *, terminal: bool) -> str:
 def test_auto_writes_json_lines_when_stderr_is_not_a_terminal():
     record = json.loads(run("auto", terminal=False).strip())
     assert {k: record[k] for k in ("level", "logger", "msg", "batch_id", "orders")} == {
-        "level": "warning", "logger": "keystone_ingest.test", "msg": "batch refused", "batch_id": "b-7", "orders": 3}
+        "level": "warning",
+        "logger": "keystone_ingest.test",
+        "msg": "batch refused",
+        "batch_id": "b-7",
+        "orders": 3,
+    }
 
 
 def test_auto_writes_readable_lines_on_a_terminal():

@@ -17,18 +17,16 @@ from dataclasses import fields
 
 import grpc
 import pyarrow.dataset as ds
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kafkautil import KafkaCluster, read_all
-from s3util import AWS_ENV, s3_server
-from serverutil import catch_up_bronze, wait_bronze_caught_up
-
 from keystone_ingest.client.client import IngestClient, IngestRpcError, RetryPolicy
 from keystone_ingest.client.generator import OrderGenerator
+from keystone_ingest.dev.launcher import ServerProcess
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.config import ServeConfig
-from keystone_ingest.dev.launcher import ServerProcess
+from s3util import AWS_ENV, s3_server
+from serverutil import catch_up_bronze, wait_bronze_caught_up
 
 
 def health_status(target: str, service: str = "") -> str:
@@ -44,7 +42,7 @@ def metrics_text(port: int) -> str:
 
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+        if line.startswith(name + " ") or (line.startswith(name + "{") and line.split(" ")[0] == name):
             return float(line.rsplit(" ", 1)[1])
     raise KeyError(name)
 
@@ -94,16 +92,31 @@ def test_health_reflection_and_metrics_describe_a_serving_server(deploy):
     assert metric(text, 'keystone_bronze_files_total{table="orders"}') == len(orders.files)
     assert metric(text, 'keystone_bronze_bytes_total{table="orders"}') == sum(os.path.getsize(f) for f in orders.files)
     assert metric(text, f'keystone_bronze_records_total{{topic="{d.topic}"}}') == ack.accepted
-    assert wait_for(lambda: all(metric(metrics_text(bronze_port), f'keystone_bronze_lag_records{{partition="{p}",topic="{d.topic}"}}') == 0
-                                for p in range(6)), 15)  # fmt: skip
+    assert wait_for(
+        lambda: all(
+            metric(metrics_text(bronze_port), f'keystone_bronze_lag_records{{partition="{p}",topic="{d.topic}"}}') == 0
+            for p in range(6)
+        ),
+        15,
+    )
     assert orders.count_rows() == ack.accepted
     assert d.server.stop() == 0
 
 
 def test_health_is_not_serving_while_kafka_is_unreachable(breakable_kafka: KafkaCluster, tmp_path):
     topic, dlq = breakable_kafka.new_topic("orders", 3), breakable_kafka.new_topic("dlq", 1)
-    with ServerProcess(["--kafka-bootstrap", breakable_kafka.bootstrap, "--topic", topic, "--dlq-topic", dlq,
-                        "--bronze-uri", f"file://{tmp_path}"]) as server:
+    with ServerProcess(
+        [
+            "--kafka-bootstrap",
+            breakable_kafka.bootstrap,
+            "--topic",
+            topic,
+            "--dlq-topic",
+            dlq,
+            "--bronze-uri",
+            f"file://{tmp_path}",
+        ]
+    ) as server:
         assert health_status(server.target) == "SERVING"
         breakable_kafka.stop_all()
         assert wait_for(lambda: health_status(server.target) == "NOT_SERVING", 15)
@@ -140,9 +153,12 @@ def test_without_kafka_bootstrap_the_server_runs_an_embedded_apache_kafka_that_k
             # The second run finds the first run's records: the data is on disk.
             records = read_all(server.kafka_bootstrap, "orders")
             assert sorted(r.header("event_id") for r in records) == sorted(
-                o.event_id.encode() for b in batches[: run + 1] for o in b.orders)
+                o.event_id.encode() for b in batches[: run + 1] for o in b.orders
+            )
             assert server.stop() == 0
-        assert wait_for(lambda: not os.path.exists(f"/proc/{jvm}"), 10), "the embedded broker outlived the server"
+        assert wait_for(lambda pid=jvm: not os.path.exists(f"/proc/{pid}"), 10), (
+            "the embedded broker outlived the server"
+        )
 
 
 def test_dev_broker_mock_runs_librdkafkas_mock_cluster_and_says_it_is_not_kafka(tmp_path):
@@ -159,15 +175,31 @@ def test_dev_broker_mock_runs_librdkafkas_mock_cluster_and_says_it_is_not_kafka(
 
 def test_without_the_kafka_jars_the_embedded_broker_fails_the_start_saying_what_is_missing(tmp_path):
     env = {**os.environ, "KEYSTONE_KAFKA_BOOTSTRAP": "", "KEYSTONE_KAFKA_LIBS": str(tmp_path / "nothing")}
-    run = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--listen", "127.0.0.1:0",
-                          "--metrics-listen", "", "--bronze-uri", f"file://{tmp_path}"],
-                         capture_output=True, text=True, timeout=120, env=env)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keystone_ingest.server.cli",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--bronze-uri",
+            f"file://{tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert run.returncode == 1
     last = json.loads(run.stderr.strip().splitlines()[-1])
     assert last["error"] == (
         f"cannot start the embedded kafka broker: no Apache Kafka jars in {tmp_path / 'nothing'}: run `make kafka` "
         "in the repository (needs Java 17+ and Maven), or set KEYSTONE_KAFKA_LIBS to a directory holding "
-        "kafka_2.13-4.4.0.jar and its dependencies")
+        "kafka_2.13-4.4.0.jar and its dependencies"
+    )
 
 
 def test_sigterm_mid_stream_acks_what_was_received_and_exits_zero(deploy):
@@ -209,16 +241,32 @@ def test_bronze_goes_to_s3_through_the_endpoint_override(kafka_cluster: KafkaClu
     with s3_server() as s3:
         topic, dlq = kafka_cluster.new_topic("orders"), kafka_cluster.new_topic("dlq")
         with ServerProcess(
-            ["--kafka-bootstrap", kafka_cluster.bootstrap, "--topic", topic, "--dlq-topic", dlq,
-             "--bronze-uri", s3.uri("lake/bronze"), "--s3-endpoint-url", s3.endpoint_url,
-             "--spool-dir", str(tmp_path / "spool")],
+            [
+                "--kafka-bootstrap",
+                kafka_cluster.bootstrap,
+                "--topic",
+                topic,
+                "--dlq-topic",
+                dlq,
+                "--bronze-uri",
+                s3.uri("lake/bronze"),
+                "--s3-endpoint-url",
+                s3.endpoint_url,
+                "--spool-dir",
+                str(tmp_path / "spool"),
+            ],
             env=AWS_ENV,
-        ) as server:  # fmt: skip
+        ) as server:
             batch = OrderGenerator(seed=4, invalid_ratio=0.05).batch(200)
             with IngestClient(server.target) as client:
                 ack = client.ingest(batch)
-            wait_bronze_caught_up(kafka_cluster.bootstrap, [topic, dlq], s3.uri("lake/bronze"),
-                                  endpoint_url=s3.endpoint_url, spool_dir=str(tmp_path / "spool"))
+            wait_bronze_caught_up(
+                kafka_cluster.bootstrap,
+                [topic, dlq],
+                s3.uri("lake/bronze"),
+                endpoint_url=s3.endpoint_url,
+                spool_dir=str(tmp_path / "spool"),
+            )
             assert server.stop() == 0
         fs = s3.filesystem()
         orders = ds.dataset(f"{s3.bucket}/lake/bronze/orders", filesystem=fs, format="parquet", partitioning="hive")
@@ -234,26 +282,37 @@ def test_bronze_goes_to_s3_through_the_endpoint_override(kafka_cluster: KafkaClu
 
 
 def test_every_serve_flag_is_documented_with_its_environment_variable():
-    out = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--help"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     flat = " ".join(out.split())
     for f in fields(ServeConfig):
         flag = "--" + f.name.replace("_", "-")
         assert flag in flat
         assert "KEYSTONE_" + f.name.upper() in flat
-    top = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "--help"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    top = subprocess.run(
+        [sys.executable, "-m", "keystone_ingest.server.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert all(command in top for command in ("serve", "bronze", "load", "replay"))
 
 
 def test_flags_come_from_the_environment_and_bad_values_are_named(tmp_path):
-    bad = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve"],
-                         env={**AWS_ENV, "PATH": "/usr/bin", "KEYSTONE_MAX_BATCH_BYTES": "lots"},
-                         capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "keystone_ingest.server.cli", "serve"],
+        env={**AWS_ENV, "PATH": "/usr/bin", "KEYSTONE_MAX_BATCH_BYTES": "lots"},
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert "KEYSTONE_MAX_BATCH_BYTES='lots' is not a valid int" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--roll-age-s", "0"],
-                         capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--roll-age-s", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert "--roll-age-s must be positive, got 0.0" in bad.stderr
 
@@ -268,22 +327,51 @@ def test_the_budgets_default_to_shares_of_the_memory_limit_and_set_ones_are_kept
 
 
 def test_an_unreachable_kafka_at_start_exits_1_with_the_reason(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--listen", "127.0.0.1:0",
-                          "--metrics-listen", "", "--kafka-bootstrap", "127.0.0.1:1", "--bronze-uri", f"file://{tmp_path}"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keystone_ingest.server.cli",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--kafka-bootstrap",
+            "127.0.0.1:1",
+            "--bronze-uri",
+            f"file://{tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 1
     last = json.loads(run.stderr.strip().splitlines()[-1])
     assert last["msg"] == "cannot start"
     assert last["error"].startswith("cannot reach Kafka at 127.0.0.1:1 (topics orders, orders.dlq)")
 
 
-def test_a_batch_kafka_could_not_take_is_not_acked_and_its_resend_is_accepted_in_full(breakable_kafka: KafkaCluster,
-                                                                                       tmp_path):
+def test_a_batch_kafka_could_not_take_is_not_acked_and_its_resend_is_accepted_in_full(
+    breakable_kafka: KafkaCluster, tmp_path
+):
     batch = OrderGenerator(seed=12, duplicate_ratio=0.1).batch(60)
     cluster = breakable_kafka
     topic, dlq = cluster.new_topic("orders", 3), cluster.new_topic("dlq", 1)
-    with ServerProcess(["--kafka-bootstrap", cluster.bootstrap, "--topic", topic, "--dlq-topic", dlq,
-                        "--bronze-uri", f"file://{tmp_path}", "--send-timeout-s", "1.5"]) as server:
+    with ServerProcess(
+        [
+            "--kafka-bootstrap",
+            cluster.bootstrap,
+            "--topic",
+            topic,
+            "--dlq-topic",
+            dlq,
+            "--bronze-uri",
+            f"file://{tmp_path}",
+            "--send-timeout-s",
+            "1.5",
+        ]
+    ) as server:
         cluster.stop_all()
         restart = threading.Thread(target=cluster.start_all)
         with IngestClient(server.target, retry=RetryPolicy(initial_backoff_s=0.5, deadline_s=90)) as client:
@@ -316,10 +404,24 @@ def test_a_taken_listen_address_exits_1_before_any_sink_starts(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        address = "127.0.0.1:%d" % taken.getsockname()[1]
-        run = subprocess.run([sys.executable, "-m", "keystone_ingest.server.cli", "serve", "--listen", address,
-                              "--metrics-listen", "", "--bronze-uri", f"file://{tmp_path}"],
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "keystone_ingest.server.cli",
+                "serve",
+                "--listen",
+                address,
+                "--metrics-listen",
+                "",
+                "--bronze-uri",
+                f"file://{tmp_path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert run.returncode == 1
     last = json.loads(run.stderr.strip().splitlines()[-1])
     assert last["error"].startswith(f"cannot listen on {address}: Failed to bind")

@@ -10,19 +10,30 @@ from decimal import Decimal
 
 import pyarrow.dataset as ds
 from kafkautil import read_all
-from olistutil import A, B, C, write_olist
-
 from keystone_ingest.proto.v1 import ingest_pb2
+from olistutil import A, B, C, write_olist
 
 
 def test_replayed_olist_orders_land_in_kafka_and_in_bronze_with_olist_columns(deploy, tmp_path):
     d = deploy()
     olist = write_olist(tmp_path)
     run = subprocess.run(
-        [sys.executable, "-m", "keystone_ingest.server.cli", "replay", "--olist-dir", str(olist),
-         "--target", d.target, "--json", "--no-progress"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "keystone_ingest.server.cli",
+            "replay",
+            "--olist-dir",
+            str(olist),
+            "--target",
+            d.target,
+            "--json",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     # Three orders of the files cannot be expressed (an unknown status, 30 February,
     # a fraction of a cent): skipped with a warning; everything sent was acked.
     assert run.returncode == 0, run.stderr
@@ -39,9 +50,13 @@ def test_replayed_olist_orders_land_in_kafka_and_in_bronze_with_olist_columns(de
     d.wait_bronze()
     assert d.server.stop() == 0
     items = ds.dataset(d.bronze / "order_items", format="parquet", partitioning="hive").to_table()
-    a_items = sorted((r["order_item_id"], r["price"], r["freight_value"]) for r in items.to_pylist() if r["order_id"] == A)
+    a_items = sorted(
+        (r["order_item_id"], r["price"], r["freight_value"]) for r in items.to_pylist() if r["order_id"] == A
+    )
     assert a_items == [(1, Decimal("29.99"), Decimal("8.72")), (2, Decimal("29.99"), Decimal("8.72"))]
     orders = ds.dataset(d.bronze / "orders", format="parquet", partitioning="hive").to_table()
     assert {r["order_id"]: r["order_status"] for r in orders.to_pylist()} == {
-        A: "delivered", B: "invoiced", C: "canceled"
+        A: "delivered",
+        B: "invoiced",
+        C: "canceled",
     }

@@ -91,12 +91,26 @@ class RecordBatchBuilder:
     first sequence (_set_producer_state) and takes the bytes (_build)."""
 
     def __init__(self, codec: str, level: int, max_bytes: int) -> None: ...
-    def append_orders(self, result: BatchResult, raw: bytes | bytearray | memoryview, partition: int,
-                      partitions: int, start: int, timestamp_ms: int, headers: list[tuple[str, bytes]]) -> int:
+    def append_orders(
+        self,
+        result: BatchResult,
+        raw: bytes | bytearray | memoryview,
+        partition: int,
+        partitions: int,
+        start: int,
+        timestamp_ms: int,
+        headers: list[tuple[str, bytes]],
+    ) -> int:
         """Append the accepted orders on `partition` from row `start` on;
         returns the row to go on from (result.accepted when done)."""
-    def append_rejects(self, result: BatchResult, raw: bytes | bytearray | memoryview, start: int,
-                       timestamp_ms: int, headers: list[tuple[str, bytes]]) -> int:
+    def append_rejects(
+        self,
+        result: BatchResult,
+        raw: bytes | bytearray | memoryview,
+        start: int,
+        timestamp_ms: int,
+        headers: list[tuple[str, bytes]],
+    ) -> int:
         """Append the rejected orders from `start` on; returns the row to go on
         from (result.rejected when done)."""
     def close(self) -> None: ...
@@ -157,11 +171,24 @@ class DecodedRecords:
         """Row for row with `orders`: `item_count`, `payment_count`,
         `customer_count: int32` (children follow their orders' order)."""
 
-def decode_order_records(data: bytes | bytearray | memoryview, *, first_offset: int, end_offset: int | None = None,
-                         dedup: LogDedup | None, max_batch_bytes: int = 64 << 20) -> DecodedRecords:
+def decode_order_records(
+    data: bytes | bytearray | memoryview,
+    *,
+    first_offset: int,
+    end_offset: int | None = None,
+    dedup: LogDedup | None,
+    max_batch_bytes: int = 64 << 20,
+) -> DecodedRecords:
     """Records at or past `end_offset` are not read (`next_offset` stops there)."""
-def decode_reject_records(data: bytes | bytearray | memoryview, *, first_offset: int, end_offset: int | None = None,
-                          dedup: LogDedup | None, max_batch_bytes: int = 64 << 20) -> DecodedRecords: ...
+
+def decode_reject_records(
+    data: bytes | bytearray | memoryview,
+    *,
+    first_offset: int,
+    end_offset: int | None = None,
+    dedup: LogDedup | None,
+    max_batch_bytes: int = 64 << 20,
+) -> DecodedRecords: ...
 def partition_counts(result: BatchResult, partitions: int) -> list[int]: ...
 def batch_id_of(data: bytes | bytearray | memoryview) -> str | None: ...
 def schema(table: str) -> ArrowBatch: ...

@@ -144,8 +144,9 @@ def decode_order_records(
     `ValueError` when the records are not after `dedup.last_offset` (reading
     offsets again needs `dedup.reset()`).
     """
-    return _core.decode_order_records(data, first_offset=first_offset, end_offset=end_offset, dedup=dedup,
-                        max_batch_bytes=max_batch_bytes)
+    return _core.decode_order_records(
+        data, first_offset=first_offset, end_offset=end_offset, dedup=dedup, max_batch_bytes=max_batch_bytes
+    )
 
 
 def decode_reject_records(
@@ -158,8 +159,9 @@ def decode_reject_records(
 ) -> DecodedRecords:
     """The same for the dead-letter topic: one `_quarantine` row per record
     from its headers and value, deduplicated by (`batch_id`, `error.index`)."""
-    return _core.decode_reject_records(data, first_offset=first_offset, end_offset=end_offset, dedup=dedup,
-                        max_batch_bytes=max_batch_bytes)
+    return _core.decode_reject_records(
+        data, first_offset=first_offset, end_offset=end_offset, dedup=dedup, max_batch_bytes=max_batch_bytes
+    )
 
 
 def schema(table: str) -> ArrowBatch:
@@ -167,20 +169,19 @@ def schema(table: str) -> ArrowBatch:
     return _core.schema(table)
 
 
-
 __all__ = [
-    "ArrowBatch",
     "BATCH_ERRORS",
+    "REASONS",
+    "TABLES",
+    "ArrowBatch",
     "BatchResult",
     "Core",
     "CorruptRecords",
     "DecodedRecords",
     "InvalidBatch",
     "LogDedup",
-    "REASONS",
     "RecordBatchBuilder",
     "RecordError",
-    "TABLES",
     "batch_id_of",
     "decode_order_records",
     "decode_reject_records",

@@ -13,4 +13,12 @@ from keystone_ingest.server.sinks.kafka.config import COMPRESSIONS, CONTENT_TYPE
 from keystone_ingest.server.sinks.kafka.errors import ProducerReplaced, classify
 from keystone_ingest.server.sinks.kafka.sink import KafkaSink
 
-__all__ = ["COMPRESSIONS", "CONTENT_TYPE", "KafkaConfig", "KafkaSink", "ProducerReplaced", "check_compression", "classify"]
+__all__ = [
+    "COMPRESSIONS",
+    "CONTENT_TYPE",
+    "KafkaConfig",
+    "KafkaSink",
+    "ProducerReplaced",
+    "check_compression",
+    "classify",
+]

@@ -27,7 +27,6 @@ RECORD_OVERHEAD = 512
 PRODUCER_STATES = ("connected", "unavailable", "replacing")
 
 
-
 @dataclass(frozen=True)
 class KafkaConfig:
     bootstrap: str
@@ -99,9 +98,21 @@ class KafkaConfig:
             raise ValueError("topic and dlq_topic must differ")
         if self.replace_after_s is None:
             object.__setattr__(self, "replace_after_s", max(60.0, 2 * self.send_timeout_s))
-        for name in ("max_batch_bytes", "request_timeout_ms", "retry_backoff_ms", "reconnect_backoff_s",
-                     "reconnect_backoff_max_s", "send_timeout_s", "replace_after_s", "replace_drain_s",
-                     "start_timeout_s", "max_buffer_bytes", "partitions", "replication", "probe_interval_s"):
+        for name in (
+            "max_batch_bytes",
+            "request_timeout_ms",
+            "retry_backoff_ms",
+            "reconnect_backoff_s",
+            "reconnect_backoff_max_s",
+            "send_timeout_s",
+            "replace_after_s",
+            "replace_drain_s",
+            "start_timeout_s",
+            "max_buffer_bytes",
+            "partitions",
+            "replication",
+            "probe_interval_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.linger_ms < 0:

@@ -10,7 +10,6 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
-
 from keystone_ingest.server.errors import IngestError, SinkFailed, SinkUnavailable
 
 # The broker no longer accepts this producer's id or sequence numbers: every

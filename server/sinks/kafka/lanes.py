@@ -10,6 +10,7 @@ from typing import Any
 
 from keystone_ingest.core import RecordBatchBuilder
 
+
 def compress_record_batch(builder: RecordBatchBuilder) -> None:
     # A worker thread's job: the core compresses with the GIL released. A
     # function of its own so that profiles can tell this work from the core's.
@@ -27,7 +28,7 @@ class Segment:
     """One record batch: filled by publish(), handed to a producer by its lane,
     settled (`done`) when the broker acked it or it failed or was withdrawn."""
 
-    __slots__ = ("lane", "builder", "done", "created", "handed_at", "generation", "accounted", "waiters")
+    __slots__ = ("accounted", "builder", "created", "done", "generation", "handed_at", "lane", "waiters")
 
     def __init__(self, lane: Lane, builder: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.lane = lane
@@ -48,7 +49,7 @@ class Segment:
 class Lane:
     """The records bound for one topic-partition, in arrival order."""
 
-    __slots__ = ("topic", "partition", "open", "full", "sending", "handed", "wakeup", "task")
+    __slots__ = ("full", "handed", "open", "partition", "sending", "task", "topic", "wakeup")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic

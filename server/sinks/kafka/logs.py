@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+
 class RateLimitedLogs(logging.Filter):
     """aiokafka logs every failed reconnect at ERROR, ten times a second per
     broker during an outage; the sink reports the outage itself. Lets one record

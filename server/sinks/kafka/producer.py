@@ -21,7 +21,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
-
 from keystone_ingest.server.errors import SinkFailed
 from keystone_ingest.server.sinks.kafka.config import KafkaConfig
 
@@ -32,7 +31,9 @@ def _security(config: KafkaConfig) -> dict[str, Any]:
     return config.security.client_kwargs() if config.security is not None else {}
 
 
-def new_producer(config: KafkaConfig, batch_bytes: int, on_retry: Callable[[str], None] | None = None) -> AIOKafkaProducer:
+def new_producer(
+    config: KafkaConfig, batch_bytes: int, on_retry: Callable[[str], None] | None = None
+) -> AIOKafkaProducer:
     """An idempotent acks=all producer that takes the native, already
     compressed record batches of at most `batch_bytes`. `on_retry(error name)`
     is called each time aiokafka will send a Produce request again."""
@@ -150,12 +151,19 @@ async def why_unreachable(config: KafkaConfig) -> BaseException | None:
     c = config
     host, _, port = c.bootstrap.split(",")[0].strip().rpartition(":")
     try:
-        conn = await asyncio.wait_for(create_conn(host.strip("[]"), int(port), client_id=c.client_id,
-                                                  request_timeout_ms=c.request_timeout_ms, **_security(c)),
-                                      c.request_timeout_ms / 1000)  # fmt: skip
+        conn = await asyncio.wait_for(
+            create_conn(
+                host.strip("[]"),
+                int(port),
+                client_id=c.client_id,
+                request_timeout_ms=c.request_timeout_ms,
+                **_security(c),
+            ),
+            c.request_timeout_ms / 1000,
+        )
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 (the point is to name whatever it is)
+    except Exception as exc:
         return exc
     conn.close()
     return None
@@ -164,8 +172,12 @@ async def why_unreachable(config: KafkaConfig) -> BaseException | None:
 def _admin(config: KafkaConfig):
     from aiokafka.admin import AIOKafkaAdminClient
 
-    return AIOKafkaAdminClient(bootstrap_servers=config.bootstrap, client_id=config.client_id,
-                               request_timeout_ms=config.request_timeout_ms, **_security(config))  # fmt: skip
+    return AIOKafkaAdminClient(
+        bootstrap_servers=config.bootstrap,
+        client_id=config.client_id,
+        request_timeout_ms=config.request_timeout_ms,
+        **_security(config),
+    )
 
 
 async def create_topics(config: KafkaConfig) -> None:
@@ -200,16 +212,20 @@ async def read_message_limits(config: KafkaConfig) -> dict[str, int]:
     admin = _admin(c)
     try:
         await asyncio.wait_for(admin.start(), c.start_timeout_s)
-        resources = [ConfigResource(ConfigResourceType.TOPIC, t, configs={"max.message.bytes": None})
-                     for t in (c.topic, c.dlq_topic)]  # fmt: skip
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, t, configs={"max.message.bytes": None})
+            for t in (c.topic, c.dlq_topic)
+        ]
         for response in await asyncio.wait_for(admin.describe_configs(resources), c.start_timeout_s):
             for error, _, _, topic, entries in response.resources:
                 for entry in entries if not error else ():
                     if entry[0] == "max.message.bytes":
                         limits[topic] = int(entry[1])
     except (KafkaError, TimeoutError, OSError, ValueError) as exc:
-        log.warning("could not read the topics' max.message.bytes; record batches stay at --max-batch-bytes",
-                    extra={"error": f"{type(exc).__name__}: {exc}", "max_batch_bytes": c.max_batch_bytes})
+        log.warning(
+            "could not read the topics' max.message.bytes; record batches stay at --max-batch-bytes",
+            extra={"error": f"{type(exc).__name__}: {exc}", "max_batch_bytes": c.max_batch_bytes},
+        )
     finally:
         await admin.close()
     return limits

@@ -104,7 +104,6 @@ from aiokafka.errors import (
     ProducerClosed,
 )
 from aiokafka.partitioner import murmur2
-
 from keystone_ingest.core import RecordBatchBuilder, partition_counts
 from keystone_ingest.proto.v1.ingest_pb2 import Order
 from keystone_ingest.server.batch import Batch
@@ -183,8 +182,11 @@ class KafkaSink:
                 detail += f"; a connection to {c.bootstrap.split(',')[0]} says {type(cause).__name__}: {cause}"
             # Refused credentials or certificates stay refused; anything else may pass later.
             error = SinkFailed if getattr(cause, "retriable", True) is False else SinkUnavailable
-            raise error(f"cannot reach Kafka at {c.bootstrap} (topics {c.topic}, {c.dlq_topic}) within "
-                        f"{c.start_timeout_s} s: {detail}", retry_after_s=5.0) from exc
+            raise error(
+                f"cannot reach Kafka at {c.bootstrap} (topics {c.topic}, {c.dlq_topic}) within "
+                f"{c.start_timeout_s} s: {detail}",
+                retry_after_s=5.0,
+            ) from exc
         for topic, count in partitions.items():
             lanes = [Lane(topic, p) for p in range(count)]
             for lane in lanes:
@@ -194,8 +196,10 @@ class KafkaSink:
         self._install(producer)
         self._probe_task = asyncio.create_task(self._probe(), name="kafka-probe")
         self._probe_task.add_done_callback(self._probe_ended)
-        log.info("kafka producer started", extra={"bootstrap": c.bootstrap, "partitions": partitions,
-                                                  "compression": c.compression})
+        log.info(
+            "kafka producer started",
+            extra={"bootstrap": c.bootstrap, "partitions": partitions, "compression": c.compression},
+        )
 
     def _new_producer(self) -> AIOKafkaProducer:
         retries = self.metrics.kafka_retries_total.labels(kind="produce") if self.metrics is not None else None
@@ -232,15 +236,19 @@ class KafkaSink:
             fits = int((smallest - BATCH_HEADER_ROOM) / CODEC_GROWTH)
             if fits < self.config.max_batch_bytes:
                 self._batch_bytes = max(1, fits)
-                log.info("record batches capped to fit the topics' max.message.bytes", extra={
-                    "max_message_bytes": self._max_message_bytes, "batch_bytes": self._batch_bytes})
+                log.info(
+                    "record batches capped to fit the topics' max.message.bytes",
+                    extra={"max_message_bytes": self._max_message_bytes, "batch_bytes": self._batch_bytes},
+                )
 
     def _check_record_sizes(self, batch: Batch) -> None:
         """Refuse, before anything is published, a batch holding an order that
         no record batch of its topic can carry: the broker would refuse it
         after the rest of the batch went out, and no resend could succeed."""
-        for topic, count, table in ((self.config.topic, batch.accepted, "spans"),
-                                    (self.config.dlq_topic, batch.rejected, "rejects")):
+        for topic, count, table in (
+            (self.config.topic, batch.accepted, "spans"),
+            (self.config.dlq_topic, batch.rejected, "rejects"),
+        ):
             limit = self._max_message_bytes.get(topic)
             if limit is None or not count:
                 continue
@@ -249,11 +257,12 @@ class KafkaSink:
             if int(lengths[largest]) + RECORD_OVERHEAD + BATCH_HEADER_ROOM > limit:
                 # Only now the order's event_id, parsed from its bytes: the check reads the lengths alone.
                 offset = int(getattr(batch, table).column("offset")[largest].as_py())
-                event_id = Order.FromString(batch.raw[offset:offset + int(lengths[largest])]).event_id
+                event_id = Order.FromString(batch.raw[offset : offset + int(lengths[largest])]).event_id
                 raise SinkFailed(
                     f"order {event_id!r} of batch {batch.batch_id!r} is {int(lengths[largest])} bytes, "
                     f"too large for a Kafka record on topic {topic} (max.message.bytes {limit}); "
-                    f"the batch was not published")
+                    f"the batch was not published"
+                )
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Wait (up to timeout_s, default send_timeout_s) for every record
@@ -266,8 +275,13 @@ class KafkaSink:
         if self._unsettled:
             _, pending = await asyncio.wait({s.done for s in self._unsettled}, timeout=timeout_s)
             if pending:
-                log.error("kafka records not acked at shutdown", extra={
-                    "record_batches": len(pending), "records": sum(s.builder.record_count() for s in self._unsettled)})
+                log.error(
+                    "kafka records not acked at shutdown",
+                    extra={
+                        "record_batches": len(pending),
+                        "records": sum(s.builder.record_count() for s in self._unsettled),
+                    },
+                )
         tasks = [lane.task for lanes in self._lanes.values() for lane in lanes if lane.task]
         tasks += [t for t in (self._probe_task, self._replacement) if t is not None]
         for task in tasks:
@@ -288,8 +302,12 @@ class KafkaSink:
         """True while the cluster takes writes: the last delivery or metadata
         probe succeeded, no send failed or timed out since, no record batch is
         overdue, and the producer is not being replaced."""
-        return (self._producer is not None and not self._stopping and self._replacement is None
-                and self._unavailable_since is None)
+        return (
+            self._producer is not None
+            and not self._stopping
+            and self._replacement is None
+            and self._unavailable_since is None
+        )
 
     @property
     def unavailable_since(self) -> float | None:
@@ -426,20 +444,26 @@ class KafkaSink:
         if self.metrics is not None:
             self.metrics.kafka_producer_replacements_total.labels(reason=kind).inc()
         # 1. What the old producer holds may still be acked: give it a moment.
-        held = [s for lanes in self._lanes.values() for lane in lanes for s in lane.handed
-                if s.generation == old_generation]
+        held = [
+            s for lanes in self._lanes.values() for lane in lanes for s in lane.handed if s.generation == old_generation
+        ]
         if held:
             await asyncio.wait({s.done for s in held}, timeout=self.config.replace_drain_s)
         # 2. Nothing leaves the old producer any more. What it still holds
         #    fails retriably (the broker may have appended some of it); the
         #    client resends those batches.
         await retire(old, timeout_s=0.1)  # its requests had their replace_drain_s
-        lost = [s for lanes in self._lanes.values() for lane in lanes for s in lane.handed
-                if s.generation == old_generation]
+        lost = [
+            s for lanes in self._lanes.values() for lane in lanes for s in lane.handed if s.generation == old_generation
+        ]
         for segment in lost:
-            self._settle(segment, ProducerReplaced(
-                f"the Kafka producer was replaced ({reason}) before these records were acked; resend the batch",
-                retry_after_s=self.retry_after_s))
+            self._settle(
+                segment,
+                ProducerReplaced(
+                    f"the Kafka producer was replaced ({reason}) before these records were acked; resend the batch",
+                    retry_after_s=self.retry_after_s,
+                ),
+            )
         # 3. A new producer (a new producer id), retried until the cluster answers.
         attempts = 0
         while True:
@@ -458,19 +482,27 @@ class KafkaSink:
                 self._count_retry("producer_start")
                 delay_s = self._backoff.next_delay_s()
                 # Up to one attempt a second for as long as Kafka is away: say so now and then.
-                log.log(logging.WARNING if attempts % 60 == 1 else logging.DEBUG,
-                        "kafka producer did not start; retrying", extra={
-                            "error": f"{type(exc).__name__}: {exc}", "attempts": attempts,
-                            "delay_s": round(delay_s, 3)})
+                log.log(
+                    logging.WARNING if attempts % 60 == 1 else logging.DEBUG,
+                    "kafka producer did not start; retrying",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "attempts": attempts, "delay_s": round(delay_s, 3)},
+                )
                 await asyncio.sleep(delay_s)
                 continue
             break
         self.replacements += 1
         self._replacement = None
         self._install(producer)
-        log.warning("kafka producer replaced", extra={
-            "kind": kind, "generation": self._generation, "seconds": round(time.monotonic() - started, 3),
-            "record_batches_failed": len(lost), "records_failed": sum(s.builder.record_count() for s in lost)})
+        log.warning(
+            "kafka producer replaced",
+            extra={
+                "kind": kind,
+                "generation": self._generation,
+                "seconds": round(time.monotonic() - started, 3),
+                "record_batches_failed": len(lost),
+                "records_failed": sum(s.builder.record_count() for s in lost),
+            },
+        )
 
     def _replacement_ended(self, task: asyncio.Task) -> None:
         if self._replacement is task:
@@ -489,14 +521,18 @@ class KafkaSink:
             raise ShuttingDown("the Kafka sink is stopped" if self._stopping else "the Kafka sink is not started")
         if self._buffered_bytes >= self.config.max_buffer_bytes:
             self._count_error("buffer_full")
-            raise SinkUnavailable(f"Kafka send buffer full ({self._buffered_bytes} bytes not yet acked)",
-                                  retry_after_s=self.retry_after_s)
+            raise SinkUnavailable(
+                f"Kafka send buffer full ({self._buffered_bytes} bytes not yet acked)", retry_after_s=self.retry_after_s
+            )
         self._check_record_sizes(batch)
         # Everything up to the first await is synchronous: that is what keeps
         # concurrent publishes in call order on every partition.
         segments: set[Segment] = set()
-        common = [("batch_id", batch.batch_id.encode()), ("source", batch.source.encode()),
-                  ("content-type", CONTENT_TYPE)]
+        common = [
+            ("batch_id", batch.batch_id.encode()),
+            ("source", batch.source.encode()),
+            ("content-type", CONTENT_TYPE),
+        ]
         if batch.producer is not None:  # the authenticated caller (server/auth.py)
             common.append(("producer", batch.producer.encode()))
         timestamp_ms = batch.received_ns // 1_000_000
@@ -521,8 +557,11 @@ class KafkaSink:
             self._give_up(s for s in segments if not s.done.done())
             self._count_error("send_timeout")
             self._mark_failed("send deadline passed")
-            raise SinkUnavailable(f"Kafka did not ack batch {batch.batch_id!r} within {self.config.send_timeout_s} s"
-                                  f"{self._timeout_reason()}", retry_after_s=self.retry_after_s)
+            raise SinkUnavailable(
+                f"Kafka did not ack batch {batch.batch_id!r} within {self.config.send_timeout_s} s"
+                f"{self._timeout_reason()}",
+                retry_after_s=self.retry_after_s,
+            )
         for segment in segments:
             exc = segment.done.exception()
             if exc is not None:
@@ -562,8 +601,9 @@ class KafkaSink:
             segment = self._open_segment(lane)
             start = 0
             while True:
-                start = segment.builder.append_orders(batch.result, batch.raw, p, len(lanes), start, timestamp_ms,
-                                                      common)
+                start = segment.builder.append_orders(
+                    batch.result, batch.raw, p, len(lanes), start, timestamp_ms, common
+                )
                 segments.add(segment)
                 if start >= rows:
                     break
@@ -607,9 +647,8 @@ class KafkaSink:
         return self._open_segment(lane)
 
     def _account(self, segment: Segment) -> None:
-        if segment.builder.closed():
-            if segment.accounted:
-                return  # its size is final and counted
+        if segment.builder.closed() and segment.accounted:
+            return  # its size is final and counted
         size = segment.builder.size()
         self._buffered_bytes += size - segment.accounted
         segment.accounted = size
@@ -693,10 +732,14 @@ class KafkaSink:
         # A lane ends only when stop() cancels it, or by a bug; either way
         # nothing it holds may be left waiting forever.
         if not task.cancelled() and task.exception() is not None:
-            log.error("kafka lane failed", exc_info=task.exception(),
-                      extra={"topic": lane.topic, "partition": lane.partition})
-        error = ShuttingDown("the Kafka sink stopped") if task.cancelled() else SinkUnavailable(
-            f"Kafka lane {lane.topic}[{lane.partition}] failed: {task.exception()!r}")
+            log.error(
+                "kafka lane failed", exc_info=task.exception(), extra={"topic": lane.topic, "partition": lane.partition}
+            )
+        error = (
+            ShuttingDown("the Kafka sink stopped")
+            if task.cancelled()
+            else SinkUnavailable(f"Kafka lane {lane.topic}[{lane.partition}] failed: {task.exception()!r}")
+        )
         for segment in lane.segments():
             if not segment.handed_at:
                 self._settle(segment, error)
@@ -712,9 +755,13 @@ class KafkaSink:
             self._mark_ok()
             return
         if isinstance(exc, ProducerClosed):  # closed under it (replaced or stopping)
-            self._settle(segment, ProducerReplaced(
-                "the Kafka producer was closed before these records were acked; resend the batch",
-                retry_after_s=self.retry_after_s))
+            self._settle(
+                segment,
+                ProducerReplaced(
+                    "the Kafka producer was closed before these records were acked; resend the batch",
+                    retry_after_s=self.retry_after_s,
+                ),
+            )
             return
         self._settle(segment, exc)
         if segment.generation != self._generation or self._stopping:
