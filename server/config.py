@@ -288,7 +288,8 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
     batch_id_max_age_s: float = field(default=86_400.0, metadata={"help": "how long a batch_id is remembered, seconds"})
     # -- process
     core_threads: int = field(
-        default=max(1, os.cpu_count() or 1), metadata={"help": "threads running the native core (it releases the GIL)"}
+        default=0,
+        metadata={"help": "threads running the native core (it releases the GIL); 0: one per CPU"},
     )
     shutdown_grace_s: float = field(
         default=30.0, metadata={"help": "on SIGTERM/SIGINT, time allowed to finish batches in flight, seconds"}
@@ -397,6 +398,8 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
         # watch of RSS covers.
         if self.max_bytes_in_flight is None:
             self.max_bytes_in_flight = self.planned_bytes(16)
+        if self.core_threads == 0:
+            self.core_threads = os.cpu_count() or 1
         from keystone_ingest.server.security import check_config
 
         check_config(self)
