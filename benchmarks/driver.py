@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -99,7 +100,7 @@ async def run(args: argparse.Namespace) -> dict:
                 batch_id, payload, orders = next(batches)
                 sent_at = time.perf_counter()
                 future = await client.send(payload, batch_id=batch_id)
-                future.add_done_callback(lambda f, t=sent_at, n=orders: recorder.done(t, n, f))
+                future.add_done_callback(functools.partial(recorder.done, sent_at, orders))
                 sent_orders += orders
             await client.flush()
 
@@ -111,7 +112,7 @@ async def run(args: argparse.Namespace) -> dict:
     pct = (lambda q: float(np.percentile(lat_ms, q))) if len(lat_ms) else (lambda q: float("nan"))
     # The slowest 1% with when they were sent (seconds into the window): stalls show as clusters.
     raw_ms = np.array(recorder.latencies_s) * 1000
-    slowest = np.argsort(raw_ms)[::-1][: max(1, len(raw_ms) // 100)] if len(raw_ms) else []
+    slowest = np.argsort(raw_ms)[::-1][: max(1, len(raw_ms) // 100)]
     sample = lat_ms if len(lat_ms) <= 20_000 else lat_ms[np.linspace(0, len(lat_ms) - 1, 20_000).astype(int)]
     return {
         "target": args.target,

@@ -58,7 +58,7 @@ from pathlib import Path
 
 from keystone_ingest.dev.catchup import wait_bronze_caught_up
 from keystone_ingest.dev.kafka import KAFKA_VERSION, KafkaCluster
-from keystone_ingest.dev.launcher import ServerProcess
+from keystone_ingest.dev.launcher import ChildProcess, ServerProcess
 from keystone_ingest.dev.mockbroker import MockBroker
 
 from benchmarks.corpus import load_pool
@@ -131,7 +131,7 @@ class Target:
             bronze = f"file://{self.bronze}" if kind == "real" else ""
             # Bronze files every 2 s (default 60 s), so the time the worker
             # takes to catch up after a run measures its work, not the wait.
-            self.process = ServerProcess(
+            self.process: ChildProcess = ServerProcess(
                 [
                     *common,
                     "--bronze-uri",
@@ -530,10 +530,10 @@ def plot(rows: list[dict], runs: list[Run], out_dir: Path) -> list[Path]:
             continue
         ys = [(i + 1) / len(sample) for i in range(len(sample))]
         style = "-" if run.phase == "max" else "--"
-        label = f"{run.kind}, {'maximum rate' if run.phase == 'max' else 'half of maximum'}"
-        if label in {line.get_label() for line in ax.get_lines()}:
-            label = None  # one legend entry per server and load
-        ax.plot(sample, ys, style, color=colours[run.kind], label=label, alpha=0.8)
+        line_label: str | None = f"{run.kind}, {'maximum rate' if run.phase == 'max' else 'half of maximum'}"
+        if line_label in {line.get_label() for line in ax.get_lines()}:
+            line_label = None  # one legend entry per server and load
+        ax.plot(sample, ys, style, color=colours[run.kind], label=line_label, alpha=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("ack latency, ms (log)")
     ax.set_ylabel("fraction of batches")
@@ -548,7 +548,7 @@ def plot(rows: list[dict], runs: list[Run], out_dir: Path) -> list[Path]:
 
 
 def machine() -> dict:
-    info = {"uname": platform.uname()._asdict(), "python": platform.python_version()}
+    info: dict[str, object] = {"uname": platform.uname()._asdict(), "python": platform.python_version()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

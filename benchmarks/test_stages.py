@@ -38,7 +38,7 @@ from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.bronze.layout import parquet_options
 from keystone_ingest.server.bronze.rows import RowBuffer
 from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink
-from keystone_ingest.server.sinks.kafka.lanes import Lane
+from keystone_ingest.server.sinks.kafka.lanes import Lane, Segment
 
 from benchmarks.corpus import BatchMaker, load_pool
 
@@ -140,7 +140,7 @@ def test_stage_kafka_record_batching(benchmark, batches, record):
             ("source", batch.source.encode()),
             ("content-type", CONTENT_TYPE),
         ]
-        segments = set()
+        segments: set[Segment] = set()
         sink._append_orders(batch, batch.received_ns // 1_000_000, common, segments)
         if batch.rejects.num_rows:
             sink._append_rejects(batch, batch.received_ns // 1_000_000, common, segments)

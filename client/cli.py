@@ -40,7 +40,7 @@ def env_var(flag: str) -> str:
 
 
 def add_argument_with_env(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    parser: argparse.ArgumentParser,
     flag: str,
     *,
     help: str,

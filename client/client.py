@@ -42,7 +42,6 @@ import collections
 import concurrent.futures
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -52,8 +51,10 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2, message_factory
+from google.protobuf.message import Message
 from keystone_ingest.client.targets import channel_target
 from keystone_ingest.proto.v1 import ingest_pb2
+from keystone_ingest.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -152,37 +153,11 @@ class RetryPolicy:
     multiplier: float = 2.0
     deadline_s: float = 60.0
 
-    def delay_s(self, retry: int, server_delay_s: float | None = None) -> float:
-        if server_delay_s is not None:
-            # A little jitter on top, so clients told the same delay do not return together.
-            return server_delay_s * random.uniform(1.0, 1.1)
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier**retry)
-        return random.uniform(ceiling / 2, ceiling)
-
-
-class _Outage:
-    """Consecutive failures without progress, for backoff and the retry deadline."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.retries = 0
-        self.since: float | None = None
-
-    def progress(self) -> None:
-        self.retries = 0
-        self.since = None
-
-    def next_delay_s(self, server_delay_s: float | None) -> float | None:
-        """Time to wait before the next attempt, or None when the deadline has passed."""
-        now = time.monotonic()
-        if self.since is None:
-            self.since = now
-        remaining_s = self.since + self.policy.deadline_s - now
-        if remaining_s <= 0:
-            return None
-        delay_s = self.policy.delay_s(self.retries, server_delay_s)
-        self.retries += 1
-        return min(delay_s, remaining_s)
+    def backoff(self) -> Backoff:
+        """The delays of one run of consecutive failures (keystone_ingest.retry)."""
+        return Backoff(
+            self.initial_backoff_s, self.max_backoff_s, multiplier=self.multiplier, deadline_s=self.deadline_s
+        )
 
 
 # -- google.rpc.Status / RetryInfo ----------------------------------------------------
@@ -193,7 +168,7 @@ class _Outage:
 # read as bytes and parsed with protobuf's own Any and Duration.
 
 
-def _rpc_detail_classes() -> tuple[type, type]:
+def _rpc_detail_classes() -> tuple[type[Message], type[Message]]:
     file = descriptor_pb2.FileDescriptorProto(name="keystone_client_rpc.proto", package="keystone_client_rpc")
     status = file.message_type.add(name="Status")
     status.field.add(name="code", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_INT32)
@@ -430,6 +405,7 @@ class AsyncIngestClient:
             else:
                 await self.flush()
             self._closing = True
+            assert self._wakeup is not None  # start() made it with the runner
             self._wakeup.set()
             if not cancel_pending:
                 # The writer half-closes the stream; the server then ends it.
@@ -456,18 +432,20 @@ class AsyncIngestClient:
         batch_id, payload = self._prepare(batch, batch_id)
         if self._runner is None:
             await self.start()
+        slots, wakeup = self._slots, self._wakeup
+        assert slots is not None and wakeup is not None  # start() made them
         self._check_usable()
-        await self._slots.acquire()
+        await slots.acquire()
         try:
             self._check_usable()  # the client may have died or closed while we waited
         except ClientClosedError:
-            self._slots.release()
+            slots.release()
             raise
         future: asyncio.Future[ingest_pb2.BatchAck] = asyncio.get_running_loop().create_future()
         future.add_done_callback(self._release_slot)
         self._queued.append(_Outstanding(batch_id, payload, future))
         self.stats.batches_sent += 1
-        self._wakeup.set()
+        wakeup.set()
         return future
 
     async def ingest(self, batch: BatchLike, *, batch_id: str | None = None) -> ingest_pb2.BatchAck:
@@ -484,20 +462,20 @@ class AsyncIngestClient:
         batch_id, payload = self._prepare(batch, batch_id)
         if self._runner is None:
             await self.start()
+        unary_rpc = self._unary_rpc
+        assert unary_rpc is not None  # start() made it
         self._check_usable()
-        outage = _Outage(self.retry)
+        outage = self.retry.backoff()
         while True:
             try:
-                ack = await self._unary_rpc(
-                    payload, timeout=timeout_s or self.ack_timeout_s, metadata=self._call_metadata()
-                )
+                ack = await unary_rpc(payload, timeout=timeout_s or self.ack_timeout_s, metadata=self._call_metadata())
             except grpc.aio.AioRpcError as error:
                 code, details = error.code(), error.details() or ""
                 if not is_retriable(code):
                     raise IngestRpcError(code, details) from error
-                delay_s = outage.next_delay_s(retry_delay_from_trailers(error.trailing_metadata()))
-                if delay_s is None:
+                if outage.expired:
                     raise IngestRpcError(code, details, gave_up=True) from error
+                delay_s = outage.next_delay_s(retry_delay_from_trailers(error.trailing_metadata()))
                 log.warning(
                     "unary ingest failed; retrying",
                     extra={"target": self.target, "batch_id": batch_id, "code": code.name, "delay_s": delay_s},
@@ -536,6 +514,7 @@ class AsyncIngestClient:
             raise ClientClosedError("client is closing")
 
     def _release_slot(self, _future: asyncio.Future) -> None:
+        assert self._slots is not None  # only futures made by send(), after start()
         self._slots.release()
 
     def _call_metadata(self) -> Metadata | None:
@@ -545,15 +524,17 @@ class AsyncIngestClient:
     # -- the stream task ---------------------------------------------------------------
 
     async def _run(self) -> None:
-        outage = _Outage(self.retry)
+        wakeup = self._wakeup
+        assert wakeup is not None  # start() made it before this task
+        outage = self.retry.backoff()
         while True:
             # Wakes when a batch is queued or close() is called: a stream is
             # opened when there is something to send, and kept open after.
             while not self._queued:
                 if self._closing:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                wakeup.clear()
+                await wakeup.wait()
             acked_before = self.stats.batches_acked
             try:
                 await self._stream_once()
@@ -564,7 +545,7 @@ class AsyncIngestClient:
             self._queued.extendleft(reversed(self._written))
             self._written.clear()
             if self.stats.batches_acked > acked_before:
-                outage.progress()
+                outage.reset()
             if broke.mismatch:
                 self._fail_outstanding(AckMismatchError(broke.details))
                 log.error("ack does not match the batch sent", extra={"target": self.target, "details": broke.details})
@@ -584,10 +565,9 @@ class AsyncIngestClient:
                     },
                 )
                 self._fail_outstanding(IngestRpcError(broke.code, broke.details))
-                outage.progress()
+                outage.reset()
                 continue
-            delay_s = outage.next_delay_s(broke.server_delay_s)
-            if delay_s is None:
+            if outage.expired:
                 log.error(
                     "retry deadline passed; failing unacked batches",
                     extra={
@@ -599,8 +579,9 @@ class AsyncIngestClient:
                     },
                 )
                 self._fail_outstanding(IngestRpcError(broke.code, broke.details, gave_up=True))
-                outage.progress()
+                outage.reset()
                 continue
+            delay_s = outage.next_delay_s(broke.server_delay_s)
             self.stats.reconnects += 1
             log.warning(
                 "stream broken; reconnecting",
@@ -617,6 +598,7 @@ class AsyncIngestClient:
     async def _stream_once(self) -> None:
         """One stream, until the server ends it. Returns when it ended cleanly with
         nothing unacked (or close() finished it); raises `_StreamBroken` otherwise."""
+        assert self._stream_rpc is not None  # start() made it before the stream task
         call = self._stream_rpc(metadata=self._call_metadata())
         writes = _WriteState()
         reader = asyncio.create_task(self._read_acks(call), name="keystone-ingest-acks")
@@ -632,12 +614,16 @@ class AsyncIngestClient:
                     pending, timeout=self._ack_wait_s(), return_when=asyncio.FIRST_COMPLETED
                 )
                 if reader in done:
-                    if reader.exception() is not None:
-                        raise await _status_lost_in_write(reader.exception(), writer, writes)
+                    read_error = reader.exception()
+                    if read_error is not None:
+                        raise await _status_lost_in_write(read_error, writer, writes)
                     return
-                if writer in done and writer.exception() is not None:
-                    if not isinstance(writer.exception(), (grpc.aio.AioRpcError, asyncio.InvalidStateError)):
-                        raise writer.exception()
+                if writer in done:
+                    write_error = writer.exception()
+                    if write_error is not None and not isinstance(
+                        write_error, (grpc.aio.AioRpcError, asyncio.InvalidStateError)
+                    ):
+                        raise write_error
                 if not done and self._ack_overdue():
                     raise _StreamBroken(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -657,16 +643,20 @@ class AsyncIngestClient:
         return max(0.0, self._written[0].written_at + self.ack_timeout_s - time.monotonic())
 
     def _ack_overdue(self) -> bool:
-        return bool(self._written) and time.monotonic() - self._written[0].written_at >= self.ack_timeout_s
+        if self.ack_timeout_s is None or not self._written:
+            return False
+        return time.monotonic() - self._written[0].written_at >= self.ack_timeout_s
 
     async def _write_batches(self, call: grpc.aio.StreamStreamCall, writes: _WriteState) -> None:
+        wakeup = self._wakeup
+        assert wakeup is not None  # start() made it before the stream task
         while True:
             while not self._queued:
                 if self._closing:
                     await call.done_writing()
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                wakeup.clear()
+                await wakeup.wait()
             item = self._queued.popleft()
             if item.future.done():  # cancelled by its caller: nobody waits for this ack
                 continue

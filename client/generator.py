@@ -27,6 +27,7 @@ import math
 import random
 import uuid
 from collections.abc import Callable
+from typing import cast
 
 from keystone_ingest.proto.v1 import ingest_pb2
 
@@ -254,7 +255,8 @@ def _status_left_at_default(order: Order) -> None:
 
 
 def _status_from_a_newer_schema(order: Order) -> None:
-    order.order_status = 9
+    # The stub types the field as the known values; proto3 enums are open and take any number.
+    order.order_status = cast(ingest_pb2.OrderStatus, 9)
 
 
 def _purchase_timestamp_dropped(order: Order) -> None:

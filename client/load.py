@@ -411,7 +411,9 @@ class _GeneratorWorker:
         self._pump = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        stdout = self._process.stdout
+        process = self._process
+        assert process is not None and process.stdout is not None  # start() made it, with a pipe, before this task
+        stdout = process.stdout
         try:
             while True:
                 try:
@@ -424,7 +426,7 @@ class _GeneratorWorker:
                 batch_id = (await stdout.readexactly(id_length)).decode()
                 payload = await stdout.readexactly(payload_length)
                 await self._queue.put(PreparedBatch(batch_id, payload, orders))
-            if (code := await self._process.wait()) != 0:
+            if (code := await process.wait()) != 0:
                 raise RuntimeError(f"order generator for stream {self.stream} exited with status {code}")
             await self._queue.put(None)
         except Exception as error:  # handed to the consumer, which raises it
@@ -438,6 +440,7 @@ class _GeneratorWorker:
 
     async def wait_ahead(self) -> None:
         """Waits until the worker has filled its queue (or finished), so the clock starts with batches ready."""
+        assert self._pump is not None, "wait_ahead() before start()"
         while not self._queue.full() and not self._pump.done():
             await asyncio.sleep(0.01)
 
@@ -449,6 +452,7 @@ class _GeneratorWorker:
             if self._process.returncode is None:
                 self._process.kill()
             # Python 3.11's wait() returns only once the pipe is closed: read it to its end.
+            assert self._process.stdout is not None  # start() asked for a pipe
             await self._process.stdout.read()
             await self._process.wait()
 

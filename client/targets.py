@@ -27,6 +27,7 @@ import ipaddress
 import itertools
 import random
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 ROUND_ROBIN = ("grpc.lb_policy_name", "round_robin")
@@ -43,6 +44,8 @@ def _split_host_port(address: str) -> tuple[str, int]:
 
 def _resolve(host: str, port: int) -> list[str]:
     """`ip:port` strings (IPv6 in brackets) for every address of `host`."""
+    # Only the family and the address are read.
+    infos: Sequence[tuple[socket.AddressFamily, object, object, object, tuple[object, ...]]]
     if _is_ip(host):
         infos = [(socket.AF_INET6 if ":" in host else socket.AF_INET, None, None, None, (host, port))]
     else:

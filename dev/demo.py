@@ -45,8 +45,11 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> tuple[int
             for message in consumer.consume(num_messages=10_000, timeout=0.5):
                 if message.error():
                     raise RuntimeError(message.error())
-                ids.append(dict(message.headers())["event_id"])
-                if message.offset() >= marks[message.partition()][1] - 1:
+                # The server gives every record an event_id header; a consumed record has an offset.
+                event_id, offset = dict(message.headers() or ())["event_id"], message.offset()
+                assert isinstance(event_id, bytes) and offset is not None
+                ids.append(event_id)
+                if offset >= marks[message.partition()][1] - 1:
                     remaining.discard(message.partition())
         if remaining:
             raise TimeoutError(f"partitions {sorted(remaining)} of {topic} not read in {timeout_s} s")

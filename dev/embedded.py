@@ -22,9 +22,13 @@ class StartFailed(RuntimeError):
 
 
 class EmbeddedBroker(Protocol):
-    bootstrap: str
-    consumer_groups: bool
-    """False for the mock cluster: aiokafka's JoinGroup gets no answer from it."""
+    @property
+    def bootstrap(self) -> str: ...
+
+    @property
+    def consumer_groups(self) -> bool:
+        """False for the mock cluster: aiokafka's JoinGroup gets no answer from it."""
+        ...
 
     def close(self) -> None: ...
 
@@ -44,7 +48,6 @@ def start(kind: str, *, topics: list[str], partitions: int, data_dir: str, libs:
 def _start(kind: str, topics: list[str], partitions: int, data_dir: str, libs: str | None) -> EmbeddedBroker:
     if kind == "kafka":
         broker = _start_kafka(topics, partitions, data_dir, libs)
-        broker.consumer_groups = True
         what = (
             f"an EMBEDDED APACHE KAFKA broker (one node, no replication, data in {data_dir})\n"
             f"  at {broker.bootstrap}. For development only: point --kafka-bootstrap at MSK for production."
@@ -53,7 +56,6 @@ def _start(kind: str, topics: list[str], partitions: int, data_dir: str, libs: s
         from keystone_ingest.dev.mockbroker import MockBroker
 
         broker = MockBroker(brokers=3, partitions=partitions, topics=topics)
-        broker.consumer_groups = False
         what = (
             f"librdkafka's MOCK CLUSTER at {broker.bootstrap}.\n"
             "  It is not Kafka: records live in memory, only the newest 5 MiB of each partition is kept,\n"

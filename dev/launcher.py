@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -122,7 +123,7 @@ class _KeystoneProcess(ChildProcess):
 
     def __init__(
         self,
-        args: list[str] = (),
+        args: Sequence[str] = (),
         *,
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike | None = None,
@@ -153,7 +154,7 @@ class ServerProcess(_KeystoneProcess):
         "127.0.0.1:0",
     )
 
-    def __init__(self, args: list[str] = (), **options) -> None:
+    def __init__(self, args: Sequence[str] = (), **options) -> None:
         super().__init__(args, **options)
         self.metrics_port: int | None = self.info["metrics_port"]
         self.kafka_bootstrap: str = self.info["kafka_bootstrap"]
@@ -167,6 +168,6 @@ class BronzeWorkerProcess(_KeystoneProcess):
     name = "bronze"
     command = ("bronze", "--metrics-listen", "127.0.0.1:0")
 
-    def __init__(self, args: list[str] = (), **options) -> None:
+    def __init__(self, args: Sequence[str] = (), **options) -> None:
         super().__init__(args, **options)
         self.metrics_port: int = self.info["metrics_port"]

@@ -33,6 +33,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,6 +51,9 @@ from keystone_ingest.server.service import SERVICE_NAME, IngestService
 from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
 from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
 
+if TYPE_CHECKING:
+    from keystone_ingest.dev.embedded import EmbeddedBroker
+
 log = logging.getLogger(__name__)
 
 HEALTH_POLL_S = 1.0
@@ -63,7 +67,7 @@ class IngestServer:
         self.metrics_port: int | None = None
         self.bootstrap: str | None = config.kafka_bootstrap
         self._stop = asyncio.Event()
-        self._embedded_broker = None
+        self._embedded_broker: EmbeddedBroker | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._executor = ThreadPoolExecutor(config.core_threads, thread_name_prefix="core")
@@ -132,12 +136,14 @@ class IngestServer:
             bronze_tables=False,
         )
         batch_ids = BatchIdWindow(c.batch_id_window, c.batch_id_max_age_s)
+        max_bytes_in_flight = c.max_bytes_in_flight
+        assert max_bytes_in_flight is not None  # ServeConfig.__post_init__ plans it when not given
         pipeline = Pipeline(core, self.kafka, batch_ids, self._executor, self.metrics)
         self.service = IngestService(
             pipeline,
             self.metrics,
             max_in_flight_per_stream=c.max_in_flight_per_stream,
-            max_bytes_in_flight=c.max_bytes_in_flight,
+            max_bytes_in_flight=max_bytes_in_flight,
             max_stream_bytes_in_flight=c.max_stream_bytes_in_flight,
             gate=self.security.gate,
             memory=self.memory,
@@ -191,14 +197,14 @@ class IngestServer:
         from keystone_ingest.dev import embedded
 
         c = self.config
-        self._embedded_broker = embedded.start(
+        broker = self._embedded_broker = embedded.start(
             c.dev_broker,
             topics=[c.topic, c.dlq_topic],
             partitions=c.topic_partitions,
             data_dir=c.dev_kafka_dir,
             libs=c.kafka_libs,
         )
-        return self._embedded_broker.bootstrap
+        return broker.bootstrap
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -212,11 +218,13 @@ class IngestServer:
         # producer being replaced is not worth draining traffic for). Bronze
         # does not count: acks depend on Kafka only, and Kafka holds the
         # records until a Bronze worker writes them.
+        kafka = self.kafka
+        assert kafka is not None  # start() made it before this task
         serving = True
         while True:
             await asyncio.sleep(HEALTH_POLL_S)
-            kafka_ok = self.kafka.available
-            since = self.kafka.unavailable_since
+            kafka_ok = kafka.available
+            since = kafka.unavailable_since
             kafka_down_s = 0.0 if since is None else time.monotonic() - since
             kafka_down = kafka_down_s >= self.config.kafka_unavailable_threshold_s
             self.metrics.kafka_available.set(1 if kafka_ok else 0)

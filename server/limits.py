@@ -239,8 +239,9 @@ def release_free_memory() -> None:
         _libc.malloc_trim(0)
 
 
+_libc: ctypes.CDLL | None
 try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+    _libc = ctypes.CDLL("libc.so.6")
     _libc.malloc_trim  # noqa: B018 (glibc only)
 except (OSError, AttributeError):
     _libc = None

@@ -182,8 +182,11 @@ class ServerSecurity:
     def __init__(self, config: ServeConfig) -> None:
         c = config
         self.config = c
+        self.tls: ServerTls | None = None
         try:
-            self.tls = ServerTls(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert else None
+            if c.tls_cert:
+                assert c.tls_key is not None  # check_config(): --tls-cert and --tls-key go together
+                self.tls = ServerTls(c.tls_cert, c.tls_key, c.tls_client_ca)
             tokens = TokensFile(c.auth_tokens_file) if c.auth_tokens_file else None
         except (TlsConfigError, TokensFileError) as exc:
             # As a bind failure: the server exits 1 with the reason (paths and

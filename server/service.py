@@ -16,8 +16,10 @@ window instead of being processed twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 from keystone_ingest.proto.v1 import ingest_pb2
@@ -102,7 +104,7 @@ class IngestService:
         stream_bytes = ByteBudget(self.max_stream_bytes_in_flight)
         answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
 
-        def give_back(n: int) -> None:
+        def give_back(n: int, _answer: asyncio.Future) -> None:
             stream_bytes.release(n)
             self.bytes_in_flight.release(n)
 
@@ -119,7 +121,7 @@ class IngestService:
                         stream_bytes.release(len(raw))
                         raise
                     answer = asyncio.ensure_future(self._submit(raw, producer, caller))
-                    answer.add_done_callback(lambda _, n=len(raw): give_back(n))
+                    answer.add_done_callback(functools.partial(give_back, len(raw)))
                     # Once the call is aborted the answers behind the failed one
                     # are never awaited; their outcome (the client resends them)
                     # is not an "exception never retrieved".
@@ -190,7 +192,7 @@ def _consume_outcome(task: asyncio.Future) -> None:
         task.exception()
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
     status = to_rpc_status(exc)  # with RetryInfo when the error says when to retry
     if status.code == grpc.StatusCode.INTERNAL:
         log.error("batch failed", exc_info=exc)
@@ -204,3 +206,5 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
             },
         )
     await context.abort(status.code, status.details, status.trailing_metadata)
+    # context.abort() always raises; grpc ships no types that would tell mypy so.
+    raise AssertionError("context.abort() returned")

@@ -108,13 +108,13 @@ class ReferenceResult:
     rejected: int
     tables: dict[str, pa.Table]
     errors: list[RecordError]
+    # The parsed batch, so a caller (the reference server) reaches the orders
+    # without parsing the bytes a second time.
+    message: ingest_pb2.OrderBatch = field(repr=False)
     # Positions in OrderBatch.orders of the accepted orders, row for row with tables["orders"].
     accepted_indices: list[int] = field(default_factory=list)
     # Dedup keys this batch put into the window, for `ReferenceCore.forget`.
     inserted_keys: list[str | bytes] = field(repr=False, default_factory=list)
-    # The parsed batch, so a caller (the reference server) reaches the orders
-    # without parsing the bytes a second time.
-    message: ingest_pb2.OrderBatch | None = field(repr=False, default=None)
 
 
 class ReferenceCore:
@@ -392,7 +392,7 @@ class ReferenceCore:
         customer_rows = []
         for order in orders:
             order_id = order.order_id
-            row = {
+            row: dict[str, str | int | None] = {
                 "event_id": order.event_id,
                 "order_id": order_id,
                 "customer_id": order.customer_id,

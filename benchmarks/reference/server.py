@@ -264,7 +264,7 @@ class ReferenceServer:
             sends += await self._send(a.topic, partition, records, timestamp_ms)
         if result.errors:
             partition = (murmur2(result.batch_id.encode()) & 0x7FFFFFFF) % self.partitions[a.dlq_topic]
-            records = [
+            rejects = [
                 (
                     None,
                     orders[e.index].SerializeToString(),
@@ -278,7 +278,7 @@ class ReferenceServer:
                 )
                 for e in result.errors
             ]
-            sends += await self._send(a.dlq_topic, partition, records, timestamp_ms)
+            sends += await self._send(a.dlq_topic, partition, rejects, timestamp_ms)
         try:
             async with asyncio.timeout(a.send_timeout_s):
                 await asyncio.gather(*sends)
@@ -286,10 +286,12 @@ class ReferenceServer:
             raise RetryLater(f"Kafka did not take batch {result.batch_id!r}: {exc!r}") from exc
 
     async def _send(self, topic: str, partition: int, records: list, timestamp_ms: int) -> list[asyncio.Future]:
-        builders = [self.producer.create_batch()]
+        producer = self.producer
+        assert producer is not None  # start() made it before serving
+        builders = [producer.create_batch()]
         for key, value, headers in records:
             if builders[-1].append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
-                builders.append(self.producer.create_batch())
+                builders.append(producer.create_batch())
                 builders[-1].append(key=key, value=value, timestamp=timestamp_ms, headers=headers)
         # aiokafka holds one record batch per partition and makes the others wait
         # for it to drain; with many waiters its timeout bookkeeping (it subtracts
@@ -297,7 +299,7 @@ class ReferenceServer:
         # KafkaTimeoutError. One hand-off per partition at a time, in arrival order.
         lock = self._partition_locks.setdefault((topic, partition), asyncio.Lock())
         async with lock:
-            return [await self.producer.send_batch(b, topic, partition=partition) for b in builders]
+            return [await producer.send_batch(b, topic, partition=partition) for b in builders]
 
     def _to_bronze(self, result: ReferenceResult, raw: bytes, received_ns: int) -> None:
         received_day = received_ns // (US_PER_DAY * 1000)
@@ -352,6 +354,7 @@ class ReferenceServer:
             return await self.ingest(raw)
         except RetryLater as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise  # not reached: context.abort() raises (grpc ships no types that would tell mypy so)
 
     async def stream_orders(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext

@@ -49,6 +49,10 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +164,7 @@ _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") an
 
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: no Python imports or locks here.
+    assert _libc is not None  # _spawn passes this as preexec_fn only when there is one
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
@@ -277,6 +282,8 @@ class KafkaCluster:
     format_args: Iterable[str] = ()
     ready_timeout_s: float = 120.0
     stop_timeout_s: float = 20.0
+    # Kafka serves consumer groups (dev/embedded.py's EmbeddedBroker asks); unannotated, so not a field.
+    consumer_groups = True
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -295,7 +302,7 @@ class KafkaCluster:
             i: Node(i, {name: _free_port() for name in names}, self.root / f"node-{i}")
             for i in range(_NODE_ID_BASE, _NODE_ID_BASE + self.nodes)
         }
-        self._admin = None
+        self._admin: AdminClient | None = None
         self._lock = threading.Lock()
 
     # -- addresses
@@ -314,7 +321,7 @@ class KafkaCluster:
 
     def pids(self) -> dict[int, int]:
         """The JVM of each running node, by node id."""
-        return {i: n.process.pid for i, n in self._nodes.items() if n.running}
+        return {i: n.process.pid for i, n in self._nodes.items() if n.process is not None and n.running}
 
     # -- lifecycle
 
@@ -367,11 +374,15 @@ class KafkaCluster:
     def pause_node(self, node_id: int) -> None:
         """SIGSTOP: the node keeps its connections open and answers nothing."""
         node = self._node(node_id)
+        if node.process is None:
+            raise RuntimeError(f"node {node_id} was never started")
         _signal_group(node.process, signal.SIGSTOP)
         node.paused = True
 
     def resume_node(self, node_id: int) -> None:
         node = self._node(node_id)
+        if node.process is None:
+            raise RuntimeError(f"node {node_id} was never started")
         _signal_group(node.process, signal.SIGCONT)
         node.paused = False
 
@@ -417,7 +428,7 @@ class KafkaCluster:
 
         node = self._node(via)
         client = AdminClient(
-            {"bootstrap.servers": f"{HOST}:{node.ports[next(iter(self.listeners))]}", "logger": _QUIET_LIBRDKAFKA}
+            {"bootstrap.servers": f"{HOST}:{node.ports[next(iter(self.listeners))]}"}, logger=_QUIET_LIBRDKAFKA
         )
         return client.list_topics(topic, timeout=timeout_s)
 
@@ -498,8 +509,9 @@ class KafkaCluster:
             for node_id in sorted(waiting):
                 node = self._nodes[node_id]
                 if not node.running:
+                    code = None if node.process is None else node.process.returncode
                     raise KafkaUnavailable(
-                        f"Kafka node {node_id} exited with code {node.process.returncode} "
+                        f"Kafka node {node_id} exited with code {code} "
                         f"during start-up; its log:\n{self.log_tail(node_id)}"
                     )
                 if self._answers(node):
@@ -524,7 +536,7 @@ class KafkaCluster:
         from confluent_kafka.admin import AdminClient
 
         client = AdminClient(
-            {"bootstrap.servers": f"{HOST}:{node.ports[next(iter(self.listeners))]}", "logger": _QUIET_LIBRDKAFKA}
+            {"bootstrap.servers": f"{HOST}:{node.ports[next(iter(self.listeners))]}"}, logger=_QUIET_LIBRDKAFKA
         )
         try:
             return node.node_id in client.list_topics(timeout=1.0).brokers
@@ -570,7 +582,7 @@ class KafkaCluster:
         with self._lock:
             if self._admin is None:
                 self._admin = AdminClient(
-                    {"bootstrap.servers": self.bootstrap, "logger": _QUIET_LIBRDKAFKA, "reconnect.backoff.max.ms": 500}
+                    {"bootstrap.servers": self.bootstrap, "reconnect.backoff.max.ms": 500}, logger=_QUIET_LIBRDKAFKA
                 )
             return self._admin
 
@@ -693,19 +705,19 @@ class KafkaCluster:
 
     def _stop(self, nodes: list[Node], timeout_s: float) -> None:
         """SIGTERM every node at once, SIGKILL those still running after timeout_s."""
-        running = [n for n in nodes if n.process is not None and n.process.poll() is None]
-        for node in running:
+        running = [(n, n.process) for n in nodes if n.process is not None and n.process.poll() is None]
+        for node, process in running:
             if node.paused:
-                _signal_group(node.process, signal.SIGCONT)
+                _signal_group(process, signal.SIGCONT)
                 node.paused = False
-            _signal_group(node.process, signal.SIGTERM if timeout_s > 0 else signal.SIGKILL)
+            _signal_group(process, signal.SIGTERM if timeout_s > 0 else signal.SIGKILL)
         deadline = time.monotonic() + timeout_s
-        for node in running:
+        for node, process in running:
             try:
-                node.process.wait(timeout=max(0.0, deadline - time.monotonic()) if timeout_s > 0 else None)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()) if timeout_s > 0 else None)
             except subprocess.TimeoutExpired:
                 log.warning("kafka node did not stop in time: killed", extra={"node": node.node_id})
-                _signal_group(node.process, signal.SIGKILL)
-                node.process.wait()
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
             with contextlib.suppress(FileNotFoundError):
                 node.pid_file.unlink()

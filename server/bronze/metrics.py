@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from keystone_ingest.server.metrics import serve_registry
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -61,7 +63,7 @@ class BronzeMetrics:
             "Files of flushes cut short (a crash) deleted before their offsets were written again",
             registry=r,
         )
-        self._close = None
+        self._close: Callable[[], None] | None = None
 
     def forget_partition(self, topic: str, partition: int) -> None:
         for gauge in (self.lag_records, self.lag_seconds):

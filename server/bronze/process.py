@@ -25,9 +25,9 @@ import tempfile
 import time
 
 from keystone_ingest.client.cli import env_var
+from keystone_ingest.retry import Backoff
 from keystone_ingest.server.bronze.config import BronzeWorkerConfig
 from keystone_ingest.server.errors import SinkFailed
-from keystone_ingest.server.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def worker_environment(config: BronzeWorkerConfig) -> dict[str, str]:
 class BronzeProcess:
     def __init__(self, config: BronzeWorkerConfig) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="keystone-bronze-")
-        self.config = dataclasses.replace(config, ready_file=os.path.join(self._dir.name, "ready.json"))
+        self._ready_file = os.path.join(self._dir.name, "ready.json")
+        self.config = dataclasses.replace(config, ready_file=self._ready_file)
         self.restarts = 0
         self.metrics_port: int | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -78,28 +79,26 @@ class BronzeProcess:
         """Starts the worker and waits until it has joined its group. A worker
         that exits meanwhile (a Bronze location it cannot use, Kafka refusing
         its credentials) fails the start: a misconfiguration is said at once."""
-        await self._spawn()
+        process = await self._spawn()
         deadline = time.monotonic() + ready_timeout_s
-        ready = self.config.ready_file
+        ready = self._ready_file
         while not os.path.exists(ready):
-            if self._process.returncode is not None:
-                raise SinkFailed(
-                    f"the Bronze worker exited with code {self._process.returncode} at start (its log says why)"
-                )
+            if process.returncode is not None:
+                raise SinkFailed(f"the Bronze worker exited with code {process.returncode} at start (its log says why)")
             if time.monotonic() > deadline:
                 raise SinkFailed(f"the Bronze worker did not join its group within {ready_timeout_s:g} s")
             try:
-                await asyncio.wait_for(asyncio.shield(self._process.wait()), 0.05)
+                await asyncio.wait_for(asyncio.shield(process.wait()), 0.05)
             except TimeoutError:
                 pass
         with open(ready) as f:
             self.metrics_port = json.load(f).get("metrics_port")
         self._supervisor = asyncio.create_task(self._supervise(), name="bronze-process")
 
-    async def _spawn(self) -> None:
-        if os.path.exists(self.config.ready_file):
-            os.unlink(self.config.ready_file)
-        self._process = await asyncio.create_subprocess_exec(
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        if os.path.exists(self._ready_file):
+            os.unlink(self._ready_file)
+        process = self._process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "keystone_ingest.server.cli",
@@ -107,12 +106,15 @@ class BronzeProcess:
             env=worker_environment(self.config),
             preexec_fn=_in_child,
         )
-        log.info("bronze worker process started", extra={"pid": self._process.pid})
+        log.info("bronze worker process started", extra={"pid": process.pid})
+        return process
 
     async def _supervise(self) -> None:
         backoff = Backoff(1.0, 30.0)
+        process = self._process
+        assert process is not None  # start() spawned it before this task
         while True:
-            code = await self._process.wait()
+            code = await process.wait()
             if self._stopping:
                 return
             delay = backoff.next_delay_s()
@@ -124,7 +126,7 @@ class BronzeProcess:
             if self._stopping:
                 return
             self.restarts += 1
-            await self._spawn()
+            process = await self._spawn()
 
     async def stop(self, timeout_s: float) -> int | None:
         """SIGTERM, then SIGKILL after `timeout_s`; returns the exit code."""

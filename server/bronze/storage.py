@@ -19,7 +19,7 @@ temp file, fsync, rename, fsync of the directory; S3: one PUT), read with
 `get`, listed with `list_keys` and removed with `delete`.
 
 Every method is one attempt: it raises a classified `IngestError` (retriable
-or not) and can be called again. Retrying lives in server/retry.py.
+or not) and can be called again. Retrying lives in keystone_ingest/retry.py.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import errors as kafka_errors
 from aiokafka.structs import TopicPartition
 from keystone_ingest.core import CorruptRecords, LogDedup, decode_order_records, decode_reject_records
+from keystone_ingest.retry import Backoff, retry
 from keystone_ingest.server.bronze.commits import CommitLog, Flush
 from keystone_ingest.server.bronze.config import BronzeWorkerConfig
 from keystone_ingest.server.bronze.fetch import Fetched, Fetcher
@@ -51,7 +52,6 @@ from keystone_ingest.server.bronze.rows import RowBuffer
 from keystone_ingest.server.bronze.storage import open_store
 from keystone_ingest.server.bronze.writer import Fenced, FlushWriter, WriterOptions
 from keystone_ingest.server.errors import IngestError
-from keystone_ingest.server.retry import Backoff, retry
 from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,12 @@ class BronzeWorker:
             extra={"group": c.bronze_group, "bronze": c.bronze_uri, "topics": [c.topic, c.dlq_topic]},
         )
 
+    @property
+    def _started_consumer(self) -> AIOKafkaConsumer:
+        """`consumer`, for what runs only after start() made it."""
+        assert self.consumer is not None, "the worker is not started"
+        return self.consumer
+
     async def wait_joined(self) -> None:
         """Returns once the group has given this worker its first assignment (possibly none)."""
         await self._joined.wait()
@@ -177,7 +183,7 @@ class BronzeWorker:
         # aiokafka leaves the group when getmany() has not been called for
         # max_poll_interval_ms; every partition is paused, so it returns nothing.
         while True:
-            await self.consumer.getmany(timeout_ms=1000)
+            await self._started_consumer.getmany(timeout_ms=1000)
 
     async def _run(self) -> None:
         try:
@@ -320,11 +326,12 @@ class BronzeWorker:
         # aiokafka 0.14 internal: the generation this member is in. A member
         # the coordinator dropped resets it, and a commit it sent then would
         # be taken as a plain commit (generation -1) by a group left empty.
-        generation = self.consumer._coordinator.generation
+        consumer = self._started_consumer
+        generation = consumer._coordinator.generation
         if generation != self._generation:
             raise Fenced(f"flush {flush.id}: the group moved from generation {self._generation} to {generation}")
         try:
-            await self.consumer.commit(offsets)
+            await consumer.commit(offsets)
         except (kafka_errors.CommitFailedError, kafka_errors.IllegalStateError) as exc:
             raise Fenced(f"flush {flush.id}: {exc}") from exc
 
@@ -333,8 +340,9 @@ class BronzeWorker:
         # Bronze had not written (retention shorter than the worst lag), or
         # the log was truncated. Nothing can bring them back; say so loudly.
         await self._flush()
-        begin = (await self.consumer.beginning_offsets([tp]))[tp]
-        end = (await self.consumer.end_offsets([tp]))[tp]
+        consumer = self._started_consumer
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
         target = begin if part.position < begin else end
         log.error(
             "bronze: offset out of range; records lost to retention or truncation",
@@ -351,16 +359,18 @@ class BronzeWorker:
         c = self.config
         pending = sorted(tps)
         backoff = Backoff(0.2, 10.0)
-        progress = await retry(self.commits.progress, what="reading Bronze's commit markers", backoff=backoff)
+        progress = await retry(
+            lambda: asyncio.to_thread(self.commits.progress), what="reading Bronze's commit markers", backoff=backoff
+        )
         deleted = await retry(
-            lambda: self.commits.recover((tp.topic, tp.partition) for tp in pending),
+            lambda: asyncio.to_thread(self.commits.recover, [(tp.topic, tp.partition) for tp in pending]),
             what="recovering flushes cut short",
             backoff=backoff,
         )
         if deleted:
             self.metrics.deleted_files_total.inc(len(deleted))
             log.warning("bronze: deleted the files of a flush cut short", extra={"files": deleted})
-        begins = await self.consumer.beginning_offsets(pending)
+        begins = await self._started_consumer.beginning_offsets(pending)
         for tp in pending:
             position = max(progress.get((tp.topic, tp.partition), 0), begins[tp])
             dedup = LogDedup(c.dedup_records, int(c.dedup_window_s * 1000))
@@ -402,8 +412,9 @@ class BronzeWorker:
             self.metrics.assigned_partitions.set(len(self._parts))
 
     def assigned(self, tps: set[TopicPartition]) -> None:
-        self._generation = self.consumer._coordinator.generation
-        self.consumer.pause(*tps)
+        consumer = self._started_consumer
+        self._generation = consumer._coordinator.generation
+        consumer.pause(*tps)
         self._unready |= set(tps) - self._parts.keys()
         self._joined.set()
         self._wakeup.set()

@@ -37,16 +37,19 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from keystone_ingest.retry import Backoff, retry
 from keystone_ingest.server.bronze.commits import CommitLog, Flush, new_flush_id
 from keystone_ingest.server.bronze.layout import SCHEMAS, parquet_options, partition_path
 from keystone_ingest.server.bronze.metrics import BronzeMetrics
 from keystone_ingest.server.bronze.rows import RowBuffer, TopicPartition
 from keystone_ingest.server.bronze.storage import ObjectStore, classify_os_error
 from keystone_ingest.server.errors import IngestError
-from keystone_ingest.server.retry import Backoff, retry
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +211,14 @@ class FlushWriter:
             f.discard()
         self._reset()
 
-    async def _retry(self, operation, what: str):
-        def failed(exc: IngestError) -> None:
+    async def _retry(self, operation: Callable[[], T], what: str) -> T:
+        """Runs the blocking `operation` in a thread, retried while it fails retriably."""
+
+        def failed(exc: Exception) -> None:
             self.metrics.publish_failures_total.inc()
 
         return await retry(
-            operation,
+            lambda: asyncio.to_thread(operation),
             what=what,
             backoff=Backoff(self.options.retry_base_s, self.options.retry_max_s),
             on_failure=failed,

@@ -257,7 +257,7 @@ def test_rejects_rows_carry_index_event_id_reason_and_the_orders_bytes(batch):
         return
     rejects = rows(native.rejects)
     assert [(r["index"], r["event_id"], r["reason"], r["message"]) for r in rejects] == [
-        tuple(error) for error in native.errors()
+        (e.index, e.event_id, e.reason, e.message) for e in native.errors()
     ]
     for r in rejects:
         assert data[r["offset"] : r["offset"] + r["length"]] == batch.orders[r["index"]].SerializeToString()

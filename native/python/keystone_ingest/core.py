@@ -28,7 +28,7 @@ batches raise `CorruptRecords`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from keystone_ingest import _core
 
@@ -80,7 +80,8 @@ class CorruptRecords(ValueError):
         self.retriable = code != "batch_too_large"
 
 
-class RecordError(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class RecordError:
     """One rejected order: its position in the batch, its event_id, and why."""
 
     index: int

@@ -88,7 +88,7 @@ def _count_produce_retries(producer: AIOKafkaProducer, on_retry: Callable[[str],
         for _, partitions in getattr(response, "topics", ()):
             for partition_info in partitions:
                 error = for_code(partition_info[1]) if partition_info[1] else None
-                if getattr(error, "retriable", False):
+                if error is not None and getattr(error, "retriable", False):
                     on_retry(error.__name__)
         return response
 
@@ -133,7 +133,9 @@ async def retire(producer: AIOKafkaProducer, timeout_s: float = 2.0) -> None:
     try:
         await producer.client.close()
     except asyncio.CancelledError:
-        if asyncio.current_task().cancelling():
+        task = asyncio.current_task()
+        assert task is not None  # a coroutine that was cancelled runs in a task
+        if task.cancelling():
             raise
         # A close interrupted earlier left its connections' futures
         # cancelled; the connections themselves are closed.

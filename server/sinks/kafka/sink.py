@@ -106,9 +106,9 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 from keystone_ingest.core import RecordBatchBuilder, partition_counts
 from keystone_ingest.proto.v1.ingest_pb2 import Order
+from keystone_ingest.retry import Backoff, retry
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavailable
-from keystone_ingest.server.retry import Backoff
 from keystone_ingest.server.sinks.kafka.config import (
     BATCH_HEADER_ROOM,
     CODEC_GROWTH,
@@ -200,6 +200,23 @@ class KafkaSink:
             "kafka producer started",
             extra={"bootstrap": c.bootstrap, "partitions": partitions, "compression": c.compression},
         )
+
+    async def _start_replacement(self) -> AIOKafkaProducer:
+        """One attempt at a connected producer whose topics still have the
+        partitions the lanes were made for. Every failure is worth another
+        attempt: the cluster may be restarting, or the topics being re-created."""
+        producer = self._new_producer()
+        try:
+            counts = await asyncio.wait_for(connect(producer, self.config), self.config.start_timeout_s)
+            lanes = {topic: len(lanes) for topic, lanes in self._lanes.items()}
+            if any(counts[t] < n for t, n in lanes.items()):
+                raise SinkUnavailable(f"topics now have partitions {counts}, fewer than the {lanes} at start")
+        except BaseException as exc:
+            await retire(producer)
+            if isinstance(exc, Exception) and not isinstance(exc, SinkUnavailable):
+                raise SinkUnavailable(f"the Kafka producer did not start: {type(exc).__name__}: {exc}") from exc
+            raise
+        return producer
 
     def _new_producer(self) -> AIOKafkaProducer:
         retries = self.metrics.kafka_retries_total.labels(kind="produce") if self.metrics is not None else None
@@ -389,6 +406,8 @@ class KafkaSink:
         # is being published, marks a partition whose record batch is overdue,
         # and replaces a producer that is stuck.
         interval = self.config.probe_interval_s
+        replace_after_s = self.config.replace_after_s
+        assert replace_after_s is not None  # KafkaConfig.__post_init__ resolves the default
         while True:
             unavailable = self._unavailable_since is not None
             await asyncio.sleep(self._backoff.next_delay_s() if unavailable else interval)
@@ -396,7 +415,7 @@ class KafkaSink:
             if self._replacement is not None:
                 continue  # the replacement retries on its own
             waited_s = self._oldest_handed_age_s()
-            if waited_s > self.config.replace_after_s:
+            if waited_s > replace_after_s:
                 self._replace("stalled", f"a record batch has waited {waited_s:.1f} s for its ack")
                 continue
             if waited_s > self.config.send_timeout_s:
@@ -464,32 +483,13 @@ class KafkaSink:
                     retry_after_s=self.retry_after_s,
                 ),
             )
-        # 3. A new producer (a new producer id), retried until the cluster answers.
-        attempts = 0
-        while True:
-            attempts += 1
-            producer = self._new_producer()
-            try:
-                counts = await asyncio.wait_for(connect(producer, self.config), self.config.start_timeout_s)
-                lanes = {topic: len(lanes) for topic, lanes in self._lanes.items()}
-                if any(counts[t] < n for t, n in lanes.items()):
-                    raise SinkFailed(f"topics now have partitions {counts}, fewer than the {lanes} at start")
-            except asyncio.CancelledError:
-                await retire(producer)
-                raise
-            except Exception as exc:
-                await retire(producer)
-                self._count_retry("producer_start")
-                delay_s = self._backoff.next_delay_s()
-                # Up to one attempt a second for as long as Kafka is away: say so now and then.
-                log.log(
-                    logging.WARNING if attempts % 60 == 1 else logging.DEBUG,
-                    "kafka producer did not start; retrying",
-                    extra={"error": f"{type(exc).__name__}: {exc}", "attempts": attempts, "delay_s": round(delay_s, 3)},
-                )
-                await asyncio.sleep(delay_s)
-                continue
-            break
+        # 3. A new producer (a new producer id), retried for as long as Kafka is away.
+        producer = await retry(
+            self._start_replacement,
+            what="starting a new Kafka producer",
+            backoff=self._backoff,
+            on_failure=lambda _: self._count_retry("producer_start"),
+        )
         self.replacements += 1
         self._replacement = None
         self._install(producer)
