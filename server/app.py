@@ -43,7 +43,7 @@ from keystone_ingest.server.bronze.config import BronzeWorkerConfig
 from keystone_ingest.server.bronze.process import BronzeProcess
 from keystone_ingest.server.config import ServeConfig
 from keystone_ingest.server.idempotency import BatchIdWindow
-from keystone_ingest.server.limits import MemoryLimiter
+from keystone_ingest.server.limits import MemoryLimiter, WhenFull
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.pipeline import Pipeline
 from keystone_ingest.server.security import ServerSecurity
@@ -116,6 +116,8 @@ class IngestServer:
                 linger_ms=c.linger_ms,
                 max_batch_bytes=c.max_batch_bytes,
                 send_timeout_s=c.send_timeout_s,
+                max_buffer_bytes=c.kafka_buffer_bytes,
+                when_full=WhenFull(c.kafka_when_full),
                 create_topics=c.create_topics,
                 partitions=c.topic_partitions,
                 replication=c.replication_factor,

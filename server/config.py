@@ -131,6 +131,16 @@ class BronzeOptions:
             )
         },
     )
+    bronze_when_full: str = field(
+        default="spill",
+        metadata={
+            "choices": ("spill", "flush"),
+            "help": (
+                "what a Bronze worker does when --bronze-max-buffered-bytes is reached: spill appends to the "
+                "files being written (local disk; files stay large), flush publishes them now (smaller files)"
+            ),
+        },
+    )
     bronze_max_open_files: int = field(
         default=4096,
         metadata={
@@ -154,6 +164,8 @@ class BronzeOptions:
         for name in ("bronze_roll_bytes", "bronze_max_buffered_bytes", "bronze_max_open_files"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.bronze_when_full not in ("spill", "flush"):
+            raise ValueError(f"--bronze-when-full must be spill or flush, got {self.bronze_when_full!r}")
         for name in ("roll_age_s", "bronze_session_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -264,6 +276,21 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
     send_timeout_s: float = field(
         default=30.0,
         metadata={"help": "deadline for Kafka to ack a batch's records before the batch fails (retriable)"},
+    )
+    kafka_buffer_bytes: int = field(
+        default=256 * MiB,
+        metadata={"help": "record bytes handed to the Kafka producer and not yet acked, at most, bytes"},
+    )
+    kafka_when_full: str = field(
+        default="refuse",
+        metadata={
+            "choices": ("refuse", "block"),
+            "help": (
+                "what a batch meets when --kafka-buffer-bytes is reached: refuse answers UNAVAILABLE with "
+                "RetryInfo at once (the client backs off or tries another replica), block waits for acks to "
+                "make room within --send-timeout-s"
+            ),
+        },
     )
     kafka_unavailable_threshold_s: float = field(
         default=5.0,
@@ -416,6 +443,7 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
             "max_stream_bytes_in_flight",
             "max_bytes_in_flight",
             "max_batch_bytes",
+            "kafka_buffer_bytes",
             "dedup_window",
             "batch_id_window",
             "core_threads",

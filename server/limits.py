@@ -10,6 +10,11 @@ first served, so a stream with large batches is not starved by small ones.
 
 `MemoryLimiter` is the backstop behind them: admission also waits while the
 process's resident memory nears `--memory-limit-bytes`.
+
+Every bounded buffer counts its bytes with a `ByteBudget`, and each sink
+names in its configuration what it does when its buffer is full (`WhenFull`).
+Budgets are taken and given back on the event loop only: the threads that
+encode and compress get bytes already counted, so no budget needs a lock.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
+import enum
 import logging
 import os
 import time
@@ -27,7 +33,27 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 
+class WhenFull(enum.Enum):
+    """What a sink does with more data when its buffer is full (docs/operations.md,
+    "When a buffer is full", says what each means for an operator)."""
+
+    REFUSE = "refuse"
+    """Fail the batch at once, retriable, with a retry delay: the client backs
+    off (or goes to another replica) and the server's memory stays free."""
+    BLOCK = "block"
+    """Wait for room, up to the sink's deadline: the stream is not read
+    meanwhile, so HTTP/2 flow control slows the sender down."""
+    SPILL = "spill"
+    """Append what is buffered to local files and go on; nothing waits."""
+    FLUSH = "flush"
+    """Write what is buffered to its destination now, as finished files."""
+
+
 class ByteBudget:
+    """Bytes held against a limit. `acquire` waits for room (first come, first
+    served); `take` counts bytes whose size is only known as they grow, and
+    may pass the limit; `full` says whether more should be refused."""
+
     def __init__(self, limit_bytes: int) -> None:
         if limit_bytes < 1:
             raise ValueError("a byte budget needs a positive limit")
@@ -59,6 +85,22 @@ class ByteBudget:
     def release(self, n: int) -> None:
         self.used_bytes -= n
         self._wake()
+
+    def take(self, n: int) -> None:
+        """Counts `n` more bytes (fewer when negative) without waiting."""
+        if n < 0:
+            self.release(-n)
+        else:
+            self.used_bytes += n
+
+    @property
+    def full(self) -> bool:
+        return self.used_bytes >= self.limit_bytes
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for room."""
+        return len(self._waiters)
 
     def _fits(self, n: int) -> bool:
         return self.used_bytes == 0 or self.used_bytes + n <= self.limit_bytes

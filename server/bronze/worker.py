@@ -14,8 +14,8 @@ the orders and dead-letter topics. For each it owns, it:
      same offsets get the same decisions whoever reads them, however often);
   3. fetches record batches (fetch.py), decodes them natively into Bronze's
      tables (dropping repeated event_ids) and gathers them (rows.py);
-  4. spills the gathered rows into the open Parquet files (writer.py) when
-     `bronze_max_buffered_bytes` are gathered;
+  4. when `bronze_max_buffered_bytes` are gathered, spills the rows into the
+     open Parquet files (writer.py), or flushes them (`bronze_when_full`);
   5. flushes (publishes and commits the open files) when one reaches
      `bronze_roll_bytes`, when `bronze_max_open_files` would be passed, when
      the oldest row is `roll_age_s` old, when partitions are taken away, and
@@ -52,6 +52,7 @@ from keystone_ingest.server.bronze.rows import RowBuffer
 from keystone_ingest.server.bronze.storage import open_store
 from keystone_ingest.server.bronze.writer import Fenced, FlushWriter, WriterOptions
 from keystone_ingest.server.errors import IngestError
+from keystone_ingest.server.limits import WhenFull
 from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class BronzeWorker:
         if c.metrics_address:
             self.metrics_port = self.metrics.serve(*c.metrics_address)
         self._max_open_files = _allow_open_files(c.bronze_max_open_files)
+        self._when_full = WhenFull(c.bronze_when_full)
         store = open_store(
             c.bronze_uri, endpoint_url=c.s3_endpoint_url, spool_dir=c.spool_dir, sse_kms_key_id=c.s3_sse_kms_key_id
         )
@@ -240,7 +242,9 @@ class BronzeWorker:
         if self._flush_due():
             await self._flush()
         elif self._buffer.nbytes >= c.bronze_max_buffered_bytes:
-            if self.writer.open_files + self.writer.new_files(self._buffer) > self._max_open_files:
+            if self._when_full is WhenFull.FLUSH:
+                await self._flush()
+            elif self.writer.open_files + self.writer.new_files(self._buffer) > self._max_open_files:
                 await self._flush()  # publish what is open before this buffer opens more
             else:
                 await self._spill()

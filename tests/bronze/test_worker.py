@@ -171,8 +171,10 @@ def test_a_memory_budget_far_below_a_backfill_still_makes_one_file_per_table_and
     assert max(pq.ParquetFile(p).num_row_groups for p in files["orders"]) > 1
 
 
-@pytest.mark.parametrize("limit", [{"bronze_roll_bytes": 1}, {"bronze_max_open_files": 1}])
-def test_files_are_published_once_one_reaches_the_roll_size_or_too_many_are_open(
+@pytest.mark.parametrize(
+    "limit", [{"bronze_roll_bytes": 1}, {"bronze_max_open_files": 1}, {"bronze_when_full": "flush"}]
+)
+def test_files_are_published_once_one_reaches_the_roll_size_too_many_are_open_or_a_full_buffer_flushes(
     kafka_cluster, topics, tmp_path, limit
 ):
     topic, dlq = topics

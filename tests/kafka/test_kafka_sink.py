@@ -21,6 +21,7 @@ from keystone_ingest.dev.mockbroker import MockBroker
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavailable
+from keystone_ingest.server.limits import WhenFull
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink, ProducerReplaced, classify
 
@@ -317,6 +318,66 @@ def test_a_full_send_buffer_fails_fast_instead_of_queueing_more(breakable_kafka:
                 cluster.resume_node(node)
 
     run_sink(config, scenario)
+
+
+def test_a_full_send_buffer_that_blocks_lets_the_next_batch_in_once_acks_make_room(kafka_cluster: KafkaCluster):
+    topic, dlq = kafka_cluster.new_topic("block-orders", 3), kafka_cluster.new_topic("block-orders.dlq", 1)
+    batches = [make_batch(seed=42 + k, orders=50) for k in range(3)]
+
+    async def concurrently(sink: KafkaSink):
+        # The first publish fills the buffer before it awaits anything; the
+        # others meet a full buffer.
+        return await asyncio.gather(*(sink.publish(b) for b in batches), return_exceptions=True)
+
+    for when_full, topic_now in ((WhenFull.REFUSE, None), (WhenFull.BLOCK, topic)):
+        metrics = Metrics()
+        config = KafkaConfig(
+            kafka_cluster.bootstrap,
+            topic=topic_now or kafka_cluster.new_topic("refuse-orders", 3),
+            dlq_topic=dlq,
+            max_buffer_bytes=1,
+            when_full=when_full,
+        )
+        outcomes = run_sink(config, concurrently, metrics)
+        refused = metrics.registry.get_sample_value("keystone_ingest_kafka_errors_total", {"kind": "buffer_full"})
+        if when_full is WhenFull.REFUSE:
+            assert outcomes[0] is None
+            assert [type(o) for o in outcomes[1:]] == [SinkUnavailable, SinkUnavailable] and refused == 2
+            assert all("send buffer full" in o.message and o.retry_after_s for o in outcomes[1:])
+        else:
+            assert outcomes == [None, None, None] and refused is None
+    got = sorted(r.header("event_id").decode() for r in read_all(kafka_cluster.bootstrap, topic))
+    assert got == sorted(e for b in batches for e in event_ids(b))
+
+
+def test_a_full_send_buffer_that_blocks_refuses_at_the_send_deadline(breakable_kafka: KafkaCluster):
+    cluster = breakable_kafka
+    topic, dlq = cluster.new_topic("blocked-orders", 6), cluster.new_topic("blocked-orders.dlq", 1)
+    config = KafkaConfig(
+        cluster.bootstrap,
+        topic=topic,
+        dlq_topic=dlq,
+        send_timeout_s=0.5,
+        max_buffer_bytes=1,
+        when_full=WhenFull.BLOCK,
+    )
+    first, second = make_batch(seed=45, orders=50), make_batch(seed=46, orders=50)
+
+    async def scenario(sink: KafkaSink):
+        for node in cluster.node_ids:  # every broker hangs: nothing is acked, no room is made
+            cluster.pause_node(node)
+        try:
+            with pytest.raises(SinkUnavailable, match="did not ack"):
+                await sink.publish(first)
+            with pytest.raises(SinkUnavailable, match="send buffer full"):
+                await sink.publish(second)
+        finally:
+            for node in cluster.node_ids:
+                cluster.resume_node(node)
+
+    metrics = Metrics()
+    run_sink(config, scenario, metrics)
+    assert metrics.registry.get_sample_value("keystone_ingest_kafka_errors_total", {"kind": "buffer_full"}) == 1
 
 
 def test_produce_errors_are_retried_or_classified_by_their_retriable_flag(mock_broker: MockBroker):

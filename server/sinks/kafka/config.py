@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from keystone_ingest.server.limits import WhenFull
+
 CONTENT_TYPE = b"application/x-protobuf; messageType=keystone.ingest.v1.Order"
 COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
 # Levels each codec's library takes (0: its default where it has levels).
@@ -76,9 +78,12 @@ class KafkaConfig:
     replace_drain_s: float = 2.0
     # Deadline for start(): connect, producer id, both topics' metadata.
     start_timeout_s: float = 30.0
-    # Bytes of records handed to the sink and not yet acked or failed; beyond
-    # it publish() fails fast with SinkUnavailable instead of queueing more.
+    # Bytes of records handed to the sink and not yet acked or failed, and what
+    # publish() does beyond them: REFUSE fails the batch at once with
+    # SinkUnavailable (the client backs off, or tries another replica); BLOCK
+    # waits for room within send_timeout_s.
     max_buffer_bytes: int = 256 * MiB
+    when_full: WhenFull = WhenFull.REFUSE
     client_id: str = "keystone-ingest"
     # Create the topics at start if missing (needs CreateTopics; the dev
     # broker lacks it and creates its topics itself).
@@ -117,6 +122,8 @@ class KafkaConfig:
                 raise ValueError(f"{name} must be positive")
         if self.linger_ms < 0:
             raise ValueError("linger_ms must not be negative")
+        if self.when_full not in (WhenFull.REFUSE, WhenFull.BLOCK):
+            raise ValueError(f"the Kafka sink's buffer can refuse or block when full, not {self.when_full.value}")
         if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
             raise ValueError("reconnect_backoff_max_s must not be below reconnect_backoff_s")
 

@@ -109,6 +109,7 @@ from keystone_ingest.proto.v1.ingest_pb2 import Order
 from keystone_ingest.retry import Backoff, retry
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavailable
+from keystone_ingest.server.limits import ByteBudget, WhenFull
 from keystone_ingest.server.sinks.kafka.config import (
     BATCH_HEADER_ROOM,
     CODEC_GROWTH,
@@ -144,7 +145,7 @@ class KafkaSink:
         self.replacements = 0
         self._lanes: dict[str, list[Lane]] = {}
         self._unsettled: set[Segment] = set()
-        self._buffered_bytes = 0
+        self._buffer = ByteBudget(config.max_buffer_bytes)
         self._probe_task: asyncio.Task | None = None
         self._stopping = False
         self._last_ok = 0.0  # monotonic time of the last proof the cluster takes writes
@@ -350,7 +351,7 @@ class KafkaSink:
             "state": self.state,
             "producer_generation": self._generation,
             "replacements": self.replacements,
-            "buffered_bytes": self._buffered_bytes,
+            "buffered_bytes": self._buffer.used_bytes,
             "unsettled_record_batches": len(self._unsettled),
             "partitions": {topic: len(lanes) for topic, lanes in self._lanes.items()},
             "max_message_bytes": dict(self._max_message_bytes),
@@ -519,14 +520,12 @@ class KafkaSink:
         every rejected one on `dlq_topic`; raise SinkUnavailable or SinkFailed."""
         if self._stopping or not self._lanes:
             raise ShuttingDown("the Kafka sink is stopped" if self._stopping else "the Kafka sink is not started")
-        if self._buffered_bytes >= self.config.max_buffer_bytes:
-            self._count_error("buffer_full")
-            raise SinkUnavailable(
-                f"Kafka send buffer full ({self._buffered_bytes} bytes not yet acked)", retry_after_s=self.retry_after_s
-            )
+        if self._buffer.full or self._buffer.waiting:
+            await self._room_in_buffer()
         self._check_record_sizes(batch)
-        # Everything up to the first await is synchronous: that is what keeps
-        # concurrent publishes in call order on every partition.
+        # Everything from here up to the first await is synchronous: that is
+        # what keeps concurrent publishes in call order on every partition (a
+        # publish that waited for room above goes in the order it was let in).
         segments: set[Segment] = set()
         common = [
             ("batch_id", batch.batch_id.encode()),
@@ -570,6 +569,19 @@ class KafkaSink:
                 if error.retriable:  # a fresh error per publish, with the sink's current delay
                     raise type(error)(error.message, retry_after_s=self.retry_after_s) from exc
                 raise error from exc
+
+    async def _room_in_buffer(self) -> None:
+        """The buffer is full: refuse, or wait for acks to make room (config.when_full)."""
+        if self.config.when_full is WhenFull.BLOCK:
+            try:
+                await asyncio.wait_for(self._buffer.acquire(0), self.config.send_timeout_s)
+                return
+            except TimeoutError:
+                pass
+        self._count_error("buffer_full")
+        raise SinkUnavailable(
+            f"Kafka send buffer full ({self._buffer.used_bytes} bytes not yet acked)", retry_after_s=self.retry_after_s
+        )
 
     def _give_up(self, segments) -> None:
         """A publish stops waiting for these segments. One that no publish
@@ -650,7 +662,7 @@ class KafkaSink:
         if segment.builder.closed() and segment.accounted:
             return  # its size is final and counted
         size = segment.builder.size()
-        self._buffered_bytes += size - segment.accounted
+        self._buffer.take(size - segment.accounted)
         segment.accounted = size
 
     def _next_segment(self, lane: Lane) -> Segment | None:
@@ -777,7 +789,7 @@ class KafkaSink:
         if segment.done.done():
             return
         self._unsettled.discard(segment)
-        self._buffered_bytes -= segment.accounted
+        self._buffer.release(segment.accounted)
         segment.accounted = 0
         try:
             segment.lane.handed.remove(segment)
