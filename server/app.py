@@ -42,6 +42,7 @@ from keystone_ingest.core import Core
 from keystone_ingest.server.bronze.config import BronzeWorkerConfig
 from keystone_ingest.server.bronze.process import BronzeProcess
 from keystone_ingest.server.config import ServeConfig
+from keystone_ingest.server.files import write_atomically
 from keystone_ingest.server.idempotency import BatchIdWindow
 from keystone_ingest.server.limits import MemoryLimiter, WhenFull
 from keystone_ingest.server.metrics import Metrics
@@ -159,7 +160,7 @@ class IngestServer:
         await self._set_health(True)
         self._health_task = asyncio.create_task(self._watch_sinks(), name="health")
         if c.ready_file:
-            _write_atomically(
+            write_atomically(
                 c.ready_file,
                 json.dumps(
                     {
@@ -275,13 +276,6 @@ class IngestServer:
             await asyncio.to_thread(self._embedded_broker.close)
         self.metrics.close()
         log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
-
-
-def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 async def serve(config: ServeConfig) -> None:

@@ -50,6 +50,23 @@ class SinkFailed(IngestError):
     status = grpc.StatusCode.INTERNAL
 
 
+class ProducerReplaced(SinkUnavailable):
+    """The Kafka producer holding these records was replaced before they were
+    acked; the broker may or may not have appended them. Resend the batch."""
+
+
+class Unauthenticated(IngestError):
+    """No bearer token, or one no caller holds."""
+
+    status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(IngestError):
+    """A known caller without the permission the call needs."""
+
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ShuttingDown(IngestError):
     """The server is draining and takes no new batches; another replica (or this
     one after its restart) will."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from keystone_ingest.server.auth import Caller, TokensFile, TokensFileError, bearer_token
-from keystone_ingest.server.errors import IngestError
+from keystone_ingest.server.errors import IngestError, PermissionDenied, Unauthenticated
 from keystone_ingest.server.quotas import CallerQuotas
 from keystone_ingest.server.tls import ServerTls, TlsConfigError
 
@@ -38,18 +38,6 @@ log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 INGEST_PERMISSION = "ingest"
-
-
-class Unauthenticated(IngestError):
-    """No bearer token, or one no caller holds."""
-
-    status = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDenied(IngestError):
-    """A known caller without the permission the call needs."""
-
-    status = grpc.StatusCode.PERMISSION_DENIED
 
 
 UNAUTHENTICATED_MESSAGE = "a valid bearer token is required: send 'authorization: Bearer <token>'"

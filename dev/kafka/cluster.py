@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from keystone_ingest.server.files import pid_alive
+
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
 
@@ -190,16 +192,6 @@ def _spawn(command: list[str], log_path: Path, cwd: Path) -> subprocess.Popen:
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -700,7 +692,7 @@ class KafkaCluster:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # an orphan is reaped by init, not by us: nothing to wait() on
 
     def _stop(self, nodes: list[Node], timeout_s: float) -> None:

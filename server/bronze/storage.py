@@ -24,7 +24,6 @@ or not) and can be called again. Retrying lives in keystone_ingest/retry.py.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -34,17 +33,11 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from keystone_ingest.server.errors import IngestError, SinkFailed, SinkUnavailable
+from keystone_ingest.server.files import classify_os_error, fsync_path, pid_alive
 
 log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
-
-# errno values a retry (here, later, or on another replica) can get past: space
-# or quota may be freed, an I/O hiccup may clear. Everything else (permission,
-# read-only file system, a file where a directory should be) needs an operator.
-_TRANSIENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.EMFILE, errno.ENFILE}
-)
 
 # S3 error codes that resending will not fix. Throttling, 5xx and timeouts are
 # transient; an unknown 4xx is treated as permanent (408/429 aside) so a
@@ -61,13 +54,6 @@ _PERMANENT_S3_CODES = frozenset(
         "InvalidRequest",
     }
 )
-
-
-def classify_os_error(exc: OSError, what: str) -> IngestError:
-    """A local I/O failure as the sink reports it: disk full is retriable, a
-    permission or layout problem is not."""
-    cls = SinkUnavailable if exc.errno in _TRANSIENT_ERRNOS else SinkFailed
-    return cls(f"bronze: {what}: {exc}")
 
 
 def classify_s3_error(exc: BaseException, what: str) -> IngestError:
@@ -94,7 +80,7 @@ def classify_s3_error(exc: BaseException, what: str) -> IngestError:
         # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError, ...
         return SinkUnavailable(f"bronze: {what}: {cause}")
     if isinstance(exc, OSError):
-        return classify_os_error(exc, what)
+        return classify_os_error(exc, f"bronze: {what}")
     return SinkUnavailable(f"bronze: {what}: {type(exc).__name__}: {exc}")
 
 
@@ -127,21 +113,6 @@ class ObjectStore(Protocol):
         """Remove an object; one that is not there is no error."""
 
 
-def _fsync_path(path: str, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_if_present(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 class LocalStore:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
@@ -160,22 +131,22 @@ class LocalStore:
         final = os.path.join(self.root, key)
         try:
             if os.path.exists(spool_path):
-                _fsync_path(spool_path)
+                fsync_path(spool_path)
                 os.replace(spool_path, final)
             elif not os.path.exists(final):
                 raise SinkFailed(f"bronze: {spool_path} vanished before it was published as {final}")
             self._sync_dirs(os.path.dirname(final))
         except OSError as exc:
-            raise classify_os_error(exc, f"publishing {final}") from exc
+            raise classify_os_error(exc, f"bronze: publishing {final}") from exc
 
     def _sync_dirs(self, directory: str) -> None:
         # The rename is durable once its directory is fsynced; a directory
         # created for this partition is durable once its parent is, and so on
         # up to the first directory already known durable (or the root).
-        _fsync_path(directory, directory=True)
+        fsync_path(directory, directory=True)
         while directory not in self._synced_dirs and directory != self.root:
             parent = os.path.dirname(directory)
-            _fsync_path(parent, directory=True)
+            fsync_path(parent, directory=True)
             self._synced_dirs.add(directory)
             directory = parent
 
@@ -190,7 +161,7 @@ class LocalStore:
             os.replace(tmp, final)
             self._sync_dirs(os.path.dirname(final))
         except OSError as exc:
-            raise classify_os_error(exc, f"writing {final}") from exc
+            raise classify_os_error(exc, f"bronze: writing {final}") from exc
 
     def get(self, key: str) -> bytes | None:
         path = os.path.join(self.root, key)
@@ -200,7 +171,7 @@ class LocalStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise classify_os_error(exc, f"reading {path}") from exc
+            raise classify_os_error(exc, f"bronze: reading {path}") from exc
 
     def list_keys(self, prefix: str) -> list[str]:
         directory = os.path.join(self.root, prefix)
@@ -209,18 +180,18 @@ class LocalStore:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise classify_os_error(exc, f"listing {directory}") from exc
+            raise classify_os_error(exc, f"bronze: listing {directory}") from exc
         return sorted(f"{prefix.rstrip('/')}/{n}" for n in names if not n.startswith("."))
 
     def delete(self, key: str) -> None:
         path = os.path.join(self.root, key)
         try:
             os.unlink(path)
-            _fsync_path(os.path.dirname(path), directory=True)
+            fsync_path(os.path.dirname(path), directory=True)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise classify_os_error(exc, f"deleting {path}") from exc
+            raise classify_os_error(exc, f"bronze: deleting {path}") from exc
 
     def url(self, key: str) -> str:
         return os.path.join(self.root, key)
@@ -229,7 +200,7 @@ class LocalStore:
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as exc:
-            raise classify_os_error(exc, f"creating {self.root}") from exc
+            raise classify_os_error(exc, f"bronze: creating {self.root}") from exc
 
 
 class S3Store:
@@ -349,7 +320,7 @@ class S3Store:
         """Deletes the spool folders of this host's processes that are gone."""
         for name in os.listdir(self._spool_parent):
             host, _, pid = name.rpartition("-")
-            if host != _HOST or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            if host != _HOST or not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
                 continue
             shutil.rmtree(os.path.join(self._spool_parent, name), ignore_errors=True)
             log.info("bronze: removed the spool files of a worker that is gone", extra={"pid": int(pid)})
@@ -359,7 +330,7 @@ class S3Store:
             os.makedirs(self.spool_root, exist_ok=True)
             self._remove_dead_spools()
         except OSError as exc:
-            raise classify_os_error(exc, f"creating spool directory {self.spool_root}") from exc
+            raise classify_os_error(exc, f"bronze: creating spool directory {self.spool_root}") from exc
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except Exception as exc:
@@ -379,16 +350,6 @@ class S3Store:
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._=/-]*$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def open_store(

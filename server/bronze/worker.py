@@ -52,6 +52,7 @@ from keystone_ingest.server.bronze.rows import RowBuffer
 from keystone_ingest.server.bronze.storage import open_store
 from keystone_ingest.server.bronze.writer import Fenced, FlushWriter, WriterOptions
 from keystone_ingest.server.errors import IngestError
+from keystone_ingest.server.files import write_atomically
 from keystone_ingest.server.limits import WhenFull
 from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
 
@@ -488,10 +489,7 @@ async def run_worker(config: BronzeWorkerConfig) -> int:
         raise
     await worker.wait_joined()
     if config.ready_file:
-        tmp = f"{config.ready_file}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"pid": os.getpid(), "metrics_port": worker.metrics_port}, f)
-        os.replace(tmp, config.ready_file)
+        write_atomically(config.ready_file, json.dumps({"pid": os.getpid(), "metrics_port": worker.metrics_port}))
     failed = asyncio.create_task(worker.wait_failed())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait([failed, stopped], return_when=asyncio.FIRST_COMPLETED)

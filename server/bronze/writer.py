@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,8 +45,9 @@ from keystone_ingest.server.bronze.commits import CommitLog, Flush, new_flush_id
 from keystone_ingest.server.bronze.layout import SCHEMAS, parquet_options, partition_path
 from keystone_ingest.server.bronze.metrics import BronzeMetrics
 from keystone_ingest.server.bronze.rows import RowBuffer, TopicPartition
-from keystone_ingest.server.bronze.storage import ObjectStore, classify_os_error
+from keystone_ingest.server.bronze.storage import ObjectStore
 from keystone_ingest.server.errors import IngestError
+from keystone_ingest.server.files import classify_os_error, unlink_if_present
 
 T = TypeVar("T")
 
@@ -101,10 +101,7 @@ class _OpenFile:
             self.close()
         except (OSError, pa.ArrowException):
             pass  # a file that failed to write; it is deleted either way
-        try:
-            os.unlink(self.spool)
-        except FileNotFoundError:
-            pass
+        unlink_if_present(self.spool)
 
 
 class FlushWriter:
@@ -163,7 +160,7 @@ class FlushWriter:
                 f = self._files[dest, day] = _OpenFile(self.store, dest, key, self.options)
             f.append(batches, self.options.row_group_rows)
         except OSError as exc:
-            raise classify_os_error(exc, f"writing {f.spool if f else dest}") from exc
+            raise classify_os_error(exc, f"bronze: writing {f.spool if f else dest}") from exc
 
     async def flush(self, fence: Callable[[Flush], Awaitable[None]]) -> Flush:
         """Closes, publishes and commits the open files. `fence(flush)` runs
@@ -196,7 +193,7 @@ class FlushWriter:
             try:
                 await asyncio.to_thread(f.close)
             except OSError as exc:
-                raise classify_os_error(exc, f"writing {f.spool}") from exc
+                raise classify_os_error(exc, f"bronze: writing {f.spool}") from exc
         self.metrics.bytes_total.labels(f.dest).inc(f.nbytes)
 
     async def _publish(self, f: _OpenFile) -> None:

@@ -9,8 +9,9 @@ dead-letter topic, acked with acks=all (sink.py says how).
     sink       KafkaSink: publish, lanes handed to the producer, health, when a producer is replaced
 """
 
+from keystone_ingest.server.errors import ProducerReplaced
 from keystone_ingest.server.sinks.kafka.config import COMPRESSIONS, CONTENT_TYPE, KafkaConfig, check_compression
-from keystone_ingest.server.sinks.kafka.errors import ProducerReplaced, classify
+from keystone_ingest.server.sinks.kafka.errors import classify
 from keystone_ingest.server.sinks.kafka.sink import KafkaSink
 
 __all__ = [

@@ -18,11 +18,6 @@ from keystone_ingest.server.errors import IngestError, SinkFailed, SinkUnavailab
 PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced, InvalidProducerEpoch)
 
 
-class ProducerReplaced(SinkUnavailable):
-    """The producer holding these records was replaced before they were acked;
-    the broker may or may not have appended them. Resend the batch."""
-
-
 def classify(exc: BaseException) -> IngestError:
     """The sink's one mapping from a producer failure to an `IngestError`."""
     if isinstance(exc, IngestError):

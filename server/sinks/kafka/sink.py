@@ -108,7 +108,7 @@ from keystone_ingest.core import RecordBatchBuilder, partition_counts
 from keystone_ingest.proto.v1.ingest_pb2 import Order
 from keystone_ingest.retry import Backoff, retry
 from keystone_ingest.server.batch import Batch
-from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavailable
+from keystone_ingest.server.errors import ProducerReplaced, ShuttingDown, SinkFailed, SinkUnavailable
 from keystone_ingest.server.limits import ByteBudget, WhenFull
 from keystone_ingest.server.sinks.kafka.config import (
     BATCH_HEADER_ROOM,
@@ -119,7 +119,7 @@ from keystone_ingest.server.sinks.kafka.config import (
     RECORD_OVERHEAD,
     KafkaConfig,
 )
-from keystone_ingest.server.sinks.kafka.errors import PRODUCER_STATE_ERRORS, ProducerReplaced, classify
+from keystone_ingest.server.sinks.kafka.errors import PRODUCER_STATE_ERRORS, classify
 from keystone_ingest.server.sinks.kafka.lanes import Lane, Segment, compress_record_batch
 from keystone_ingest.server.sinks.kafka.logs import AIOKAFKA_LOG_FILTER, AIOKAFKA_LOGGERS
 from keystone_ingest.server.sinks.kafka.producer import (
