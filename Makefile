@@ -8,6 +8,9 @@
 #   make fuzz      libFuzzer on the native pipeline, the Kafka record batch reader and the Bronze decoder, then
 #                  atheris on the Python request path, each FUZZ_SECONDS: make fuzz FUZZ_SECONDS=600
 #   make soak      10 minutes of load with broker outages and server restarts: make soak SOAK_SECONDS=120
+#   make lint      ruff (lint, format) and mypy on the Python, clang-format and clang-tidy on native/
+#   make format    rewrites the sources in the formatters' style
+#   make docs      regenerates the flag reference and the Bronze columns in docs/ from the code
 
 PYTHON        ?= python3.11
 VENV          := .venv
@@ -26,7 +29,7 @@ CLANGXX       ?= clang++-14
 SOURCES := $(shell find native proto server client dev -type f \( -name '*.cc' -o -name '*.h' -o -name '*.cpp' \
              -o -name '*.py' -o -name '*.pyi' -o -name '*.proto' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
-.PHONY: install native-deps kafka java-check test test-native test-python test-sanitize demo soak bench bench-overload fuzz fuzz-python clean lock
+.PHONY: install native-deps kafka java-check test test-native test-python test-sanitize demo soak bench bench-overload fuzz fuzz-python lint lint-tools format docs clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -122,6 +125,29 @@ test-sanitize: $(VENV)/.deps
 	    -C cmake.define.KEYSTONE_SANITIZE=ON .
 	LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    PYTHONPATH=build/asan-site $(PY) -m pytest tests/core -p no:cacheprovider -q
+
+# The style and type checks CI runs. Debian's clang-format and clang-tidy 14
+# are installed when missing (the machines here run as root), like clang for make fuzz.
+CLANG_TOOLS := clang-format-14 clang-tidy-14
+lint-tools:
+	@command -v clang-tidy-14 >/dev/null && command -v clang-format-14 >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLANG_TOOLS) >/dev/null; }
+
+lint: install lint-tools
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	native/lint.sh $(VENV)/bin/cmake
+
+format: $(VENV)/.deps lint-tools
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	find native benchmarks/native \( -name '*.cc' -o -name '*.h' -o -name '*.cpp' \) -exec clang-format-14 -i {} +
+
+# docs/configuration.md (from the CLI's parser) and the Bronze columns of
+# docs/data-contract.md are generated; a test fails when one is stale.
+docs: install
+	$(PY) -m keystone_ingest.dev.docgen docs
 
 # Starts the server (embedded Apache Kafka and Bronze in data/demo), streams 200,000
 # orders, shows what landed in Kafka and Bronze; exits non-zero on a mismatch.

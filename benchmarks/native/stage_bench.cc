@@ -152,8 +152,8 @@ int main(int argc, char** argv) {
     out.tables = encoded;
     out.input_bytes = t.bytes.size();
     constexpr int32_t kPartitions = 6;
-    const std::vector<RecordHeader> common = {{"batch_id", "b-00000001"}, {"source", "bench"},
-                                              {"content-type", "application/x-protobuf"}};
+    const std::vector<RecordHeader> common = {
+        {"batch_id", "b-00000001"}, {"source", "bench"}, {"content-type", "application/x-protobuf"}};
     start = Clock::now();
     std::vector<RecordBatchBuilder> builders;
     builders.reserve(kPartitions);
@@ -184,8 +184,7 @@ int main(int argc, char** argv) {
     start = Clock::now();
     DecodedRecords decoded;
     if (decode_order_records(reinterpret_cast<const uint8_t*>(fetch.data()), fetch.size(), fetch_from, kNoEndOffset,
-                             64 << 20,
-                             &log_window, ProcessOptions{}, &decoded, &error) != Code::kOk) {
+                             64 << 20, &log_window, ProcessOptions{}, &decoded, &error) != Code::kOk) {
       std::fprintf(stderr, "bronze decode failed: %s\n", error.message.c_str());
       return 1;
     }

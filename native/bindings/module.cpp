@@ -63,7 +63,7 @@ class ArrowBatch {
   int64_t num_rows() const { return table_ ? table_->num_rows : 0; }
   py::object c_schema() const { return schema_capsule(id_); }
 
-  py::tuple c_array(py::object /*requested_schema*/) const {
+  py::tuple c_array(const py::object& /*requested_schema*/) const {
     if (!table_) throw py::type_error("schema(" + name() + ") carries a schema only, no rows");
     auto* a = new ArrowArray;
     export_table(table_, a);
@@ -107,8 +107,8 @@ class PyBatchResult {
     py::list list;
     for (size_t i = 0; i < n; ++i) {
       const Rejection& r = out_.rejections[i];
-      list.append(record_error(r.index, py::str(chars + offsets[i], offsets[i + 1] - offsets[i]),
-                               reason_name(r.reason), r.message));
+      list.append(record_error(r.index, py::str(chars + offsets[i], offsets[i + 1] - offsets[i]), reason_name(r.reason),
+                               r.message));
     }
     return list;
   }
@@ -147,8 +147,7 @@ uint32_t positive_u32(int64_t v, const char* name, int64_t max = UINT32_MAX) {
 py::buffer_info contiguous_bytes(const py::buffer& data, const char* caller) {
   py::buffer_info info = data.request();
   if (info.ndim != 1 || info.itemsize != 1 || info.strides[0] != 1) {
-    throw py::type_error(std::string(caller) +
-                         "() takes contiguous bytes (bytes, bytearray or a 1-D byte memoryview)");
+    throw py::type_error(std::string(caller) + "() takes contiguous bytes (bytes, bytearray or a 1-D byte memoryview)");
   }
   return info;
 }
@@ -156,8 +155,9 @@ py::buffer_info contiguous_bytes(const py::buffer& data, const char* caller) {
 class PyCore {
  public:
   PyCore(int64_t dedup_max_keys, double dedup_max_age_s, int64_t max_orders_per_batch, int64_t max_items_per_order,
-         int64_t max_payments_per_order, int64_t max_batch_id_bytes, int64_t max_source_bytes, int64_t max_event_id_bytes,
-         int64_t max_id_bytes, int64_t max_text_bytes, int32_t min_year, int32_t max_year, bool bronze_tables) {
+         int64_t max_payments_per_order, int64_t max_batch_id_bytes, int64_t max_source_bytes,
+         int64_t max_event_id_bytes, int64_t max_id_bytes, int64_t max_text_bytes, int32_t min_year, int32_t max_year,
+         bool bronze_tables) {
     if (dedup_max_keys < 0 || dedup_max_keys > (int64_t{1} << 30)) {
       throw py::value_error("dedup_max_keys must be between 0 and 2**30, got " + std::to_string(dedup_max_keys));
     }
@@ -208,8 +208,7 @@ class PyCore {
   size_t dedup_size() const { return window_->size(); }
   size_t dedup_memory_bytes() const { return window_->memory_bytes(); }
   double dedup_bytes_per_key() const {
-    return window_->max_keys() == 0 ? 0.0
-                                    : static_cast<double>(window_->memory_bytes()) / window_->max_keys();
+    return window_->max_keys() == 0 ? 0.0 : static_cast<double>(window_->memory_bytes()) / window_->max_keys();
   }
 
  private:
@@ -231,8 +230,8 @@ class PyRecordBatchBuilder {
   size_t append_orders(const PyBatchResult& result, const py::buffer& raw, int32_t partition, int32_t partitions,
                        size_t start, int64_t timestamp_ms, const py::list& headers) {
     if (partitions < 1 || partition < 0 || partition >= partitions) {
-      throw py::value_error("partition " + std::to_string(partition) + " is not one of " +
-                            std::to_string(partitions) + " partitions");
+      throw py::value_error("partition " + std::to_string(partition) + " is not one of " + std::to_string(partitions) +
+                            " partitions");
     }
     py::buffer_info info = request_of(result, raw);
     HeaderList common(headers);
@@ -314,7 +313,8 @@ class PyRecordBatchBuilder {
   static Codec parse_codec(const std::string& name) {
     Codec codec;
     if (!codec_from_name(name, &codec)) {
-      throw py::value_error("codec must be none, gzip, snappy, lz4 or zstd, not " + py::repr(py::str(name)).cast<std::string>());
+      throw py::value_error("codec must be none, gzip, snappy, lz4 or zstd, not " +
+                            py::repr(py::str(name)).cast<std::string>());
     }
     return codec;
   }
@@ -401,8 +401,7 @@ class PyDecodedRecords {
   std::string repr() const {
     return "<DecodedRecords next_offset=" + std::to_string(out_.next_offset) +
            " records=" + std::to_string(out_.records) + " orders=" + std::to_string(out_.orders) +
-           " duplicates=" + std::to_string(out_.duplicates) + " quarantined=" + std::to_string(out_.quarantined) +
-           ">";
+           " duplicates=" + std::to_string(out_.duplicates) + " quarantined=" + std::to_string(out_.quarantined) + ">";
   }
 
  private:
@@ -480,8 +479,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("rejected", [](const PyBatchResult& r) { return r.output().rejected; })
       .def_property_readonly("orders", [](const PyBatchResult& r) { return r.table(TableId::kOrders); })
       .def_property_readonly("order_items", [](const PyBatchResult& r) { return r.table(TableId::kOrderItems); })
-      .def_property_readonly("order_payments",
-                             [](const PyBatchResult& r) { return r.table(TableId::kOrderPayments); })
+      .def_property_readonly("order_payments", [](const PyBatchResult& r) { return r.table(TableId::kOrderPayments); })
       .def_property_readonly("customers", [](const PyBatchResult& r) { return r.table(TableId::kCustomers); })
       .def_property_readonly("order_spans", [](const PyBatchResult& r) { return r.table(TableId::kOrderSpans); })
       .def_property_readonly("rejects", [](const PyBatchResult& r) { return r.table(TableId::kRejects); })
@@ -493,14 +491,14 @@ PYBIND11_MODULE(_core, m) {
                      "Decoder, validator, dedup window and Arrow encoder for OrderBatch bytes. Thread-safe: "
                      "process() releases the GIL and may run on several threads; only the dedup window is "
                      "shared, locked for the dedup stage alone.")
-      .def(py::init<int64_t, double, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                    int32_t, int32_t, bool>(),
+      .def(py::init<int64_t, double, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int32_t,
+                    int32_t, bool>(),
            py::kw_only(), py::arg("dedup_max_keys") = 1000000, py::arg("dedup_max_age_s") = 3600.0,
            py::arg("max_orders_per_batch") = 100000, py::arg("max_items_per_order") = 1000,
            py::arg("max_payments_per_order") = 1000, py::arg("max_batch_id_bytes") = 128,
-           py::arg("max_source_bytes") = 128,
-           py::arg("max_event_id_bytes") = 128, py::arg("max_id_bytes") = 64, py::arg("max_text_bytes") = 256,
-           py::arg("min_year") = 2000, py::arg("max_year") = 2100, py::arg("bronze_tables") = true)
+           py::arg("max_source_bytes") = 128, py::arg("max_event_id_bytes") = 128, py::arg("max_id_bytes") = 64,
+           py::arg("max_text_bytes") = 256, py::arg("min_year") = 2000, py::arg("max_year") = 2100,
+           py::arg("bronze_tables") = true)
       .def("process", &PyCore::process, py::arg("data"), py::kw_only(), py::arg("now_ms") = py::none())
       .def("forget", &PyCore::forget, py::arg("result"))
       .def_property_readonly("dedup_size", &PyCore::dedup_size)
@@ -514,8 +512,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<const std::string&, int, int64_t>(), py::arg("codec"), py::arg("level"), py::arg("max_bytes"))
       .def("append_orders", &PyRecordBatchBuilder::append_orders, py::arg("result"), py::arg("raw"),
            py::arg("partition"), py::arg("partitions"), py::arg("start"), py::arg("timestamp_ms"), py::arg("headers"))
-      .def("append_rejects", &PyRecordBatchBuilder::append_rejects, py::arg("result"), py::arg("raw"),
-           py::arg("start"), py::arg("timestamp_ms"), py::arg("headers"))
+      .def("append_rejects", &PyRecordBatchBuilder::append_rejects, py::arg("result"), py::arg("raw"), py::arg("start"),
+           py::arg("timestamp_ms"), py::arg("headers"))
       .def("close", &PyRecordBatchBuilder::close)
       .def("closed", &PyRecordBatchBuilder::closed)
       .def("record_count", &PyRecordBatchBuilder::record_count)

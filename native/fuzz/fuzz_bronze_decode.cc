@@ -30,8 +30,8 @@ void fix_crcs(std::vector<uint8_t>* bytes) {
   size_t at = 0;
   while (bytes->size() - at >= kRecordBatchHeaderBytes) {
     uint8_t* h = bytes->data() + at;
-    const int32_t length = static_cast<int32_t>((uint32_t{h[8]} << 24) | (uint32_t{h[9]} << 16) |
-                                                (uint32_t{h[10]} << 8) | h[11]);
+    const int32_t length =
+        static_cast<int32_t>((uint32_t{h[8]} << 24) | (uint32_t{h[9]} << 16) | (uint32_t{h[10]} << 8) | h[11]);
     if (length < static_cast<int32_t>(kRecordBatchHeaderBytes - 12) ||
         static_cast<size_t>(length) + 12 > bytes->size() - at) {
       return;
@@ -99,8 +99,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Error error;
     // A bound inside the input's offsets for a third of the inputs: the clip
     // at a record inside a batch is fuzzed too.
-    const int64_t end_offset = input.size() % 3 == 0 ? first_offset + static_cast<int64_t>(input.size() % 97)
-                                                     : kNoEndOffset;
+    const int64_t end_offset =
+        input.size() % 3 == 0 ? first_offset + static_cast<int64_t>(input.size() % 97) : kNoEndOffset;
     const Code code = orders ? decode_order_records(input.data(), input.size(), first_offset, end_offset,
                                                     kMaxBatchBytes, &window, ProcessOptions{}, &out, &error)
                              : decode_reject_records(input.data(), input.size(), first_offset, end_offset,

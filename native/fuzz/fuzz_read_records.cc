@@ -38,8 +38,8 @@ void fix_crcs(std::vector<uint8_t>* bytes) {
   size_t at = 0;
   while (bytes->size() - at >= kRecordBatchHeaderBytes) {
     uint8_t* h = bytes->data() + at;
-    const int32_t length = static_cast<int32_t>((uint32_t{h[8]} << 24) | (uint32_t{h[9]} << 16) |
-                                                (uint32_t{h[10]} << 8) | h[11]);
+    const int32_t length =
+        static_cast<int32_t>((uint32_t{h[8]} << 24) | (uint32_t{h[9]} << 16) | (uint32_t{h[10]} << 8) | h[11]);
     if (length < static_cast<int32_t>(kRecordBatchHeaderBytes - 12) ||
         static_cast<size_t>(length) + 12 > bytes->size() - at) {
       return;

@@ -12,6 +12,9 @@ namespace {
 
 using CT = ColumnType;
 
+// The tables down to kPaymentType are laid out by hand, one field per line,
+// and clang-format would pack them into a grid and split the braced-list macros.
+// clang-format off
 // The four tables' fields, shared by the ingest tables and Bronze's.
 #define KS_ORDERS_FIELDS \
     {"event_id", CT::kUtf8}, \
@@ -110,7 +113,7 @@ constexpr FieldDef kChildCounts[] = {
     {"customer_count", CT::kInt32},
 };
 
-#define KS_TABLE(name, fields) {name, fields, static_cast<int>(sizeof(fields) / sizeof(fields[0]))}
+#define KS_TABLE(name, fields) {name, fields, static_cast<int>(sizeof(fields) / sizeof((fields)[0]))}
 constexpr TableDef kTables[] = {
     KS_TABLE("orders", kOrders),
     KS_TABLE("order_items", kOrderItems),
@@ -135,12 +138,13 @@ struct Name {
 };
 #define KS_NAME(s) Name{s, sizeof(s) - 1}
 // Olist's own spellings, indexed by the proto enum value.
-constexpr Name kOrderStatus[] = {KS_NAME(""),          KS_NAME("created"),   KS_NAME("approved"),
-                                 KS_NAME("invoiced"),  KS_NAME("processing"), KS_NAME("shipped"),
+constexpr Name kOrderStatus[] = {KS_NAME(""),          KS_NAME("created"),     KS_NAME("approved"),
+                                 KS_NAME("invoiced"),  KS_NAME("processing"),  KS_NAME("shipped"),
                                  KS_NAME("delivered"), KS_NAME("unavailable"), KS_NAME("canceled")};
 constexpr Name kPaymentType[] = {KS_NAME(""),        KS_NAME("credit_card"), KS_NAME("boleto"),
                                  KS_NAME("voucher"), KS_NAME("debit_card"),  KS_NAME("not_defined")};
 #undef KS_NAME
+// clang-format on
 
 // ---------------------------------------------------------------- builders
 // Each writer appends one value per row to a Column. They trust the caller
@@ -343,8 +347,7 @@ std::shared_ptr<Table> encode_orders(const BatchView& b, const std::vector<uint3
     oid += b.orders[i].order_id.length;
     cid += b.orders[i].customer_id.length;
   }
-  Utf8Writer event_id(&c[0], n, ev), order_id(&c[1], n, oid), customer_id(&c[2], n, cid),
-      status(&c[3], n, n * 9);
+  Utf8Writer event_id(&c[0], n, ev), order_id(&c[1], n, oid), customer_id(&c[2], n, cid), status(&c[3], n, n * 9);
   TimestampWriter ts[kOrderTimestampCount] = {{&c[4], n}, {&c[5], n}, {&c[6], n}, {&c[7], n}, {&c[8], n}};
   for (uint32_t i : rows) {
     const OrderView& o = b.orders[i];
@@ -406,7 +409,7 @@ std::shared_ptr<Table> encode_payments(const BatchView& b, const std::vector<uin
   for (uint32_t i : rows) {
     const OrderView& o = b.orders[i];
     n += o.payments_end - o.payments_begin;
-    oid += (o.payments_end - o.payments_begin) * o.order_id.length;
+    oid += size_t{o.payments_end - o.payments_begin} * o.order_id.length;
   }
   Utf8Writer order_id(&c[0], n, oid), type(&c[2], n, n * 11);
   c[1].values.reserve(n * 4);

@@ -59,9 +59,7 @@ struct RecordHeaders {
   HeaderView event_id, batch_id, source, producer, reason, index, message;
 };
 
-inline bool key_is(std::string_view key, const char* name, size_t n) {
-  return std::memcmp(key.data(), name, n) == 0;
-}
+inline bool key_is(std::string_view key, const char* name, size_t n) { return std::memcmp(key.data(), name, n) == 0; }
 
 RecordHeaders headers_of(const RecordSet& set, const Record& r) {
   RecordHeaders out;
@@ -69,6 +67,8 @@ RecordHeaders headers_of(const RecordSet& set, const Record& r) {
   for (uint32_t i = 0; i < r.header_count; ++i) {
     const std::string_view key = h[i].key;
     HeaderView* slot = nullptr;
+    // One line per header key, dispatched on its length.
+    // clang-format off
     switch (key.size()) {
       case 6: if (key_is(key, "source", 6)) slot = &out.source; break;
       case 8:
@@ -81,14 +81,13 @@ RecordHeaders headers_of(const RecordSet& set, const Record& r) {
       case 13: if (key_is(key, "error.message", 13)) slot = &out.message; break;
       default: break;
     }
+    // clang-format on
     if (slot != nullptr && !slot->present && h[i].value.data() != nullptr) *slot = HeaderView{h[i].value, true};
   }
   return out;
 }
 
-inline bool utf8(std::string_view s) {
-  return wire::valid_utf8(reinterpret_cast<const uint8_t*>(s.data()), s.size());
-}
+inline bool utf8(std::string_view s) { return wire::valid_utf8(reinterpret_cast<const uint8_t*>(s.data()), s.size()); }
 
 // A header's value for a utf8 column of the quarantine: empty when it is
 // missing or not UTF-8 (the raw value keeps the record's bytes).
@@ -124,9 +123,9 @@ Code check_offsets(const RecordSet& set, Error* error) {
   for (const RecordBatchInfo& b : set.batches) {
     const auto where = static_cast<int64_t>(at);
     if (b.base_offset < 0 || b.base_offset > kMaxBaseOffset || b.last_offset_delta < 0) {
-      return fail(error, Code::kCorruptRecordBatch, where,
-                  "record batch claims offsets " + std::to_string(b.base_offset) + " + " +
-                      std::to_string(b.last_offset_delta));
+      return fail(
+          error, Code::kCorruptRecordBatch, where,
+          "record batch claims offsets " + std::to_string(b.base_offset) + " + " + std::to_string(b.last_offset_delta));
     }
     if (b.base_offset < previous_end) {
       return fail(error, Code::kCorruptRecordBatch, where,
@@ -184,8 +183,8 @@ void clip(RecordSet* set, int64_t end_offset) {
 
 KS_COLD Code too_large(Error* error, size_t at, const RecordBatchInfo& b) {
   return fail(error, Code::kBatchTooLarge, static_cast<int64_t>(at),
-              "the record batch of offsets " + std::to_string(b.base_offset) + ".." +
-                  std::to_string(batch_end(b) - 1) + " would build a column of 2 GiB or more");
+              "the record batch of offsets " + std::to_string(b.base_offset) + ".." + std::to_string(batch_end(b) - 1) +
+                  " would build a column of 2 GiB or more");
 }
 
 std::string at_offset(int64_t offset) { return "Kafka offset " + std::to_string(offset) + ": "; }
@@ -243,7 +242,7 @@ class OrderRecords {
   std::vector<Entry> entries_;
   std::vector<Pending> pending_;
   std::vector<Key128> keys_;  // pending_'s dedup keys
-  uint64_t used_ = 0;  // output bytes of the batches kept
+  uint64_t used_ = 0;         // output bytes of the batches kept
   // The last lineage headers seen and their checked copy in the arena.
   bool cached_ = false;
   HeaderView cached_headers_[3];
@@ -323,8 +322,9 @@ bool OrderRecords::decode(const RecordBatchInfo& b) {
         order_record_.push_back(i);
       } else {
         arena_.truncate(order.offset);  // only the value: the lineage may be the cached copy
-        quarantine(i, kUndecodable, at_offset(r.offset) + "the value is not an Order: " + error.message + " (" +
-                                        code_name(error.code) + ")");
+        quarantine(
+            i, kUndecodable,
+            at_offset(r.offset) + "the value is not an Order: " + error.message + " (" + code_name(error.code) + ")");
       }
     }
     pending_.push_back(p);

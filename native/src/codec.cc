@@ -27,7 +27,7 @@ KS_COLD Code fail(Error* error, const std::string& message) {
 // blocks of [big-endian int32 compressed length][raw snappy block].
 constexpr uint8_t kXerialMagic[8] = {0x82, 'S', 'N', 'A', 'P', 'P', 'Y', 0};
 constexpr size_t kXerialHeader = 16;
-constexpr size_t kXerialBlock = 32 * 1024;  // snappy-java's default block size
+constexpr size_t kXerialBlock = size_t{32} * 1024;  // snappy-java's default block size
 
 void put_be32(uint8_t* p, uint32_t v) {
   p[0] = static_cast<uint8_t>(v >> 24);
@@ -50,8 +50,8 @@ Code snappy_compress(const uint8_t* in, size_t n, Buffer* out) {
     size_t before = out->size();
     out->extend(4 + snappy::MaxCompressedLength(len));
     size_t written = 0;
-    snappy::RawCompress(reinterpret_cast<const char*>(in + at), len,
-                        reinterpret_cast<char*>(out->data() + before + 4), &written);
+    snappy::RawCompress(reinterpret_cast<const char*>(in + at), len, reinterpret_cast<char*>(out->data() + before + 4),
+                        &written);
     put_be32(out->data() + before, static_cast<uint32_t>(written));
     out->truncate(before + 4 + written);
   }
@@ -159,7 +159,7 @@ Code lz4_decompress(const uint8_t* in, size_t n, size_t max_out, Buffer* out, Er
   size_t at = 0;
   size_t hint = 1;
   while (hint != 0) {
-    size_t room = std::min<size_t>(64 * 1024, max_out - std::min(max_out, out->size()));
+    size_t room = std::min<size_t>(size_t{64} * 1024, max_out - std::min(max_out, out->size()));
     if (room == 0) {
       code = fail(error, "lz4: decompresses to more bytes than allowed");
       break;
@@ -187,7 +187,8 @@ Code gzip_compress(int level, const uint8_t* in, size_t n, Buffer* out, Error* e
   z_stream z;
   std::memset(&z, 0, sizeof(z));
   // 15 + 16: a gzip wrapper (RFC 1952) around deflate, as Kafka's GZIPOutputStream writes.
-  if (deflateInit2(&z, level == 0 ? Z_DEFAULT_COMPRESSION : level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+  if (deflateInit2(&z, level == 0 ? Z_DEFAULT_COMPRESSION : level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
+      Z_OK) {
     return fail(error, "gzip: bad level " + std::to_string(level));
   }
   size_t before = out->size();
@@ -216,7 +217,7 @@ Code gzip_decompress(const uint8_t* in, size_t n, size_t max_out, Buffer* out, E
   z.avail_in = static_cast<uInt>(n);
   Code code = Code::kOk;
   for (;;) {
-    size_t room = std::min<size_t>(64 * 1024, max_out - std::min(max_out, out->size()));
+    size_t room = std::min<size_t>(size_t{64} * 1024, max_out - std::min(max_out, out->size()));
     if (room == 0) {
       code = fail(error, "gzip: decompresses to more bytes than allowed");
       break;

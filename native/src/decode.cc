@@ -21,6 +21,12 @@ struct Level {
 // The deepest path in the schema: OrderBatch.orders[i].items[j].shipping_limit_date.seconds
 constexpr int kMaxDepth = 4;
 
+// The name of a field, or null for one the table does not know.
+template <size_t N>
+const char* name_in(const char* const (&table)[N], uint32_t field) {
+  return field < N ? table[field] : nullptr;
+}
+
 const char* field_name(Msg msg, uint32_t field) {
   static const char* const kBatch[] = {nullptr, "batch_id", "source", "orders"};
   static const char* const kOrder[] = {nullptr,
@@ -36,23 +42,21 @@ const char* field_name(Msg msg, uint32_t field) {
                                        "items",
                                        "payments",
                                        "customer"};
-  static const char* const kItem[] = {nullptr,      "order_item_id", "product_id",         "seller_id",
-                                      "shipping_limit_date", "price_cents", "freight_value_cents"};
+  static const char* const kItem[] = {
+      nullptr, "order_item_id", "product_id", "seller_id", "shipping_limit_date", "price_cents", "freight_value_cents"};
   static const char* const kPayment[] = {nullptr, "payment_sequential", "payment_type", "payment_installments",
                                          "payment_value_cents"};
-  static const char* const kCustomer[] = {nullptr, "customer_unique_id", "customer_zip_code_prefix",
-                                          "customer_city", "customer_state"};
+  static const char* const kCustomer[] = {nullptr, "customer_unique_id", "customer_zip_code_prefix", "customer_city",
+                                          "customer_state"};
   static const char* const kTimestamp[] = {nullptr, "seconds", "nanos"};
-#define KS_NAME(table) return field < sizeof(table) / sizeof(table[0]) ? table[field] : nullptr
   switch (msg) {
-    case Msg::kBatch: KS_NAME(kBatch);
-    case Msg::kOrder: KS_NAME(kOrder);
-    case Msg::kItem: KS_NAME(kItem);
-    case Msg::kPayment: KS_NAME(kPayment);
-    case Msg::kCustomer: KS_NAME(kCustomer);
-    case Msg::kTimestamp: KS_NAME(kTimestamp);
+    case Msg::kBatch: return name_in(kBatch, field);
+    case Msg::kOrder: return name_in(kOrder, field);
+    case Msg::kItem: return name_in(kItem, field);
+    case Msg::kPayment: return name_in(kPayment, field);
+    case Msg::kCustomer: return name_in(kCustomer, field);
+    case Msg::kTimestamp: return name_in(kTimestamp, field);
   }
-#undef KS_NAME
   return nullptr;
 }
 
@@ -61,12 +65,12 @@ bool is_repeated(Msg msg, uint32_t field) {
 }
 
 // Propagates a reader failure, recording the path while it is still known.
-#define KS_READ(expr)                                     \
-  do {                                                    \
-    Code ks_code_ = (expr);                               \
-    if (KS_UNLIKELY(ks_code_ != Code::kOk)) {             \
-      return fail(ks_code_);                              \
-    }                                                     \
+#define KS_READ(expr)                         \
+  do {                                        \
+    Code ks_code_ = (expr);                   \
+    if (KS_UNLIKELY(ks_code_ != Code::kOk)) { \
+      return fail(ks_code_);                  \
+    }                                         \
   } while (0)
 
 class Decoder {
@@ -127,7 +131,7 @@ class Decoder {
   BatchView* out_;
   Error* error_;
   Level path_[kMaxDepth + 1];
-  int depth_ = -1;  // index of the innermost level in path_
+  int depth_ = -1;          // index of the innermost level in path_
   Msg root_ = Msg::kBatch;  // the message decoding started from
   uint32_t origin_ = 0;     // where root_ starts in the buffer: error offsets count from here
 };
@@ -243,8 +247,11 @@ Code Decoder::order(OrderView* o) {
       case 2: return string(wt, &o->order_id);
       case 3: return string(wt, &o->customer_id);
       case 4: return int32_field(wt, &o->order_status);
-      case 5: case 6: case 7: case 8: case 9:
-        return message(wt, &s, [&] { return timestamp(&o->timestamps[f - 5]); });
+      case 5:
+      case 6:
+      case 7:
+      case 8:
+      case 9: return message(wt, &s, [&] { return timestamp(&o->timestamps[f - 5]); });
       case 10:
         lv.index = static_cast<uint32_t>(items.size()) - o->items_begin;
         if (KS_UNLIKELY(lv.index >= limits_.max_items_per_order)) {
@@ -333,8 +340,7 @@ void BatchView::clear() {
   lineage.clear();
 }
 
-Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, BatchView* out,
-                  Error* error) {
+Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, BatchView* out, Error* error) {
   out->clear();
   out->data = data;
   out->size = size;
@@ -361,7 +367,7 @@ bool peek_batch_id(const uint8_t* data, size_t size, Span* batch_id) {
   Reader r(data, size);
   bool found = false;
   while (!r.at_end()) {
-    uint32_t field, wire_type;
+    uint32_t field = 0, wire_type = 0;
     if (r.tag(&field, &wire_type) != Code::kOk) return false;
     if (field == 1 && wire_type == wire::kLen) {
       if (r.len(batch_id) != Code::kOk) return false;

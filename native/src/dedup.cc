@@ -1,11 +1,11 @@
 #include "keystone/dedup.h"
 
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <unordered_set>
-
-#include <sys/mman.h>
 
 namespace keystone {
 namespace {
@@ -60,19 +60,19 @@ uint64_t round_up_pow2(uint64_t v) {
 // Two 64-bit lanes, each absorbing 16 bytes per step through a folded
 // 128-bit multiply, cross-mixed at the end; the length seeds both lanes so
 // zero padding of the tail cannot collide with a longer input.
-Key128 hash128(const uint8_t* p, size_t n, uint64_t seed) {
-  uint64_t h1 = seed ^ mix(n ^ kP0, kP1);
-  uint64_t h2 = ~seed ^ mix(n ^ kP2, kP3);
-  while (n >= 16) {
-    const uint64_t a = load64(p), b = load64(p + 8);
+Key128 hash128(const uint8_t* data, size_t size, uint64_t seed) {
+  uint64_t h1 = seed ^ mix(size ^ kP0, kP1);
+  uint64_t h2 = ~seed ^ mix(size ^ kP2, kP3);
+  while (size >= 16) {
+    const uint64_t a = load64(data), b = load64(data + 8);
     h1 = mix(a ^ kP1 ^ h1, b ^ kP2);
     h2 = mix(b ^ kP3 ^ h2, a ^ kP0);
-    p += 16;
-    n -= 16;
+    data += 16;
+    size -= 16;
   }
-  if (n > 0) {
+  if (size > 0) {
     uint8_t tail[16] = {0};
-    std::memcpy(tail, p, n);
+    std::memcpy(tail, data, size);
     const uint64_t a = load64(tail), b = load64(tail + 8);
     h1 = mix(a ^ kP1 ^ h1, b ^ kP2);
     h2 = mix(b ^ kP3 ^ h2, a ^ kP0);

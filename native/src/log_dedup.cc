@@ -6,7 +6,6 @@
 namespace keystone {
 namespace {
 
-
 uint64_t round_up_pow2(uint64_t v) {
   uint64_t p = 1;
   while (p < v) p <<= 1;
@@ -36,8 +35,7 @@ uint64_t LogDedup::find(const Key128& key) const {
 // the oldest leaves); the index is rebuilt for the new positions, oldest
 // first so each key ends up pointing at its latest occurrence.
 void LogDedup::grow() {
-  const size_t cap = std::min<size_t>(std::max<size_t>(ring_.size() * 2, 16),
-                                      static_cast<size_t>(window_records_) + 1);
+  const size_t cap = std::min<size_t>(std::max<size_t>(ring_.size() * 2, 16), static_cast<size_t>(window_records_) + 1);
   std::vector<Occurrence> ring(cap);
   for (size_t i = 0; i < count_; ++i) ring[i] = ring_[position(i)];
   ring_.swap(ring);
@@ -76,10 +74,10 @@ Code LogDedup::observe(int64_t offset, int64_t timestamp_ms, const Key128& key, 
     if (error != nullptr) {
       error->code = Code::kOffsetOutOfOrder;
       error->offset = -1;
-      error->message = offset < 0 ? "offset " + std::to_string(offset) + " is negative"
-                                  : "offset " + std::to_string(offset) + " is not after " +
-                                        std::to_string(last_offset_) +
-                                        ", the last one the dedup window observed; reset() it to read again";
+      error->message = offset < 0
+                           ? "offset " + std::to_string(offset) + " is negative"
+                           : "offset " + std::to_string(offset) + " is not after " + std::to_string(last_offset_) +
+                                 ", the last one the dedup window observed; reset() it to read again";
     }
     return Code::kOffsetOutOfOrder;
   }

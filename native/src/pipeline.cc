@@ -3,19 +3,19 @@
 namespace keystone {
 
 // Turns a stage's Code into the Error it filled, keeping process_batch flat.
-#define KS_TRY_STAGE(expr, error)                 \
-  do {                                            \
-    if (KS_UNLIKELY((expr) != Code::kOk)) {       \
-      return (error);                             \
-    }                                             \
+#define KS_TRY_STAGE(expr, error)           \
+  do {                                      \
+    if (KS_UNLIKELY((expr) != Code::kOk)) { \
+      return (error);                       \
+    }                                       \
   } while (0)
 
 namespace {
 constexpr size_t kKeepOrdersCapacity = 1 << 16;
 }  // namespace
 
-Result<BatchOutput> process_batch(const uint8_t* data, size_t size, const ProcessOptions& options,
-                                  DedupWindow* window, int64_t now_ms) {
+Result<BatchOutput> process_batch(const uint8_t* data, size_t size, const ProcessOptions& options, DedupWindow* window,
+                                  int64_t now_ms) {
   Error error;
   if (KS_UNLIKELY(size > kMaxInputBytes)) {
     error.code = Code::kBatchTooLarge;

@@ -26,7 +26,8 @@ constexpr ReasonInfo kReasons[] = {
     {"item_id_zero", "order_item_id is 0 (it starts at 1)"},
     {"item_id_out_of_range", "order_item_id is more than 2147483647"},
     {"item_id_repeated", "two items of one order share an order_item_id"},
-    {"text_too_long", "an item or customer string is longer than its limit (max_id_bytes for ids, max_text_bytes for other text)"},
+    {"text_too_long",
+     "an item or customer string is longer than its limit (max_id_bytes for ids, max_text_bytes for other text)"},
     {"money_negative", "a price, freight value or payment value is negative"},
     {"money_out_of_range", "money is more than decimal(12,2) holds (9,999,999,999.99)"},
     {"payment_counter_out_of_range", "payment_sequential or payment_installments is more than 2147483647"},
@@ -39,8 +40,8 @@ static_assert(sizeof(kReasons) / sizeof(kReasons[0]) == static_cast<size_t>(Reas
 constexpr int64_t kMaxCents = 999999999999;  // decimal(12,2) tops out at 9,999,999,999.99
 constexpr uint32_t kMaxInt32 = 2147483647;
 constexpr const char* kOrderTimestampNames[kOrderTimestampCount] = {
-    "order_purchase_timestamp", "order_approved_at", "order_delivered_carrier_date",
-    "order_delivered_customer_date", "order_estimated_delivery_date"};
+    "order_purchase_timestamp", "order_approved_at", "order_delivered_carrier_date", "order_delivered_customer_date",
+    "order_estimated_delivery_date"};
 
 // Checks one order. Rules run in a fixed order and the first that fails is
 // the order's reason; messages are only built for orders that fail.
@@ -56,11 +57,11 @@ class OrderChecker {
   bool check(const OrderView& o);
 
   Reason reason() const { return reason_; }
-  std::string take_message() { return std::move(message_); }
+  std::string take_message() { return std::exchange(message_, {}); }
 
  private:
   bool text(Span s, uint32_t limit, const std::string& path);
-  bool id(Span s, const char* path, Reason empty, Reason too_long);
+  bool id(Span s, const char* path, Reason empty, Reason long_reason);
   bool timestamp(const Timestamp& ts, const std::string& path);
   bool money(int64_t cents, const std::string& path);
   bool counter(uint32_t value, const std::string& path, Reason reason);
@@ -174,8 +175,8 @@ bool OrderChecker::items(const OrderView& o) {
       return text(it.seller_id, options_.max_id_bytes, path("seller_id"));
     }
     const Timestamp& ts = it.shipping_limit_date;
-    if (ts.present && KS_UNLIKELY(ts.nanos < 0 || ts.nanos > 999999999 || ts.seconds < min_seconds_ ||
-                                  ts.seconds >= end_seconds_)) {
+    if (ts.present &&
+        KS_UNLIKELY(ts.nanos < 0 || ts.nanos > 999999999 || ts.seconds < min_seconds_ || ts.seconds >= end_seconds_)) {
       return timestamp(ts, path("shipping_limit_date"));
     }
     if (KS_UNLIKELY(static_cast<uint64_t>(it.price_cents) > static_cast<uint64_t>(kMaxCents))) {
@@ -202,8 +203,8 @@ bool OrderChecker::payments(const OrderView& o) {
       return reject(Reason::kPaymentTypeUnspecified, path("payment_type") + " is PAYMENT_TYPE_UNSPECIFIED");
     }
     if (KS_UNLIKELY(p.payment_type < 0 || p.payment_type > 5)) {
-      return reject(Reason::kPaymentTypeUnknown, path("payment_type") + " " + std::to_string(p.payment_type) +
-                                                     " is not a known PaymentType");
+      return reject(Reason::kPaymentTypeUnknown,
+                    path("payment_type") + " " + std::to_string(p.payment_type) + " is not a known PaymentType");
     }
     if (KS_UNLIKELY(static_cast<uint64_t>(p.payment_value_cents) > static_cast<uint64_t>(kMaxCents))) {
       return money(p.payment_value_cents, path("payment_value_cents"));
@@ -230,8 +231,8 @@ bool OrderChecker::check(const OrderView& o) {
   }
   for (int k = 0; k < kOrderTimestampCount; ++k) {
     const Timestamp& ts = o.timestamps[k];
-    if (ts.present && KS_UNLIKELY(ts.nanos < 0 || ts.nanos > 999999999 || ts.seconds < min_seconds_ ||
-                                  ts.seconds >= end_seconds_)) {
+    if (ts.present &&
+        KS_UNLIKELY(ts.nanos < 0 || ts.nanos > 999999999 || ts.seconds < min_seconds_ || ts.seconds >= end_seconds_)) {
       return timestamp(ts, kOrderTimestampNames[k]);
     }
   }
@@ -268,8 +269,8 @@ Code validate_lineage(size_t batch_id_bytes, size_t source_bytes, const Validati
   if (KS_UNLIKELY(batch_id_bytes == 0)) {
     error->code = Code::kBatchIdEmpty;
     error->offset = -1;
-    error->message = "batch_id is empty; every batch needs an id of 1 to " +
-                     std::to_string(options.max_batch_id_bytes) + " bytes";
+    error->message =
+        "batch_id is empty; every batch needs an id of 1 to " + std::to_string(options.max_batch_id_bytes) + " bytes";
     return error->code;
   }
   if (KS_UNLIKELY(batch_id_bytes > options.max_batch_id_bytes)) {
@@ -282,8 +283,8 @@ Code validate_lineage(size_t batch_id_bytes, size_t source_bytes, const Validati
   if (KS_UNLIKELY(source_bytes > options.max_source_bytes)) {
     error->code = Code::kSourceTooLong;
     error->offset = -1;
-    error->message = too_long("source", static_cast<uint32_t>(std::min<size_t>(source_bytes, UINT32_MAX)),
-                              options.max_source_bytes);
+    error->message =
+        too_long("source", static_cast<uint32_t>(std::min<size_t>(source_bytes, UINT32_MAX)), options.max_source_bytes);
     return error->code;
   }
   return Code::kOk;

@@ -1,7 +1,6 @@
 #include "keystone/wire.h"
 
-namespace keystone {
-namespace wire {
+namespace keystone::wire {
 
 Code Reader::varint_slow(uint64_t* out) {
   const uint8_t* start = p_;
@@ -20,21 +19,19 @@ Code Reader::varint_slow(uint64_t* out) {
   return fail(Code::kVarintTooLong, start, "varint longer than 10 bytes");
 }
 
+// skip and skip_group call each other, but only one level deep: skip_group
+// passes skip the fields that are not groups.
+// NOLINTNEXTLINE(misc-no-recursion)
 Code Reader::skip(uint32_t field, uint32_t wire_type) {
   uint64_t ignored64;
   uint32_t ignored32;
   Span ignored_span;
   switch (wire_type) {
-    case kVarint:
-      return varint(&ignored64);
-    case kI64:
-      return fixed64(&ignored64);
-    case kLen:
-      return len(&ignored_span);
-    case kI32:
-      return fixed32(&ignored32);
-    case kStartGroup:
-      return skip_group(field);
+    case kVarint: return varint(&ignored64);
+    case kI64: return fixed64(&ignored64);
+    case kLen: return len(&ignored_span);
+    case kI32: return fixed32(&ignored32);
+    case kStartGroup: return skip_group(field);
     default:  // kEndGroup: an end with no start at this level
       return fail(Code::kBadWireType, last_tag_, "end-group tag without a start-group");
   }
@@ -43,6 +40,7 @@ Code Reader::skip(uint32_t field, uint32_t wire_type) {
 // Groups (proto2's deprecated nested encoding) are skipped without recursion:
 // a small stack of open field numbers, bounded by kMaxGroupDepth, so hostile
 // nesting can neither overflow the C++ stack nor run unbounded.
+// NOLINTNEXTLINE(misc-no-recursion): one level deep, see skip
 Code Reader::skip_group(uint32_t field) {
   uint32_t open[kMaxGroupDepth];
   int depth = 0;
@@ -69,18 +67,18 @@ Code Reader::skip_group(uint32_t field) {
 }
 
 // The well-formed ranges of Unicode's Table 3-7, one sequence at a time.
-bool valid_utf8_from(const uint8_t* s, size_t n, size_t from) {
+bool valid_utf8_from(const uint8_t* data, size_t size, size_t from) {
   size_t i = from;
-  while (i < n) {
-    if (i + 8 <= n) {
+  while (i < size) {
+    if (i + 8 <= size) {
       uint64_t word;
-      std::memcpy(&word, s + i, 8);
+      std::memcpy(&word, data + i, 8);
       if ((word & 0x8080808080808080ull) == 0) {
         i += 8;
         continue;
       }
     }
-    const uint8_t c = s[i];
+    const uint8_t c = data[i];
     if (c < 0x80) {
       ++i;
       continue;
@@ -100,15 +98,14 @@ bool valid_utf8_from(const uint8_t* s, size_t n, size_t from) {
     } else {
       return false;  // continuation byte, overlong lead 0xc0/0xc1, or 0xf5..0xff
     }
-    if (n - i <= need) return false;
-    if (s[i + 1] < lo || s[i + 1] > hi) return false;
+    if (size - i <= need) return false;
+    if (data[i + 1] < lo || data[i + 1] > hi) return false;
     for (size_t k = 2; k <= need; ++k) {
-      if ((s[i + k] & 0xc0) != 0x80) return false;
+      if ((data[i + k] & 0xc0) != 0x80) return false;
     }
     i += need + 1;
   }
   return true;
 }
 
-}  // namespace wire
-}  // namespace keystone
+}  // namespace keystone::wire

@@ -73,14 +73,14 @@ std::string orders_batch(const std::string& raw, int64_t base_offset, const std:
   return finished(b, base_offset);
 }
 
-const std::vector<RecordHeader> kCommon = {{"batch_id", "b-1"}, {"source", "test"}, {"content-type", "x"},
-                                           {"producer", "svc-a"}};
+const std::vector<RecordHeader> kCommon = {
+    {"batch_id", "b-1"}, {"source", "test"}, {"content-type", "x"}, {"producer", "svc-a"}};
 
 DecodedRecords decode(const std::string& fetch, int64_t first_offset, LogDedup* dedup) {
   DecodedRecords out;
   Error error;
-  CHECK_EQ(decode_order_records(bytes(fetch), fetch.size(), first_offset, kNoEndOffset, 1 << 24, dedup, ProcessOptions{}, &out,
-                                &error),
+  CHECK_EQ(decode_order_records(bytes(fetch), fetch.size(), first_offset, kNoEndOffset, 1 << 24, dedup,
+                                ProcessOptions{}, &out, &error),
            Code::kOk);
   return out;
 }
@@ -168,7 +168,7 @@ TEST(records_before_first_offset_and_control_batches_are_skipped) {
   std::string marker = orders_batch(request("b-9", 9, 1, false), 104, kCommon, Codec::kNone);
   marker[22] = static_cast<char>(marker[22] | 0x20);
   const uint32_t crc = crc32c(bytes(marker) + 21, marker.size() - 21);
-  for (int i = 0; i < 4; ++i) marker[static_cast<size_t>(17 + i)] = static_cast<char>(crc >> (24 - 8 * i));
+  for (size_t i = 0; i < 4; ++i) marker[17 + i] = static_cast<char>(crc >> (24 - 8 * i));
   fetch += marker;
   LogDedup dedup(1000, 1000);
   DecodedRecords d = decode(fetch, 102, &dedup);
@@ -232,15 +232,16 @@ TEST(corrupt_input_is_refused_with_its_offset_and_leaves_the_window_alone) {
   LogDedup dedup(1000, 1000);
   DecodedRecords out;
   Error error;
-  CHECK_EQ(decode_order_records(bytes(fetch), fetch.size(), 0, kNoEndOffset, 1 << 24, &dedup, ProcessOptions{}, &out, &error),
+  CHECK_EQ(decode_order_records(bytes(fetch), fetch.size(), 0, kNoEndOffset, 1 << 24, &dedup, ProcessOptions{}, &out,
+                                &error),
            Code::kCorruptRecordBatch);
   CHECK_EQ(error.offset, static_cast<int64_t>(first + 17));
   CHECK_EQ(dedup.last_offset(), -1);
   // Offsets that go backwards are as corrupt.
   std::string backwards = orders_batch(request("b-1", 1, 2, false), 10, kCommon);
   backwards += orders_batch(request("b-1", 3, 2, false), 5, kCommon);
-  CHECK_EQ(decode_order_records(bytes(backwards), backwards.size(), 0, kNoEndOffset, 1 << 24, &dedup, ProcessOptions{}, &out,
-                                &error),
+  CHECK_EQ(decode_order_records(bytes(backwards), backwards.size(), 0, kNoEndOffset, 1 << 24, &dedup, ProcessOptions{},
+                                &out, &error),
            Code::kCorruptRecordBatch);
   CHECK(error.message.find("starts before the end of the one before") != std::string::npos);
 }
@@ -251,7 +252,8 @@ TEST(a_re_read_without_reset_is_refused) {
   decode(fetch, 0, &dedup);
   DecodedRecords out;
   Error error;
-  CHECK_EQ(decode_order_records(bytes(fetch), fetch.size(), 0, kNoEndOffset, 1 << 24, &dedup, ProcessOptions{}, &out, &error),
+  CHECK_EQ(decode_order_records(bytes(fetch), fetch.size(), 0, kNoEndOffset, 1 << 24, &dedup, ProcessOptions{}, &out,
+                                &error),
            Code::kOffsetOutOfOrder);
   dedup.reset();
   CHECK_EQ(decode(fetch, 0, &dedup).orders, 2u);

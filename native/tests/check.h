@@ -55,17 +55,17 @@ void expect_eq(const A& a, const B& b, const char* as, const char* bs, const cha
 
 }  // namespace check
 
-#define TEST(name)                                             \
-  static void name();                                          \
-  static ::check::Register name##_registered(#name, name);     \
+#define TEST(name)                                         \
+  static void name();                                      \
+  static ::check::Register name##_registered(#name, name); \
   static void name()
 
-#define CHECK(cond)                                                                   \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);   \
-      ++::check::failures();                                                          \
-    }                                                                                 \
+#define CHECK(cond)                                                                 \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
+      std::fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+      ++::check::failures();                                                        \
+    }                                                                               \
   } while (0)
 
 #define CHECK_EQ(a, b) ::check::expect_eq((a), (b), #a, #b, __FILE__, __LINE__)

@@ -81,7 +81,7 @@ TEST(snappy_is_xerial_framed_like_kafkas_java_client_and_raw_snappy_is_read_too)
   const size_t first_len = (size_t{first[0]} << 24) | (size_t{first[1]} << 16) | (size_t{first[2]} << 8) | first[3];
   Buffer plain;
   CHECK_EQ(decompress(Codec::kSnappy, first + 4, first_len, 1 << 20, &plain, &error), Code::kOk);
-  CHECK(str(plain) == in.substr(0, 32 * 1024));
+  CHECK(str(plain) == in.substr(0, size_t{32} * 1024));
 }
 
 TEST(lz4_frames_use_independent_blocks_as_kafkas_reader_requires) {

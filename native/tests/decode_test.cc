@@ -133,7 +133,7 @@ TEST(peek_batch_id_reads_the_id_without_decoding_orders) {
   // Orders are stepped over, not decoded: a broken order does not hide the id.
   CHECK_EQ(peek(batch("b-2", lfield(3, std::string("\xff\xff", 2)))), "b-2");
   CHECK_EQ(peek(lfield(2, "only a source")), "<none>");
-  CHECK_EQ(peek(batch("b-3", "") + "\x1a\x05ab"), "<none>");    // truncated tail
+  CHECK_EQ(peek(batch("b-3", "") + "\x1a\x05" + "ab"), "<none>");   // truncated tail (length 5, 2 bytes)
   CHECK_EQ(peek(lfield(1, std::string("\xc3\x28", 2))), "<none>");  // not UTF-8
   CHECK_EQ(peek(""), "<none>");
 }

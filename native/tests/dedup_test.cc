@@ -9,9 +9,7 @@
 
 using namespace keystone;
 
-static Key128 key(uint64_t i) {
-  return hash128(reinterpret_cast<const uint8_t*>(&i), sizeof i, 42);
-}
+static Key128 key(uint64_t i) { return hash128(reinterpret_cast<const uint8_t*>(&i), sizeof i, 42); }
 
 // Runs one key through the window as a one-order batch; true when accepted.
 static bool offer(DedupWindow& w, const Key128& k, int64_t now_ms) {
@@ -54,8 +52,8 @@ TEST(full_window_forgets_its_oldest_key_first) {
   DedupWindow w(o);
   for (uint64_t i = 0; i < 4; ++i) CHECK(offer(w, key(i), 0));
   CHECK_EQ(w.size(), 3u);
-  CHECK(offer(w, key(0), 0));    // evicted, so new again (and evicts key 1)
-  CHECK(!offer(w, key(2), 0));   // still there
+  CHECK(offer(w, key(0), 0));   // evicted, so new again (and evicts key 1)
+  CHECK(!offer(w, key(2), 0));  // still there
   CHECK(offer(w, key(1), 0));
 }
 
@@ -106,10 +104,11 @@ TEST(window_matches_a_simple_model_under_random_operations) {
   std::vector<std::pair<uint64_t, int64_t>> fifo;  // live (id, inserted_ms), oldest first
   int64_t now = 0;
   for (int step = 0; step < 200000; ++step) {
-    now += rng() % 3;
+    now += static_cast<int64_t>(rng() % 3);
     const uint64_t id = 1 + rng() % 200;
     auto live = [&](uint64_t x) {
-      for (auto& e : fifo) if (e.first == x) return true;
+      for (auto& e : fifo)
+        if (e.first == x) return true;
       return false;
     };
     if (rng() % 5 == 0) {
@@ -117,7 +116,7 @@ TEST(window_matches_a_simple_model_under_random_operations) {
       const size_t removed = w.forget(&k, 1);
       CHECK_EQ(removed, live(id) ? 1u : 0u);
       for (size_t i = 0; i < fifo.size(); ++i) {
-        if (fifo[i].first == id) fifo.erase(fifo.begin() + i);
+        if (fifo[i].first == id) fifo.erase(fifo.begin() + static_cast<std::ptrdiff_t>(i));
       }
       continue;
     }
@@ -131,4 +130,3 @@ TEST(window_matches_a_simple_model_under_random_operations) {
     CHECK_EQ(w.size(), fifo.size());
   }
 }
-

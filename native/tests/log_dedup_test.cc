@@ -26,10 +26,10 @@ bool observe(LogDedup& d, int64_t offset, int64_t ts, uint64_t k) {
 TEST(a_key_repeated_inside_both_bounds_is_a_duplicate_and_exactly_at_them_too) {
   LogDedup d(10, 1000);
   CHECK(!observe(d, 100, 5000, 1));
-  CHECK(observe(d, 110, 6000, 1));    // o - o' == window_records, ts - ts' == window_ms
-  CHECK(!observe(d, 121, 6000, 1));   // 11 records later
-  CHECK(!observe(d, 125, 7001, 1));   // 1001 ms later
-  CHECK(observe(d, 126, 3000, 1));    // earlier timestamps are inside the window
+  CHECK(observe(d, 110, 6000, 1));   // o - o' == window_records, ts - ts' == window_ms
+  CHECK(!observe(d, 121, 6000, 1));  // 11 records later
+  CHECK(!observe(d, 125, 7001, 1));  // 1001 ms later
+  CHECK(observe(d, 126, 3000, 1));   // earlier timestamps are inside the window
 }
 
 TEST(every_occurrence_becomes_the_latest_so_a_chain_of_repeats_stays_duplicate) {

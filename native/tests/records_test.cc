@@ -52,24 +52,41 @@ TEST(a_batch_has_kafkas_v2_header_and_its_records_read_back) {
   Error error;
   CHECK_EQ(b.finish(&error), Code::kOk);
   const uint8_t* h = b.batch().data();
-  CHECK_EQ(be<int64_t>(h), 0);                                             // base offset
+  CHECK_EQ(be<int64_t>(h), 0);                                               // base offset
   CHECK_EQ(static_cast<size_t>(be<int32_t>(h + 8)), b.batch().size() - 12);  // batch length
-  CHECK_EQ(be<int32_t>(h + 12), -1);                                       // partition leader epoch
-  CHECK_EQ(static_cast<int>(h[16]), 2);                                    // magic
+  CHECK_EQ(be<int32_t>(h + 12), -1);                                         // partition leader epoch
+  CHECK_EQ(static_cast<int>(h[16]), 2);                                      // magic
   CHECK_EQ(be<uint32_t>(h + 17), crc32c(h + 21, b.batch().size() - 21));
-  CHECK_EQ(be<int16_t>(h + 21), 0);                                        // no codec, CreateTime
-  CHECK_EQ(be<int32_t>(h + 23), 1);                                        // last offset delta
-  CHECK_EQ(be<int64_t>(h + 27), 1700000000123);                            // first timestamp
-  CHECK_EQ(be<int64_t>(h + 35), 1700000000123);                            // max timestamp
-  CHECK_EQ(be<int64_t>(h + 43), -1);                                       // no producer yet
+  CHECK_EQ(be<int16_t>(h + 21), 0);              // no codec, CreateTime
+  CHECK_EQ(be<int32_t>(h + 23), 1);              // last offset delta
+  CHECK_EQ(be<int64_t>(h + 27), 1700000000123);  // first timestamp
+  CHECK_EQ(be<int64_t>(h + 35), 1700000000123);  // max timestamp
+  CHECK_EQ(be<int64_t>(h + 43), -1);             // no producer yet
   CHECK_EQ(be<int16_t>(h + 51), -1);
   CHECK_EQ(be<int32_t>(h + 53), -1);
   CHECK_EQ(be<int32_t>(h + 57), 2);
   // The first record, byte for byte: its length (45, zigzag 0x5a), attributes,
   // timestamp and offset deltas, key, value, two headers.
   const std::string first(reinterpret_cast<const char*>(h + 61), 46);
-  const std::string expected = std::string("\x5a" "\x00" "\x00" "\x00", 4) + "\x0e" "order-1" "\x0e" "value-1" "\x04"
-                               "\x10" "event_id" "\x06" "e-1" "\x0c" "source" "\x08" "test";
+  const std::string expected = std::string(
+                                   "\x5a"
+                                   "\x00"
+                                   "\x00"
+                                   "\x00",
+                                   4) +
+                               "\x0e"
+                               "order-1"
+                               "\x0e"
+                               "value-1"
+                               "\x04"
+                               "\x10"
+                               "event_id"
+                               "\x06"
+                               "e-1"
+                               "\x0c"
+                               "source"
+                               "\x08"
+                               "test";
   CHECK_EQ(expected.size(), 46u);
   CHECK(first == expected);
 

@@ -44,8 +44,7 @@ TEST(repeated_item_ids_are_found_in_long_orders_too) {
     std::vector<Verdict> verdicts;
     auto rejections = reject_reasons(lfield(3, o), &verdicts);
     CHECK_EQ(rejections.size(), 1u);
-    CHECK_EQ(rejections[0].message,
-             "items[" + std::to_string(n - 1) + "].order_item_id 2 repeats items[1]");
+    CHECK_EQ(rejections[0].message, "items[" + std::to_string(n - 1) + "].order_item_id 2 repeats items[1]");
   }
 }
 

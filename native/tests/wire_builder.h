@@ -32,8 +32,7 @@ inline std::string order(const std::string& event_id, const std::string& order_i
   std::string payment = vfield(1, 1) + vfield(2, 1) + vfield(3, 2) + vfield(4, 2499);
   std::string customer = lfield(1, "uniq") + lfield(2, "01310") + lfield(3, "sao paulo") + lfield(4, "SP");
   return lfield(1, event_id) + lfield(2, order_id) + lfield(3, "cust") + vfield(4, 6) +
-         lfield(5, timestamp(1500000000, 250000000)) + lfield(10, item) + lfield(11, payment) +
-         lfield(12, customer);
+         lfield(5, timestamp(1500000000, 250000000)) + lfield(10, item) + lfield(11, payment) + lfield(12, customer);
 }
 
 inline std::string batch(const std::string& batch_id, const std::string& orders_wire) {

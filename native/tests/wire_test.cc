@@ -14,8 +14,8 @@ using namespace wirebuild;
 static Reader reader(const std::string& s) { return Reader(bytes(s), s.size()); }
 
 TEST(varint_round_trips_every_width) {
-  for (uint64_t v : {uint64_t{0}, uint64_t{1}, uint64_t{127}, uint64_t{128}, uint64_t{300}, uint64_t{1} << 35,
-                     UINT64_MAX}) {
+  for (uint64_t v :
+       {uint64_t{0}, uint64_t{1}, uint64_t{127}, uint64_t{128}, uint64_t{300}, uint64_t{1} << 35, UINT64_MAX}) {
     std::string s = varint(v);
     Reader r = reader(s);
     uint64_t got = 0;
@@ -70,8 +70,8 @@ TEST(length_past_the_end_reports_the_length_prefix) {
 
 TEST(unknown_fields_of_every_wire_type_are_skipped) {
   std::string s = vfield(90, 5) + tag(91, 1) + std::string(8, 'x') + lfield(92, "hello") + tag(93, 5) +
-                  std::string(4, 'y') + tag(94, 3) + vfield(1, 7) + lfield(2, "in group") + tag(95, 3) +
-                  tag(95, 4) + tag(94, 4) + vfield(7, 1);
+                  std::string(4, 'y') + tag(94, 3) + vfield(1, 7) + lfield(2, "in group") + tag(95, 3) + tag(95, 4) +
+                  tag(94, 4) + vfield(7, 1);
   Reader r = reader(s);
   uint32_t f, wt;
   for (int i = 0; i < 5; ++i) {
@@ -115,9 +115,8 @@ TEST(utf8_accepts_well_formed_text) {
 }
 
 TEST(utf8_refuses_overlong_surrogate_out_of_range_and_cut_sequences) {
-  for (const char* s : {"\xc0\x80", "\xc1\xbf", "\xe0\x80\x80", "\xed\xa0\x80", "\xf0\x80\x80\x80",
-                        "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\x80", "abc\xc3", "\xe2\x82", "\xe2\x28\xa1",
-                        "12345678\xff"}) {
+  for (const char* s : {"\xc0\x80", "\xc1\xbf", "\xe0\x80\x80", "\xed\xa0\x80", "\xf0\x80\x80\x80", "\xf4\x90\x80\x80",
+                        "\xf5\x80\x80\x80", "\x80", "abc\xc3", "\xe2\x82", "\xe2\x28\xa1", "12345678\xff"}) {
     CHECK(!valid_utf8(reinterpret_cast<const uint8_t*>(s), std::char_traits<char>::length(s)));
   }
 }

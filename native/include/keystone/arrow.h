@@ -69,7 +69,10 @@ class Buffer {
  public:
   Buffer() = default;
   ~Buffer() { std::free(data_); }
-  Buffer(Buffer&& o) noexcept : data_(o.data_), size_(o.size_), cap_(o.cap_) { o.data_ = nullptr; o.size_ = o.cap_ = 0; }
+  Buffer(Buffer&& o) noexcept : data_(o.data_), size_(o.size_), cap_(o.cap_) {
+    o.data_ = nullptr;
+    o.size_ = o.cap_ = 0;
+  }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
 
@@ -82,7 +85,9 @@ class Buffer {
   uint8_t* data() { return data_; }
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
-  void reserve(size_t n) { if (n > cap_) grow(n); }
+  void reserve(size_t n) {
+    if (n > cap_) grow(n);
+  }
   // Drops everything past the first n bytes (n <= size()); the memory stays.
   void truncate(size_t n) { size_ = n; }
   // Extends the size by n bytes and returns where they start.

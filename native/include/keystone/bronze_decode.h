@@ -49,11 +49,11 @@ struct DecodedRecords {
   size_t consumed = 0;      // bytes of the input those batches take
   uint64_t records = 0;     // data records read at or after first_offset
   uint64_t duplicates = 0;
-  uint64_t orders = 0;       // kept: rows of tables.orders (0 for the dead-letter topic)
-  uint64_t quarantined = 0;  // rows of quarantine
+  uint64_t orders = 0;           // kept: rows of tables.orders (0 for the dead-letter topic)
+  uint64_t quarantined = 0;      // rows of quarantine
   int64_t max_timestamp_ms = 0;  // of the records counted; meaningful when records > 0
   int64_t last_offset = -1;      // likewise
-  BronzeTables tables;  // the orders topic; only child_counts (no rows) for the dead-letter topic
+  BronzeTables tables;           // the orders topic; only child_counts (no rows) for the dead-letter topic
   std::shared_ptr<const Table> quarantine;
 };
 

@@ -101,8 +101,7 @@ struct DecodeLimits {
 // Decodes [data, data + size) into *out (cleared first; its vectors keep
 // their capacity, so a reused view stops allocating). On failure returns the
 // code and fills *error with the byte offset and the field path.
-Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, BatchView* out,
-                  Error* error);
+Code decode_batch(const uint8_t* data, size_t size, const DecodeLimits& limits, BatchView* out, Error* error);
 
 // Decodes the one Order message at out->data[order.offset, +order.length)
 // and appends it (items and payments too) to *out, which is not cleared:

@@ -37,7 +37,7 @@ struct KeyHash {
 
 struct DedupOptions {
   uint32_t max_keys = 1000000;
-  int64_t max_age_ms = 3600 * 1000;
+  int64_t max_age_ms = int64_t{3600} * 1000;
 };
 
 class DedupWindow {
@@ -77,7 +77,7 @@ class DedupWindow {
   void insert_locked(const Key128& key, int64_t now_ms);
   void evict_oldest_locked();
   void compact_locked();
-  void erase_slot_locked(uint64_t slot);
+  void erase_slot_locked(uint64_t hole);
   uint64_t find_slot_locked(const Key128& key, uint32_t pos) const;
 
   const DedupOptions options_;

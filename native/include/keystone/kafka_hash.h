@@ -31,9 +31,7 @@ inline int32_t kafka_key_hash(const uint8_t* data, size_t length) {
   switch (length & 3) {
     case 3: h ^= static_cast<uint32_t>(tail[2]) << 16; [[fallthrough]];
     case 2: h ^= static_cast<uint32_t>(tail[1]) << 8; [[fallthrough]];
-    case 1:
-      h ^= tail[0];
-      h *= kM;
+    case 1: h ^= tail[0]; h *= kM;
   }
   h ^= h >> 13;
   h *= kM;

@@ -73,7 +73,7 @@ class LogDedup {
   uint64_t find(const Key128& key) const;  // its slot, or an empty one where it would go
   void grow();
   void pop_oldest();
-  void erase_slot(uint64_t slot);
+  void erase_slot(uint64_t hole);
 
   int64_t window_records_;
   int64_t window_ms_;

@@ -35,14 +35,14 @@ struct BatchOutput {
   uint32_t rejected = 0;
   std::vector<Rejection> rejections;  // index order
   std::vector<Key128> inserted_keys;  // what this batch added to the dedup window
-  EncodedBatch tables;  // the four Bronze tables are null unless ProcessOptions::bronze_tables
+  EncodedBatch tables;                // the four Bronze tables are null unless ProcessOptions::bronze_tables
 };
 
 // Inputs of 2 GiB or more are refused before decoding (offsets are 32-bit).
 constexpr size_t kMaxInputBytes = (size_t{1} << 31) - 1;
 
 // `window` may be null: no dedup across or within batches.
-Result<BatchOutput> process_batch(const uint8_t* data, size_t size, const ProcessOptions& options,
-                                  DedupWindow* window, int64_t now_ms);
+Result<BatchOutput> process_batch(const uint8_t* data, size_t size, const ProcessOptions& options, DedupWindow* window,
+                                  int64_t now_ms);
 
 }  // namespace keystone

@@ -50,8 +50,8 @@ class RecordBatchBuilder {
   // when the builder holds records already and this one would take it past
   // max_bytes (an empty builder takes any record, so one larger than
   // max_bytes travels alone). Never after finish().
-  bool append(int64_t timestamp_ms, const std::string_view* key, std::string_view value,
-              const RecordHeader* headers, size_t header_count);
+  bool append(int64_t timestamp_ms, const std::string_view* key, std::string_view value, const RecordHeader* headers,
+              size_t header_count);
 
   uint32_t record_count() const { return count_; }
   // Before finish(): the header plus the records so far, uncompressed.
@@ -125,7 +125,7 @@ struct RecordBatchInfo {
   int32_t base_sequence = -1;
   Codec codec = Codec::kNone;
   bool transactional = false;
-  bool control = false;  // a transaction marker: no data records
+  bool control = false;           // a transaction marker: no data records
   int32_t last_offset_delta = 0;  // the batch covers offsets base_offset .. base_offset + last_offset_delta
   size_t size = 0;                // bytes of the batch in the input, header included
   uint32_t record_count = 0;

@@ -63,8 +63,9 @@ struct Error {
 template <typename T>
 class Result {
  public:
-  Result(T value) : v_(std::move(value)) {}       // NOLINT: implicit by design
-  Result(Error error) : v_(std::move(error)) {}   // NOLINT
+  // Implicit by design, so a function returns either a value or an Error.
+  Result(T value) : v_(std::move(value)) {}      // NOLINT(google-explicit-constructor)
+  Result(Error error) : v_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
   bool ok() const { return v_.index() == 0; }
   T& value() { return std::get<0>(v_); }
   const Error& error() const { return std::get<1>(v_); }
@@ -74,12 +75,12 @@ class Result {
 };
 
 // Keeps the happy path flat: return the code if the expression failed.
-#define KS_TRY(expr)                                        \
-  do {                                                      \
-    ::keystone::Code ks_code_ = (expr);                     \
-    if (KS_UNLIKELY(ks_code_ != ::keystone::Code::kOk)) {   \
-      return ks_code_;                                      \
-    }                                                       \
+#define KS_TRY(expr)                                      \
+  do {                                                    \
+    ::keystone::Code ks_code_ = (expr);                   \
+    if (KS_UNLIKELY(ks_code_ != ::keystone::Code::kOk)) { \
+      return ks_code_;                                    \
+    }                                                     \
   } while (0)
 
 }  // namespace keystone

@@ -15,25 +15,25 @@ namespace keystone {
 // Why one order was rejected. The names (reason_name) are a public, stable
 // contract: they reach clients in RecordError.reason and the dead-letter topic.
 enum class Reason : uint8_t {
-  kEventIdTooLong,             // event_id longer than max_event_id_bytes
-  kOrderIdEmpty,               // order_id is empty
-  kOrderIdTooLong,             // order_id longer than max_id_bytes
-  kCustomerIdEmpty,            // customer_id is empty
-  kCustomerIdTooLong,          // customer_id longer than max_id_bytes
-  kOrderStatusUnspecified,     // order_status is ORDER_STATUS_UNSPECIFIED
-  kOrderStatusUnknown,         // order_status is not a value of OrderStatus
-  kPurchaseTimestampMissing,   // order_purchase_timestamp is absent
-  kTimestampNanosOutOfRange,   // a timestamp's nanos outside 0..999,999,999
-  kTimestampOutOfRange,        // a timestamp outside the years min_year..max_year
-  kItemIdZero,                 // order_item_id is 0
-  kItemIdOutOfRange,           // order_item_id does not fit Bronze's int32
-  kItemIdRepeated,             // two items of one order share an order_item_id
-  kTextTooLong,                // an item or customer string longer than its limit
-  kMoneyNegative,              // a price, freight value or payment value below zero
-  kMoneyOutOfRange,            // money beyond decimal(12,2): more than 9,999,999,999.99
-  kPaymentCounterOutOfRange,   // payment_sequential or payment_installments beyond int32
-  kPaymentTypeUnspecified,     // payment_type is PAYMENT_TYPE_UNSPECIFIED
-  kPaymentTypeUnknown,         // payment_type is not a value of PaymentType
+  kEventIdTooLong,            // event_id longer than max_event_id_bytes
+  kOrderIdEmpty,              // order_id is empty
+  kOrderIdTooLong,            // order_id longer than max_id_bytes
+  kCustomerIdEmpty,           // customer_id is empty
+  kCustomerIdTooLong,         // customer_id longer than max_id_bytes
+  kOrderStatusUnspecified,    // order_status is ORDER_STATUS_UNSPECIFIED
+  kOrderStatusUnknown,        // order_status is not a value of OrderStatus
+  kPurchaseTimestampMissing,  // order_purchase_timestamp is absent
+  kTimestampNanosOutOfRange,  // a timestamp's nanos outside 0..999,999,999
+  kTimestampOutOfRange,       // a timestamp outside the years min_year..max_year
+  kItemIdZero,                // order_item_id is 0
+  kItemIdOutOfRange,          // order_item_id does not fit Bronze's int32
+  kItemIdRepeated,            // two items of one order share an order_item_id
+  kTextTooLong,               // an item or customer string longer than its limit
+  kMoneyNegative,             // a price, freight value or payment value below zero
+  kMoneyOutOfRange,           // money beyond decimal(12,2): more than 9,999,999,999.99
+  kPaymentCounterOutOfRange,  // payment_sequential or payment_installments beyond int32
+  kPaymentTypeUnspecified,    // payment_type is PAYMENT_TYPE_UNSPECIFIED
+  kPaymentTypeUnknown,        // payment_type is not a value of PaymentType
   kCount_,
 };
 
