@@ -135,34 +135,15 @@ size_t DedupWindow::memory_bytes() const {
 }
 
 bool DedupWindow::contains_locked(const Key128& key) const {
-  const uint32_t tag = static_cast<uint32_t>(key.lo);
-  for (uint64_t i = tag & slot_mask_;; i = (i + 1) & slot_mask_) {
-    const Slot& s = slots_[i];
-    if (s.pos1 == 0) return false;
-    if (s.tag == tag && ring_[s.pos1 - 1].key == key) return true;
-  }
+  const uint64_t i = find_key_slot(slots_, slot_mask_, static_cast<uint32_t>(key.lo),
+                                   [&](uint32_t pos) { return ring_[pos].key == key; });
+  return slots_[i].pos1 != 0;
 }
 
 uint64_t DedupWindow::find_slot_locked(const Key128& key, uint32_t pos) const {
   for (uint64_t i = static_cast<uint32_t>(key.lo) & slot_mask_;; i = (i + 1) & slot_mask_) {
     if (slots_[i].pos1 == pos + 1) return i;
   }
-}
-
-// Backward-shift deletion: later members of the probe run move up into the
-// hole when that keeps them reachable from their home slot, so lookups never
-// need tombstones.
-void DedupWindow::erase_slot_locked(uint64_t hole) {
-  for (uint64_t j = (hole + 1) & slot_mask_;; j = (j + 1) & slot_mask_) {
-    const Slot s = slots_[j];
-    if (s.pos1 == 0) break;
-    const uint64_t home = s.tag & slot_mask_;
-    if (((j - home) & slot_mask_) >= ((j - hole) & slot_mask_)) {
-      slots_[hole] = s;
-      hole = j;
-    }
-  }
-  slots_[hole] = Slot{0, 0};
 }
 
 void DedupWindow::evict_oldest_locked() {
@@ -172,7 +153,7 @@ void DedupWindow::evict_oldest_locked() {
     head_ = next(head_);
     --used_;
     if (e.inserted_ms != kForgotten) {
-      erase_slot_locked(find_slot_locked(e.key, pos));
+      erase_key_slot(slots_, slot_mask_, find_slot_locked(e.key, pos));
       --live_;
       return;
     }
@@ -203,9 +184,8 @@ void DedupWindow::insert_locked(const Key128& key, int64_t now_ms) {
   ring_[pos] = Entry{key, now_ms};
   ++used_;
   ++live_;
-  uint64_t i = static_cast<uint32_t>(key.lo) & slot_mask_;
-  while (slots_[i].pos1 != 0) i = (i + 1) & slot_mask_;
-  slots_[i] = Slot{pos + 1, static_cast<uint32_t>(key.lo)};
+  slots_[empty_key_slot(slots_, slot_mask_, static_cast<uint32_t>(key.lo))] =
+      Slot{pos + 1, static_cast<uint32_t>(key.lo)};
 }
 
 void DedupWindow::apply(const Key128* keys, Verdict* verdicts, size_t n, int64_t now_ms,
@@ -239,21 +219,15 @@ size_t DedupWindow::forget(const Key128* keys, size_t n) {
   std::lock_guard<std::mutex> lock(mu_);
   size_t removed = 0;
   for (size_t k = 0; k < n; ++k) {
-    const uint32_t tag = static_cast<uint32_t>(keys[k].lo);
-    for (uint64_t i = tag & slot_mask_;; i = (i + 1) & slot_mask_) {
-      const Slot s = slots_[i];
-      if (s.pos1 == 0) break;
-      Entry& e = ring_[s.pos1 - 1];
-      if (s.tag == tag && e.key == keys[k]) {
-        // The ring entry stays as a marker until it reaches the head, so
-        // the ring keeps its arrival order without moving anything.
-        e.inserted_ms = kForgotten;
-        erase_slot_locked(i);
-        --live_;
-        ++removed;
-        break;
-      }
-    }
+    const uint64_t i = find_key_slot(slots_, slot_mask_, static_cast<uint32_t>(keys[k].lo),
+                                     [&](uint32_t pos) { return ring_[pos].key == keys[k]; });
+    if (slots_[i].pos1 == 0) continue;
+    // The ring entry stays as a marker until it reaches the head, so the
+    // ring keeps its arrival order without moving anything.
+    ring_[slots_[i].pos1 - 1].inserted_ms = kForgotten;
+    erase_key_slot(slots_, slot_mask_, i);
+    --live_;
+    ++removed;
   }
   // Usually the forgotten keys are the newest (the batch that just failed):
   // their markers come off the tail at once and free the ring for reuse.

@@ -24,11 +24,8 @@ LogDedup::LogDedup(int64_t window_records, int64_t window_ms)
       window_ms_(std::max<int64_t>(window_ms, 0)) {}
 
 uint64_t LogDedup::find(const Key128& key) const {
-  const uint32_t tag = static_cast<uint32_t>(key.lo);
-  for (uint64_t i = tag & slot_mask_;; i = (i + 1) & slot_mask_) {
-    const Slot& s = slots_[i];
-    if (s.pos1 == 0 || (s.tag == tag && ring_[s.pos1 - 1].key == key)) return i;
-  }
+  return find_key_slot(slots_.data(), slot_mask_, static_cast<uint32_t>(key.lo),
+                       [&](uint32_t pos) { return ring_[pos].key == key; });
 }
 
 // The FIFO doubles up to window_records + 1 (an occurrence is pushed before
@@ -48,23 +45,9 @@ void LogDedup::grow() {
   }
 }
 
-// Backward-shift deletion, as in DedupWindow: no tombstones.
-void LogDedup::erase_slot(uint64_t hole) {
-  for (uint64_t j = (hole + 1) & slot_mask_;; j = (j + 1) & slot_mask_) {
-    const Slot s = slots_[j];
-    if (s.pos1 == 0) break;
-    const uint64_t home = s.tag & slot_mask_;
-    if (((j - home) & slot_mask_) >= ((j - hole) & slot_mask_)) {
-      slots_[hole] = s;
-      hole = j;
-    }
-  }
-  slots_[hole] = Slot{0, 0};
-}
-
 void LogDedup::pop_oldest() {
   const uint64_t slot = find(ring_[head_].key);  // every key held has a slot, at its latest occurrence
-  if (slots_[slot].pos1 == head_ + 1) erase_slot(slot);
+  if (slots_[slot].pos1 == head_ + 1) erase_key_slot(slots_.data(), slot_mask_, slot);
   head_ = head_ + 1 == ring_.size() ? 0 : head_ + 1;
   --count_;
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "keystone/decode.h"
+#include "keystone/key_index.h"
 #include "keystone/validate.h"
 
 namespace keystone {
@@ -65,19 +66,13 @@ class DedupWindow {
     Key128 key;
     int64_t inserted_ms;  // kForgotten once forget() has removed the key
   };
-  // Index slot: ring position + 1 (0 marks an empty slot) and the low 32 bits
-  // of key.lo, which both filter comparisons and give the home bucket.
-  struct Slot {
-    uint32_t pos1;
-    uint32_t tag;
-  };
+  using Slot = KeySlot;  // key_index.h
   static constexpr int64_t kForgotten = INT64_MIN;
 
   bool contains_locked(const Key128& key) const;
   void insert_locked(const Key128& key, int64_t now_ms);
   void evict_oldest_locked();
   void compact_locked();
-  void erase_slot_locked(uint64_t hole);
   uint64_t find_slot_locked(const Key128& key, uint32_t pos) const;
 
   const DedupOptions options_;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "keystone/dedup.h"
+#include "keystone/key_index.h"
 #include "keystone/status.h"
 
 namespace keystone {
@@ -59,12 +60,7 @@ class LogDedup {
     int64_t offset;
     int64_t timestamp_ms;
   };
-  // Index slot: FIFO position + 1 (0 marks an empty slot) and the low 32
-  // bits of key.lo, which filter comparisons and give the home bucket.
-  struct Slot {
-    uint32_t pos1;
-    uint32_t tag;
-  };
+  using Slot = KeySlot;  // key_index.h
 
   uint32_t position(size_t i) const {  // ring position of the i-th occurrence from the oldest
     const size_t p = head_ + i;
@@ -73,7 +69,6 @@ class LogDedup {
   uint64_t find(const Key128& key) const;  // its slot, or an empty one where it would go
   void grow();
   void pop_oldest();
-  void erase_slot(uint64_t hole);
 
   int64_t window_records_;
   int64_t window_ms_;
