@@ -77,6 +77,22 @@ class KafkaClientOptions:
 
 
 @dataclass
+class LogOptions:
+    """How a process of ours logs (server/logs.py)."""
+
+    log_level: str = field(
+        default="info", metadata={"help": "log level", "choices": ("debug", "info", "warning", "error")}
+    )
+    log_format: str = field(
+        default="auto",
+        metadata={
+            "help": "log format: auto is text on a terminal and JSON lines otherwise",
+            "choices": ("auto", "json", "text"),
+        },
+    )
+
+
+@dataclass
 class BronzeOptions:
     """Where and how Bronze is written: the Bronze worker's settings that
     `serve` passes on to the worker it runs."""
@@ -174,7 +190,7 @@ class BronzeOptions:
 
 
 @dataclass
-class ServeConfig(KafkaClientOptions, BronzeOptions):
+class ServeConfig(LogOptions, KafkaClientOptions, BronzeOptions):
     # -- network
     listen: str = field(
         default="127.0.0.1:50051",
@@ -320,16 +336,6 @@ class ServeConfig(KafkaClientOptions, BronzeOptions):
     )
     shutdown_grace_s: float = field(
         default=30.0, metadata={"help": "on SIGTERM/SIGINT, time allowed to finish batches in flight, seconds"}
-    )
-    log_level: str = field(
-        default="info", metadata={"help": "log level", "choices": ("debug", "info", "warning", "error")}
-    )
-    log_format: str = field(
-        default="auto",
-        metadata={
-            "help": "log format: auto is text on a terminal and JSON lines otherwise",
-            "choices": ("auto", "json", "text"),
-        },
     )
     ready_file: str | None = field(
         default=None,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from keystone_ingest.server.bronze.layout import CODECS
-from keystone_ingest.server.config import BronzeOptions, KafkaClientOptions, _host_port
+from keystone_ingest.server.config import BronzeOptions, KafkaClientOptions, LogOptions, _host_port
 
 
 @dataclass
-class BronzeWorkerConfig(KafkaClientOptions, BronzeOptions):
+class BronzeWorkerConfig(LogOptions, KafkaClientOptions, BronzeOptions):
     kafka_bootstrap: str = field(
         default="127.0.0.1:9092", metadata={"metavar": "HOST:PORT[,...]", "help": "Kafka bootstrap servers"}
     )
@@ -40,16 +40,6 @@ class BronzeWorkerConfig(KafkaClientOptions, BronzeOptions):
     ready_file: str | None = field(
         default=None,
         metadata={"metavar": "PATH", "help": "write {pid, metrics_port} here once the worker has joined its group"},
-    )
-    log_level: str = field(
-        default="info", metadata={"help": "log level", "choices": ("debug", "info", "warning", "error")}
-    )
-    log_format: str = field(
-        default="auto",
-        metadata={
-            "help": "log format: auto is text on a terminal and JSON lines otherwise",
-            "choices": ("auto", "json", "text"),
-        },
     )
 
     def __post_init__(self) -> None:
