@@ -17,57 +17,14 @@ from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import TABLES, Core, batch_id_of, schema
 from keystone_ingest.proto.v1 import ingest_pb2
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-MONEY = pa.decimal128(12, 2)
-LINEAGE = [("batch_id", pa.utf8()), ("source", pa.utf8())]
+from benchmarks.reference.core import SCHEMAS as REFERENCE_SCHEMAS
 
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+# The four Bronze tables as the pure-Python reference (the spec) declares them;
+# the core's own tables, exactly.
 EXPECTED_SCHEMAS = {
-    "orders": pa.schema(
-        [
-            ("event_id", pa.utf8()),
-            ("order_id", pa.utf8()),
-            ("customer_id", pa.utf8()),
-            ("order_status", pa.utf8()),
-            ("order_purchase_timestamp", TIMESTAMP),
-            ("order_approved_at", TIMESTAMP),
-            ("order_delivered_carrier_date", TIMESTAMP),
-            ("order_delivered_customer_date", TIMESTAMP),
-            ("order_estimated_delivery_date", TIMESTAMP),
-            *LINEAGE,
-        ]
-    ),
-    "order_items": pa.schema(
-        [
-            ("order_id", pa.utf8()),
-            ("order_item_id", pa.int32()),
-            ("product_id", pa.utf8()),
-            ("seller_id", pa.utf8()),
-            ("shipping_limit_date", TIMESTAMP),
-            ("price", MONEY),
-            ("freight_value", MONEY),
-            *LINEAGE,
-        ]
-    ),
-    "order_payments": pa.schema(
-        [
-            ("order_id", pa.utf8()),
-            ("payment_sequential", pa.int32()),
-            ("payment_type", pa.utf8()),
-            ("payment_installments", pa.int32()),
-            ("payment_value", MONEY),
-            *LINEAGE,
-        ]
-    ),
-    "customers": pa.schema(
-        [
-            ("customer_id", pa.utf8()),
-            ("customer_unique_id", pa.utf8()),
-            ("customer_zip_code_prefix", pa.utf8()),
-            ("customer_city", pa.utf8()),
-            ("customer_state", pa.utf8()),
-            *LINEAGE,
-        ]
-    ),
+    **REFERENCE_SCHEMAS,
     "order_spans": pa.schema(
         [
             ("offset", pa.int64()),
