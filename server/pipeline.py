@@ -24,7 +24,7 @@ import time
 from concurrent.futures import Executor
 from typing import Protocol
 
-from keystone_ingest.core import Core, InvalidBatch, batch_id_of
+from keystone_ingest.core import BatchResult, Core, InvalidBatch, batch_id_of
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.idempotency import AckCounts, BatchIdWindow
@@ -138,17 +138,22 @@ class Pipeline:
         m.orders_total.labels("duplicate").inc(result.duplicates)
         m.orders_total.labels("rejected").inc(result.rejected)
         m.dedup_keys.set(self.core.dedup_size)
-        return ingest_pb2.BatchAck(
-            batch_id=result.batch_id,
-            status=ingest_pb2.ACK_STATUS_ACCEPTED,
-            accepted=result.accepted,
-            duplicates=result.duplicates,
-            rejected=result.rejected,
-            errors=[
-                ingest_pb2.RecordError(index=e.index, event_id=e.event_id, reason=e.reason)
-                for e in result.errors(MAX_ERRORS_PER_ACK)
-            ],
-        )
+        return accepted_ack(result)
+
+
+def accepted_ack(result: BatchResult) -> ingest_pb2.BatchAck:
+    """The ack of a batch Kafka took: its counts and the first rejected orders."""
+    return ingest_pb2.BatchAck(
+        batch_id=result.batch_id,
+        status=ingest_pb2.ACK_STATUS_ACCEPTED,
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        rejected=result.rejected,
+        errors=[
+            ingest_pb2.RecordError(index=e.index, event_id=e.event_id, reason=e.reason)
+            for e in result.errors(MAX_ERRORS_PER_ACK)
+        ],
+    )
 
 
 def _duplicate_batch_ack(batch_id: str, first: AckCounts) -> ingest_pb2.BatchAck:
