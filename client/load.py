@@ -88,6 +88,9 @@ class LoadOptions:
     # Hooks for TLS and authentication (issue 6), passed to every client.
     credentials: grpc.ChannelCredentials | None = None
     metadata: Any = None
+    # From this many orders up (and two CPUs or more), generator processes make
+    # the batches; below it spawning them costs more than it saves. No flag.
+    parallel_generation_min_orders: int = _PARALLEL_GENERATION_MIN_ORDERS
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.streams < 1 or self.max_in_flight < 1:
@@ -239,8 +242,8 @@ class _Recorder:
             total_s=total_s,
             orders_per_s=self.acked_orders / total_s if total_s > 0 else 0.0,
             batches_per_s=self.acked_batches / total_s if total_s > 0 else 0.0,
-            latency_ms=_latency_stats(latencies_ms),
-            histogram=_histogram(latencies_ms),
+            latency_ms=latency_stats(latencies_ms),
+            histogram=histogram(latencies_ms),
             statuses=statuses,
             accepted=self.accepted,
             duplicates=self.duplicates,
@@ -278,7 +281,9 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def _latency_stats(sorted_ms: Sequence[float]) -> dict[str, float]:
+def latency_stats(sorted_ms: Sequence[float]) -> dict[str, float]:
+    """The summary's latency figures (ms) of sorted latencies: average, fastest,
+    slowest and the nearest-rank p50, p90, p95, p99; zeros when there are none."""
     return {
         "average": sum(sorted_ms) / len(sorted_ms) if sorted_ms else 0.0,
         "fastest": sorted_ms[0] if sorted_ms else 0.0,
@@ -287,8 +292,9 @@ def _latency_stats(sorted_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _histogram(sorted_ms: Sequence[float]) -> list[dict[str, float]]:
-    """ghz's histogram: equal-width buckets from fastest to slowest, each labelled by its upper bound."""
+def histogram(sorted_ms: Sequence[float]) -> list[dict[str, float]]:
+    """The summary's histogram of sorted latencies (ms), as ghz's: equal-width
+    buckets from fastest to slowest, each labelled by its upper bound."""
     if not sorted_ms:
         return []
     low, high = sorted_ms[0], sorted_ms[-1]
@@ -471,7 +477,7 @@ def _orders_per_stream(count: int, streams: int) -> list[int]:
 
 async def _generate_up_front(seed: int, options: LoadOptions) -> list[list[PreparedBatch]]:
     plan = _orders_per_stream(options.count, options.streams)
-    if options.count < _PARALLEL_GENERATION_MIN_ORDERS or (os.cpu_count() or 1) < 2:
+    if options.count < options.parallel_generation_min_orders or (os.cpu_count() or 1) < 2:
         return [
             list(
                 generate_batches(

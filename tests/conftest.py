@@ -4,9 +4,10 @@ modules beside this file (kafkautil.py, ...)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from inprocess import ServerThread, in_process_servers
 from kafkautil import KafkaCluster, KafkaSecrets
 from serverutil import BRONZE_ROLL_AGE_S
 
@@ -36,6 +37,16 @@ def breakable_kafka(kafka_cluster: KafkaCluster) -> Iterator[KafkaCluster]:
     yield kafka_cluster
     kafka_cluster.start_all()
     kafka_cluster.wait_in_sync()
+
+
+@pytest.fixture
+def in_process(kafka_cluster: KafkaCluster) -> Iterator[Callable[..., ServerThread]]:
+    """`in_process(*flags)` starts a server in this process (inprocess.py): the
+    real IngestServer on port 0 and a thread's event loop, its Kafka sink on
+    topics of its own, no Bronze worker; `serve` flags as for a process. The
+    default for tests of handlers, limits and errors; stopped at teardown."""
+    with in_process_servers(kafka_cluster) as start:
+        yield start
 
 
 @pytest.fixture(autouse=True)

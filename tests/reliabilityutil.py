@@ -1,6 +1,7 @@
 """Helpers of the crash and S3 outage tests (tests/reliability/test_crash_recovery.py,
 test_s3_outage.py): what acked batches must have produced, the one check of
-Kafka and Bronze against it, a client stream in a thread, metrics and health.
+Kafka and Bronze against it, a client stream in a thread, metrics and health
+(waiting for a condition: waiting.py).
 
     expected = expected_from(acked_batches)
     report = check_kafka_and_bronze(bootstrap, topic, dlq, bronze_table, expected, sent=expected_from(all_sent))
@@ -25,6 +26,7 @@ from keystone_ingest.client.client import IngestClient, RetryPolicy
 from keystone_ingest.core import Core
 from keystone_ingest.proto.v1 import ingest_pb2
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_until
 
 ACKED = (ingest_pb2.ACK_STATUS_ACCEPTED, ingest_pb2.ACK_STATUS_DUPLICATE_BATCH)
 
@@ -184,10 +186,9 @@ class Stream:
         return not self._thread.is_alive() and len(self.acks) + len(self.failures) >= self.sent
 
     def wait(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.done():
-            assert time.monotonic() < deadline, f"{len(self.acks)} acks of {self.sent} sent after {timeout_s} s"
-            time.sleep(0.05)
+        wait_until(
+            self.done, timeout_s, what=lambda: f"every batch answered: {len(self.acks)} acks of {self.sent} sent"
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -222,10 +223,3 @@ def health(target: str) -> str:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     except grpc.RpcError as error:
         return f"error:{error.code().name}"
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, step_s: float = 0.1, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s"
-        time.sleep(step_s)

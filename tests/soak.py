@@ -37,10 +37,12 @@ import pyarrow.dataset as ds
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from keystone_ingest.client.client import IngestClient, RetryPolicy
 from keystone_ingest.client.generator import OrderGenerator
+from keystone_ingest.dev.catchup import end_offsets
 from keystone_ingest.dev.kafka import KafkaCluster
 from keystone_ingest.dev.launcher import ServerProcess
 from keystone_ingest.proto.v1 import ingest_pb2
 from serverutil import wait_bronze_caught_up
+from waiting import wait_until
 
 TOPIC, DLQ = "orders", "orders.dlq"
 
@@ -69,6 +71,7 @@ class TopicReader(threading.Thread):
         super().__init__(daemon=True)
         self.seen: dict[bytes, set[bytes]] = {}
         self.records = 0
+        self.positions: dict[int, int] = {}  # partition -> the offset after the last record read
         self._stopping = threading.Event()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "soak", "enable.auto.commit": False})
         self._consumer.assign([TopicPartition(TOPIC, p, OFFSET_BEGINNING) for p in range(partitions)])
@@ -82,6 +85,7 @@ class TopicReader(threading.Thread):
                 digest = hashlib.blake2b(message.value(), digest_size=8).digest()
                 self.seen.setdefault(event_id, set()).add(digest)
                 self.records += 1
+                self.positions[message.partition()] = message.offset() + 1
 
     def stop(self) -> None:
         self._stopping.set()
@@ -113,7 +117,7 @@ class Sender(threading.Thread):
                 pending.append((client.send(batch), ids))
                 pending = [p for p in pending if not self._settled(*p)]
                 next_send += self.interval_s
-                time.sleep(max(0.0, next_send - time.monotonic()))
+                time.sleep(max(0.0, next_send - time.monotonic()))  # pacing the rate, not a sync
             for future, ids in pending:
                 future.exception(timeout=180)
                 self._settled(future, ids)
@@ -190,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {now - started:6.0f} s  {kind}", flush=True)
                 if kind == "all_brokers_down":
                     broker.stop_all()
-                    time.sleep(rng.uniform(3, 10))  # the outage
+                    time.sleep(rng.uniform(3, 10))  # the outage's length, not a sync
                     broker.start_all()
                 elif kind == "one_broker_down":
                     victim = rng.choice(broker.node_ids)
                     broker.kill_node(victim)
-                    time.sleep(rng.uniform(3, 10))  # the outage
+                    time.sleep(rng.uniform(3, 10))  # the outage's length, not a sync
                     broker.start_node(victim)
                 else:
                     server.stop(signal.SIGTERM if kind == "server_sigterm" else signal.SIGKILL)
@@ -204,12 +208,17 @@ def main(argv: list[str] | None = None) -> int:
                         ["--kafka-bootstrap", broker.bootstrap, *serve_args], log_path=data / "server.log"
                     )
                 next_chaos = time.monotonic() + rng.uniform(15, 45)
-            time.sleep(0.5)
+            time.sleep(0.5)  # the chaos loop's tick (samples, events), not a sync
         for s in senders:
             s.join(300)
         wait_bronze_caught_up(broker.bootstrap, [TOPIC, DLQ], f"file://{data / 'bronze'}", timeout_s=300)
         code = server.stop(signal.SIGTERM)
-        time.sleep(2)  # let the reader catch up with the last records
+        ends = {p: end for (_, p), end in end_offsets(broker.bootstrap, [TOPIC]).items() if end}
+        wait_until(
+            lambda: all(reader.positions.get(p, 0) >= end for p, end in ends.items()),
+            60,
+            what=lambda: f"the reader at Kafka's end offsets {ends}: {reader.positions}",
+        )
     finally:
         reader.stop()
         server.close()

@@ -17,6 +17,7 @@ from keystone_ingest.server.bronze.config import BronzeWorkerConfig
 from keystone_ingest.server.bronze.layout import QUARANTINE, SCHEMAS
 from keystone_ingest.server.bronze.worker import BronzeWorker
 from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
+from waiting import wait_until_async
 
 
 def make_batches(
@@ -68,14 +69,14 @@ async def caught_up(worker: BronzeWorker, timeout_s: float = 60.0, *, committed:
     c = worker.config
     ends = await asyncio.to_thread(end_offsets, c.kafka_bootstrap, [c.topic, c.dlq_topic])
     upto = "committed" if committed else "position"
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if worker.error is not None:
-                raise worker.error
-            status = worker.status()
-            if all(status.get(f"{topic}/{p}", {}).get(upto, -1) >= end for (topic, p), end in ends.items()):
-                return
-            await asyncio.sleep(0.05)
+
+    def reached() -> bool:
+        if worker.error is not None:
+            raise worker.error
+        status = worker.status()
+        return all(status.get(f"{topic}/{p}", {}).get(upto, -1) >= end for (topic, p), end in ends.items())
+
+    await wait_until_async(reached, timeout_s, what=lambda: f"{upto} at Kafka's ends {ends}: {worker.status()}")
 
 
 async def run_worker_until_caught_up(config: BronzeWorkerConfig) -> dict:

@@ -18,6 +18,7 @@ from kafkautil import KafkaCluster
 from keystone_ingest.server.bronze.commits import COMMITS, PENDING
 from keystone_ingest.server.bronze.storage import LocalStore
 from keystone_ingest.server.bronze.worker import BronzeWorker
+from waiting import wait_until_async
 
 
 def metric(port: int, name: str) -> float:
@@ -76,12 +77,18 @@ def test_a_worker_paused_past_its_session_deletes_its_flush_and_bronze_holds_eac
 
         async def scenario() -> None:
             async with asyncio.timeout(90):
-                while not ready.exists():
+
+                def a_ready() -> bool:
                     assert a.poll() is None, "worker A exited"
-                    await asyncio.sleep(0.05)
+                    return ready.exists()
+
+                await wait_until_async(a_ready, 60, what="worker A's ready file")
                 port = json.loads(ready.read_text())["metrics_port"]
-                while metric(port, "keystone_bronze_records_total") < accepted:
-                    await asyncio.sleep(0.05)
+                await wait_until_async(
+                    lambda: metric(port, "keystone_bronze_records_total") >= accepted,
+                    60,
+                    what=f"worker A consumed all {accepted} records",
+                )
                 assert metric(port, "keystone_bronze_flushes_total") == 0
                 a.send_signal(signal.SIGSTOP)
                 # Worker B joins; once A's session expires the group gives B

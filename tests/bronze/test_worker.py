@@ -223,9 +223,13 @@ def test_lag_metrics_say_how_far_behind_bronze_is(kafka_cluster, topics, tmp_pat
         try:
             await worker.wait_joined()
             await caught_up(worker)
-            m = worker.metrics
-            lags = [m.lag_records.labels(topic, str(p))._value.get() for p in range(4)]
-            records = m.records_total.labels(topic)._value.get()
+            # Read as /metrics shows them: a sample the worker never set is None, not 0.
+            registry = worker.metrics.registry
+            lags = [
+                registry.get_sample_value("keystone_bronze_lag_records", {"topic": topic, "partition": str(p)})
+                for p in range(4)
+            ]
+            records = registry.get_sample_value("keystone_bronze_records_total", {"topic": topic})
             return lags, records
         finally:
             await worker.stop()

@@ -36,6 +36,7 @@ from keystone_ingest.client.client import (
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.core import Core
 from keystone_ingest.proto.v1 import ingest_pb2
+from waiting import wait_until_async
 
 FAST_RETRY = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05, deadline_s=5.0)
 ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
@@ -67,10 +68,11 @@ class IngestPeer:
         self.ack_delay_s = 0.0
         self.wrong_batch_id = False
         self.stall = False  # take batches, never ack them
+        self.stalled = 0  # batches taken while stalling (never acked)
         self.max_outstanding = 0
         self.fault: Fault | None = None
         self.port = 0
-        self._first_acks: dict[str, ingest_pb2.BatchAck] = {}
+        self.first_acks: dict[str, ingest_pb2.BatchAck] = {}  # the first ack of each batch_id
         self._server: grpc.aio.Server | None = None
 
     async def start(self, port: int = 0) -> int:
@@ -98,7 +100,7 @@ class IngestPeer:
 
     def _ack(self, raw: bytes) -> ingest_pb2.BatchAck:
         batch = ingest_pb2.OrderBatch.FromString(raw)
-        first = self._first_acks.get(batch.batch_id)
+        first = self.first_acks.get(batch.batch_id)
         if first is not None:
             ack = ingest_pb2.BatchAck()
             ack.CopyFrom(first)
@@ -107,7 +109,7 @@ class IngestPeer:
             ack = ingest_pb2.BatchAck(
                 batch_id=batch.batch_id, status=ingest_pb2.ACK_STATUS_ACCEPTED, accepted=len(batch.orders)
             )
-            self._first_acks[batch.batch_id] = ack
+            self.first_acks[batch.batch_id] = ack
         if self.wrong_batch_id:
             ack = ingest_pb2.BatchAck(batch_id="not-" + batch.batch_id, status=ack.status, accepted=ack.accepted)
         self.acks.append(ack)
@@ -150,9 +152,10 @@ class IngestPeer:
                         return
                     await context.abort(fault.code, fault.details, trailing_metadata=fault.trailers)
                 if self.stall:
+                    self.stalled += 1
                     await asyncio.Event().wait()
                 if self.ack_delay_s:
-                    await asyncio.sleep(self.ack_delay_s)
+                    await asyncio.sleep(self.ack_delay_s)  # a slow server is the scenario, not a sync
                 outstanding -= 1
                 yield self._ack(raw)
         finally:
@@ -223,7 +226,7 @@ def test_batch_without_id_gets_a_fresh_sortable_id_and_the_client_source():
         first, second = ingest_pb2.OrderBatch(), ingest_pb2.OrderBatch(source="mine")
         async with running_peer() as peer, AsyncIngestClient(peer.target, source="shop") as client:
             ack_first = await client.ingest(first)
-            time.sleep(0.002)  # ULIDs order by millisecond
+            time.sleep(0.002)  # ULIDs order by millisecond: time passing is the subject, not a sync
             ack_second = await client.ingest(second)
         assert ULID.fullmatch(first.batch_id) and ULID.fullmatch(second.batch_id)
         assert first.batch_id < second.batch_id
@@ -284,10 +287,10 @@ def test_server_restart_on_the_same_port_is_ridden_out():
         await peer.stop(0)  # in-flight batches are lost with the process
         restarted = IngestPeer()
         restarted.received = peer.received  # one log across both lives
-        restarted._first_acks = peer._first_acks  # the service's batch_id window survives (issue 4)
+        restarted.first_acks = peer.first_acks  # the service's batch_id window survives a restart
 
         async def restart_later() -> None:
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the server is down this long: the scenario, not a sync
             await restarted.start(port)
 
         restart = asyncio.create_task(restart_later())
@@ -357,7 +360,7 @@ def test_retriable_failures_past_the_deadline_fail_the_batches():
         error = future.exception()
         assert isinstance(error, IngestRpcError) and error.gave_up and error.retriable
         assert error.code == grpc.StatusCode.UNAVAILABLE
-        assert 0.5 <= time.monotonic() - started < 3.0
+        assert time.monotonic() - started >= 0.5  # the deadline, not sooner
 
     run(body)
 
@@ -371,7 +374,7 @@ def test_retry_info_delay_from_the_server_replaces_the_backoff():
                 ack = await client.ingest(batches(1)[0])
                 elapsed_s = time.monotonic() - started
         assert ack.status == ingest_pb2.ACK_STATUS_ACCEPTED
-        assert 0.4 <= elapsed_s < 2.0  # FAST_RETRY alone would have waited at most 0.05 s
+        assert elapsed_s >= 0.4  # FAST_RETRY alone would have waited at most 0.05 s
 
     run(body)
 
@@ -403,7 +406,7 @@ def test_batch_not_acked_within_ack_timeout_is_resent_on_a_new_stream():
             peer.stall = True
             async with AsyncIngestClient(peer.target, ack_timeout_s=0.3, retry=FAST_RETRY) as client:
                 future = await client.send(batches(1)[0])
-                await asyncio.sleep(0.1)
+                await wait_until_async(lambda: peer.stalled == 1, 10, what="the first attempt taken and never acked")
                 peer.stall = False
                 ack = await future
         assert ack.batch_id == "b0" and ack.status == ingest_pb2.ACK_STATUS_ACCEPTED

@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 from kafkautil import KafkaCluster, read_all
 from keystone_ingest.dev.kafka import KafkaUnavailable
 from keystone_ingest.dev.kafka.cluster import cluster_id
-from reliabilityutil import wait_until
+from waiting import wait_until
 
 
 def jvm_alive(pid: int) -> bool:
@@ -108,7 +108,7 @@ OWNER = textwrap.dedent("""
         t = threading.Thread(target=start); t.start(); t.join()
     else:
         start()
-    time.sleep(600)
+    time.sleep(600)  # alive until the test kills it: no synchronisation
 """)
 
 

@@ -24,6 +24,7 @@ from keystone_ingest.server.errors import ShuttingDown, SinkFailed, SinkUnavaila
 from keystone_ingest.server.limits import WhenFull
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink, ProducerReplaced, classify
+from waiting import wait_until, wait_until_async
 
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2
@@ -250,8 +251,10 @@ def test_stop_waits_until_every_record_handed_over_is_acked(kafka_cluster: Kafka
         sink = KafkaSink(KafkaConfig(kafka_cluster.bootstrap, topic=topic, dlq_topic=dlq))
         await sink.start()
         publishes = [asyncio.create_task(sink.publish(b)) for b in batches]
-        await asyncio.sleep(0)  # every publish has handed its records over, none is acked yet
-        assert sink.stats()["unsettled_record_batches"] > 0
+        # Polled at every turn of the loop, from the first: records handed over and none acked yet.
+        await wait_until_async(
+            lambda: sink.stats()["unsettled_record_batches"] > 0, 10, what="records handed to the producer", step_s=0
+        )
         await sink.stop()
         assert all(p.done() for p in publishes)
         await asyncio.gather(*publishes)  # none failed
@@ -278,7 +281,7 @@ def test_publish_while_all_brokers_are_down_raises_sink_unavailable_and_recovers
             with pytest.raises(SinkUnavailable) as failure:
                 await sink.publish(during)
             assert failure.value.retriable
-            assert 1.0 <= time.monotonic() - started < 3.0
+            assert time.monotonic() - started >= 1.0  # the send deadline, not sooner
             assert not sink.available and sink.unavailable_since is not None
         finally:
             await asyncio.to_thread(cluster.start_all)
@@ -309,10 +312,12 @@ def test_a_full_send_buffer_fails_fast_instead_of_queueing_more(breakable_kafka:
         try:
             with pytest.raises(SinkUnavailable, match="did not ack"):
                 await sink.publish(first)
-            started = time.monotonic()
+            # Refused before it awaits anything: done within one turn of the loop.
+            refused = asyncio.ensure_future(sink.publish(second))
+            await asyncio.sleep(0)
+            assert refused.done()
             with pytest.raises(SinkUnavailable, match="send buffer full"):
-                await sink.publish(second)
-            assert time.monotonic() - started < 0.1
+                await refused
         finally:
             for node in cluster.node_ids:
                 cluster.resume_node(node)
@@ -497,16 +502,20 @@ def test_a_producer_stuck_on_a_hung_leader_is_replaced_and_the_new_producer_id_p
             with pytest.raises(SinkUnavailable):
                 await sink.publish(stuck)  # its deadline passes; then the producer is replaced under it
             started = time.monotonic()
-            while sink.stats()["replacements"] < 1:
-                assert time.monotonic() - started < 30, sink.stats()
-                await asyncio.sleep(0.05)
+            await wait_until_async(
+                lambda: sink.stats()["replacements"] >= 1, 30, what=lambda: f"a replacement {sink.stats()}"
+            )
             # The controller fences the hung node and elects another leader;
             # the hung one stays paused meanwhile, so the request it holds
             # from the old producer can never be appended late.
             other = next(n for n in cluster.node_ids if n != leader)
-            while await asyncio.to_thread(cluster.leader, topic, 0, 30.0, other) == leader:
-                assert time.monotonic() - started < 30
-                await asyncio.sleep(0.2)
+            await asyncio.to_thread(
+                wait_until,
+                lambda: cluster.leader(topic, 0, 30.0, other) != leader,
+                30,
+                what=f"a leader other than node {leader}, as node {other} sees it",
+                step_s=0.2,
+            )
             # Published after the replacement: straight to the new producer
             # (resent as a client would until its metadata finds the new leader).
             while True:
@@ -571,14 +580,20 @@ def test_a_replacement_during_a_full_outage_keeps_trying_and_publishes_within_2_
         try:
             with pytest.raises(ProducerReplaced):
                 await sink.publish(stuck)
-            started = time.monotonic()
             # Replaced, and the new producer cannot start while every broker is down.
-            while (
-                metrics.registry.get_sample_value("keystone_ingest_kafka_retries_total", {"kind": "producer_start"})
-                or 0
-            ) < 3:
-                assert time.monotonic() - started < 15
-                await asyncio.sleep(0.05)
+            await wait_until_async(
+                lambda: (
+                    (
+                        metrics.registry.get_sample_value(
+                            "keystone_ingest_kafka_retries_total", {"kind": "producer_start"}
+                        )
+                        or 0
+                    )
+                    >= 3
+                ),
+                15,
+                what="three failed starts of the new producer",
+            )
             assert sink.state == "replacing"
         finally:
             await asyncio.to_thread(cluster.start_all)  # returns once every node answers
@@ -626,7 +641,7 @@ def test_across_a_replacement_a_record_batch_the_old_producer_wrote_is_written_a
             broker.broker_push_request_error_rtts(3, "Produce", [("NO_ERROR", 3000)])  # appended, answered in 3 s
             with pytest.raises(ProducerReplaced):
                 await asyncio.wait_for(sink.publish(Batch(raw, Core().process(raw))), 10)
-            await asyncio.sleep(0.005)  # a resend comes later
+            await asyncio.sleep(0.005)  # a resend comes later (a later timestamp is the subject, not a sync)
             await asyncio.wait_for(sink.publish(Batch(raw, Core().process(raw))), 10)
             assert sink.stats()["replacements"] == 1
 
@@ -656,10 +671,9 @@ def test_records_nobody_waits_for_are_withdrawn_during_an_outage(breakable_kafka
         finally:
             for node in cluster.node_ids:
                 cluster.resume_node(node)
-        started = time.monotonic()
-        while sink.stats()["unsettled_record_batches"]:
-            assert time.monotonic() - started < 30
-            await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: not sink.stats()["unsettled_record_batches"], 30, what="every record batch settled"
+        )
         assert sink.stats()["buffered_bytes"] == 0
 
     run_sink(config, scenario)
@@ -717,7 +731,7 @@ def test_start_fails_with_sink_unavailable_when_no_broker_answers():
     started = time.monotonic()
     with pytest.raises(SinkUnavailable, match=f"cannot reach Kafka at 127.0.0.1:{port}"):
         asyncio.run(sink.start())
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 10.0  # bounded by start_timeout_s (2 s); slack for a loaded machine
     assert not sink.available
 
 

@@ -11,12 +11,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from kafkautil import partition_count, read_all
 from keystone_ingest.dev.mockbroker import API_KEYS, MockBroker, MockBrokerError
+from waiting import wait_until
 
 BROKER_CMD = [sys.executable, "-m", "keystone_ingest.dev.mockbroker"]
 
@@ -28,15 +28,6 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def wait_gone(pid: int, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def refuses_connections(bootstrap: str) -> bool:
@@ -230,7 +221,7 @@ def test_the_broker_dies_with_the_process_that_started_it(from_thread: bool):
         else:
             holder.append(MockBroker(brokers=1))
         print(holder[0].pid, flush=True)
-        time.sleep(60)
+        time.sleep(60)  # alive until the test kills it: no synchronisation
     """)
     parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
     try:
@@ -238,7 +229,7 @@ def test_the_broker_dies_with_the_process_that_started_it(from_thread: bool):
         assert alive(broker_pid)
         parent.kill()
         parent.wait(5)
-        assert wait_gone(broker_pid, 5.0), f"mock broker {broker_pid} outlived its parent"
+        wait_until(lambda: not alive(broker_pid), 5, what=f"mock broker {broker_pid} gone with its parent")
     finally:
         parent.kill()
         parent.wait()

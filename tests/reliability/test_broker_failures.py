@@ -35,6 +35,7 @@ from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.errors import SinkFailed, SinkUnavailable, to_rpc_status
 from reliabilityutil import expected_from, health, metric, metrics
 from serverutil import wait_bronze_caught_up
+from waiting import wait_until
 
 PARTITIONS = 12
 UNARY_METHOD = "/keystone.ingest.v1.OrderIngest/IngestOrders"
@@ -184,20 +185,18 @@ class SustainedStream:
             self.ack_times[batch_id] = time.monotonic()
 
     def wait_acks(self, count: int, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.acks) < count:
-            assert time.monotonic() < deadline, f"{len(self.acks)} of {count} acks after {timeout_s} s"
-            time.sleep(0.05)
+        wait_until(lambda: len(self.acks) >= count, timeout_s, what=lambda: f"{count} acks (have {len(self.acks)})")
 
     def finish(self, timeout_s: float = 40.0) -> None:
         """Stop sending and wait until every batch sent is acked or failed."""
         self._stop.set()
         self._thread.join(timeout_s)
         assert not self._thread.is_alive(), "the stream thread is stuck in send()"
-        deadline = time.monotonic() + timeout_s
-        while len(self.acks) + len(self.failures) < len(self.batches):
-            assert time.monotonic() < deadline, "batches neither acked nor failed"
-            time.sleep(0.05)
+        wait_until(
+            lambda: len(self.acks) + len(self.failures) >= len(self.batches),
+            timeout_s,
+            what="every batch sent acked or failed",
+        )
 
 
 class HealthWatch:
@@ -358,15 +357,6 @@ def verify(
     return {**report, "bronze_orders": len(bronze_ids)}
 
 
-def wait_until(predicate, timeout_s: float, step_s: float = 0.05) -> float:
-    """Seconds until predicate() held; fails after timeout_s."""
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < timeout_s, "condition not reached in time"
-        time.sleep(step_s)
-    return time.monotonic() - started
-
-
 def records_acked(d: Deployment) -> float:
     return d.metric("keystone_ingest_kafka_records_total", topic=d.topic)
 
@@ -423,8 +413,12 @@ def test_sigkill_of_a_partition_leader_mid_stream_moves_leadership_loses_nothing
         killed = cluster.kill_leader(d.topic, 0)
         killed_at = time.monotonic()
         # The controller fences the silent node and elects new leaders from the ISR.
-        moved_s = wait_until(lambda: all(cluster.leader(d.topic, p) != killed for p in led), 30, step_s=0.2)
-        first_ack_s = wait_until(lambda: any(t > killed_at + moved_s for t in stream.ack_times.values()), 30)
+        moved_s = wait_until(
+            lambda: all(cluster.leader(d.topic, p) != killed for p in led), 30, step_s=0.2, what="leadership moved"
+        )
+        first_ack_s = wait_until(
+            lambda: any(t > killed_at + moved_s for t in stream.ack_times.values()), 30, what="an ack after the move"
+        )
         stream.wait_acks(len(stream.acks) + 30, 60)
         cluster.start_node(killed)
         cluster.wait_in_sync([d.topic])
@@ -455,15 +449,17 @@ def test_all_brokers_stopped_for_10_s_streams_stay_open_batches_wait_and_every_o
         down_at = time.monotonic()
         cluster.stop_all()
         stopped_at = time.monotonic()
-        time.sleep(max(0.0, down_at + 10 - time.monotonic()))  # the outage itself lasts 10 s
+        time.sleep(max(0.0, down_at + 10 - time.monotonic()))  # the outage lasts 10 s: the subject, not a sync
         assert health.status_at(time.monotonic()) == "NOT_SERVING"
         assert d.metric("keystone_ingest_kafka_available") == 0
         waiting = len(stream.batches) - len(stream.acks)
         restart_at = time.monotonic()
         cluster.start_all()
         up_at = time.monotonic()  # every node answers (they took writes a little earlier)
-        first_ack_s = wait_until(lambda: any(t > restart_at for t in stream.ack_times.values()), 30)
-        wait_until(lambda: health.status_at(time.monotonic()) == "SERVING", 10)
+        first_ack_s = wait_until(
+            lambda: any(t > restart_at for t in stream.ack_times.values()), 30, what="an ack after the restart"
+        )
+        wait_until(lambda: health.status_at(time.monotonic()) == "SERVING", 10, what="health SERVING")
         stream.wait_acks(len(stream.acks) + 30, 60)
         stream.finish()
     print(
@@ -515,13 +511,15 @@ def test_fewer_in_sync_replicas_than_min_insync_fails_batches_unavailable_with_r
             )
             assert 0.5 <= retry_delay_of(error) <= 1.0
         assert error.details().endswith("(Kafka answered NotEnoughReplicasError)")
-        wait_until(lambda: health.status_at(time.monotonic()) == "NOT_SERVING", 15)
+        wait_until(lambda: health.status_at(time.monotonic()) == "NOT_SERVING", 15, what="health NOT_SERVING")
         restart_at = time.monotonic()
         cluster.start_node(2)
         cluster.wait_in_sync([d.topic])
         back_at = time.monotonic()
-        first_ack_s = wait_until(lambda: any(t > back_at for t in stream.ack_times.values()), 30)
-        wait_until(lambda: health.status_at(time.monotonic()) == "SERVING", 10)
+        first_ack_s = wait_until(
+            lambda: any(t > back_at for t in stream.ack_times.values()), 30, what="an ack after node 2 is back"
+        )
+        wait_until(lambda: health.status_at(time.monotonic()) == "SERVING", 10, what="health SERVING")
         stream.wait_acks(len(stream.acks) + 30, 60)
         stream.finish()
     print(f"\nnode 2 stopped for {back_at - stopped_at:.1f} s: first ack {first_ack_s:.3f} s after it was in sync")
@@ -580,7 +578,7 @@ def test_injected_produce_errors_retriable_are_retried_a_permanent_one_fails_its
         # the broker's reason; the producer (whose sequence numbers the failed
         # record batches spent) is replaced and later batches go through.
         d.broker.push_request_errors("Produce", ["MSG_SIZE_TOO_LARGE"])
-        wait_until(lambda: stream.failures, 15)
+        wait_until(lambda: stream.failures, 15, what="a batch failing permanently")
         acked = len(stream.acks)
         stream.wait_acks(acked + 30)
         stream.finish()
@@ -620,6 +618,7 @@ def test_a_producer_the_broker_refuses_is_replaced_and_nothing_acked_is_lost(dep
                     d.metric("keystone_ingest_kafka_producer_replacements_total", reason="producer_state") == expected
                 ),
                 15,
+                what=f"producer replacement {replacements}",
             )
             stream.wait_acks(len(stream.acks) + 25)
         stream.finish()

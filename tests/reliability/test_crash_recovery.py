@@ -24,8 +24,9 @@ from keystone_ingest.dev.launcher import ServerProcess
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.bronze.commits import PENDING
 from keystone_ingest.server.bronze.storage import LocalStore
-from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from, wait_until
+from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from
 from serverutil import catch_up_bronze, wait_bronze_caught_up
+from waiting import wait_until
 
 ROUNDS = 20
 
@@ -188,7 +189,7 @@ def backfill(kafka_cluster: KafkaCluster):
     return topic, dlq, sent
 
 
-def bronze_worker(bootstrap: str, topic: str, dlq: str, bronze: Path, log: Path) -> subprocess.Popen:
+def bronze_worker(bootstrap: str, topic: str, dlq: str, bronze: Path, log: Path, ready: Path) -> subprocess.Popen:
     env = {**os.environ, "KEYSTONE_BRONZE_MAX_BUFFERED_BYTES": str(2 << 20), "KEYSTONE_ROLL_AGE_S": "0.2"}
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -207,6 +208,8 @@ def bronze_worker(bootstrap: str, topic: str, dlq: str, bronze: Path, log: Path)
                 f"file://{bronze}",
                 "--log-format",
                 "text",
+                "--ready-file",
+                str(ready),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -227,13 +230,23 @@ def test_bronze_worker_sigkilled_mid_flush_20_times_ends_exactly_once(kafka_clus
     store = LocalStore(str(bronze))
     cut_short = 0
     for round_ in range(ROUNDS):
-        worker = bronze_worker(kafka_cluster.bootstrap, topic, dlq, bronze, tmp_path / f"worker-{round_}.log")
+        ready = tmp_path / f"worker-{round_}.ready"
+        worker = bronze_worker(kafka_cluster.bootstrap, topic, dlq, bronze, tmp_path / f"worker-{round_}.log", ready)
         # Kill it once it is writing: a pending marker exists (a flush began)
-        # and not yet committed, or after a random moment at the latest.
+        # and not yet committed, or after a random moment at the latest,
+        # counted from when it joined its group (start-up time varies with load).
+        wait_until(
+            lambda r=ready, w=worker: r.exists() or w.poll() is not None, 60, what="the worker joining its group"
+        )
+        assert worker.poll() is None, (tmp_path / f"worker-{round_}.log").read_text()
         deadline = time.monotonic() + rng.uniform(2.0, 6.0)
-        while time.monotonic() < deadline and not store.list_keys(PENDING):
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.05))
+        wait_until(
+            lambda until=deadline: store.list_keys(PENDING) or time.monotonic() >= until,
+            10,
+            what="a flush begun",
+            step_s=0.01,
+        )
+        time.sleep(rng.uniform(0.0, 0.05))  # a random moment to crash at, not a wait for anything
         cut_short += bool(store.list_keys(PENDING))
         kill(worker)
     # Most kills found a flush in progress; those flushes' files are deleted

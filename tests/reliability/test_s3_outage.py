@@ -21,9 +21,10 @@ from kafkautil import KafkaCluster
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.dev.launcher import ServerProcess
 from keystone_ingest.proto.v1 import ingest_pb2
-from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from, health, metric, wait_until
+from reliabilityutil import ACKED, Stream, check_kafka_and_bronze, expected_from, health, metric
 from s3util import AWS_ENV, S3Server, start_s3
 from serverutil import wait_bronze_caught_up
+from waiting import wait_until
 
 OUTAGE_S = 10.0
 RATE = 20  # batches/s of 40 orders
@@ -130,7 +131,7 @@ def test_s3_stopped_for_10_s_mid_stream_acks_go_on_and_bronze_catches_up_exactly
     stopped_at = time.monotonic()
     acked_at_stop = len(stream.acks)
     wait_until(lambda: d.bronze_metric("keystone_bronze_publish_failures_total") > 0, 10, what="an upload failing")
-    time.sleep(max(0.0, stopped_at + OUTAGE_S - time.monotonic()))  # the outage's length, not a wait for anything
+    time.sleep(max(0.0, stopped_at + OUTAGE_S - time.monotonic()))  # the outage's length: the subject, not a sync
     # Acked all along: Kafka holds the records. Health says so too, and the
     # worker's lag says Bronze is behind.
     acked_in_outage = len(stream.acks) - acked_at_stop

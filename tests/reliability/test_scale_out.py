@@ -15,8 +15,9 @@ import pyarrow.dataset as ds
 from kafkautil import KafkaCluster
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.dev.launcher import BronzeWorkerProcess, ServerProcess
-from reliabilityutil import Stream, check_kafka_and_bronze, expected_from, free_port, metric, wait_until
+from reliabilityutil import Stream, check_kafka_and_bronze, expected_from, free_port, metric
 from serverutil import wait_bronze_caught_up
+from waiting import wait_until
 
 STREAMS = 6
 

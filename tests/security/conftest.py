@@ -1,6 +1,6 @@
-"""Fixtures of the security tests: certificates made here and real
-`keystone-ingest serve` processes on the session's Kafka cluster (helpers in
-secutil.py)."""
+"""Fixtures of the security tests: certificates made here, and servers on the
+session's Kafka cluster with small topics: in this process (`in_process`) or
+real `keystone-ingest serve` processes (`deploy`). Helpers in secutil.py."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from certs import TestCA
+from inprocess import ServerThread, in_process_servers
 from kafkautil import KafkaCluster
 from serverutil import Deployment, deployments
 
@@ -16,6 +17,12 @@ from serverutil import Deployment, deployments
 @pytest.fixture
 def deploy(kafka_cluster: KafkaCluster, tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
     with deployments(kafka_cluster, tmp_path, partitions=3, dlq_partitions=1) as start:
+        yield start
+
+
+@pytest.fixture
+def in_process(kafka_cluster: KafkaCluster) -> Iterator[Callable[..., ServerThread]]:
+    with in_process_servers(kafka_cluster, partitions=3, dlq_partitions=1) as start:
         yield start
 
 

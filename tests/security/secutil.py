@@ -1,16 +1,13 @@
 """Helpers of the security tests: tokens files, the certificate a server
-presents, waiting for a condition (server processes: serverutil.py)."""
+presents (servers: inprocess.py and serverutil.py; waiting: waiting.py)."""
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
-import time
 from pathlib import Path
 
 from certs import Issued
-from keystone_ingest.dev.launcher import ServerProcess
 from keystone_ingest.server.auth import token_digest
 
 UNARY_METHOD = "/keystone.ingest.v1.OrderIngest/IngestOrders"
@@ -38,16 +35,3 @@ def presented_serial(port: int, ca: Path, client: Issued | None = None) -> int:
     from cryptography import x509
 
     return x509.load_der_x509_certificate(der).serial_number
-
-
-def read_json_logs(server: ServerProcess) -> list[dict]:
-    return [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
-
-
-def wait_until(condition, what: str, deadline_s: float = 60.0) -> None:
-    """Polls `condition` until true; fails after `deadline_s` (a bound, not a timing)."""
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {deadline_s} s: {what}")
-        time.sleep(0.05)

@@ -1,6 +1,7 @@
 """Bearer-token authentication against a real server: UNAUTHENTICATED,
 PERMISSION_DENIED, the caller's name in Kafka headers and Bronze lineage,
-tokens-file reload, and secrets kept out of logs, errors and --help."""
+tokens-file reload, and secrets kept out of logs, errors and --help. The tests
+that read the server's log run it as a process; the others in this process."""
 
 from __future__ import annotations
 
@@ -99,8 +100,10 @@ def test_calls_without_a_valid_token_are_unauthenticated_and_callers_without_ing
     assert "not-a-token" not in logs
 
 
-def test_the_authenticated_caller_is_the_producer_in_kafka_headers_and_bronze_beside_source(deploy, tokens_path):
-    d = deploy("--auth-tokens-file", str(tokens_path))
+def test_the_authenticated_caller_is_the_producer_in_kafka_headers_and_bronze_beside_source(
+    in_process, tokens_path, tmp_path
+):
+    d = in_process("--auth-tokens-file", str(tokens_path))
     gen = OrderGenerator(seed=3, invalid_ratio=0.1)
     sent = {}
     for caller, source in (("checkout-api", "claims-to-be-backfill"), ("backfill-job", "backfill")):
@@ -109,8 +112,9 @@ def test_the_authenticated_caller_is_the_producer_in_kafka_headers_and_bronze_be
             ack = client.ingest(batch)
             assert ack.status == ingest_pb2.ACK_STATUS_ACCEPTED
             sent[batch.batch_id] = (caller, source, ack)
-    d.wait_bronze()
-    assert d.server.stop() == 0
+    d.stop()
+    bronze = tmp_path / "bronze"
+    d.catch_up_bronze(bronze)
 
     records = read_all(d.cluster.bootstrap, d.topic)
     dlq = read_all(d.cluster.bootstrap, d.dlq_topic)
@@ -123,7 +127,7 @@ def test_the_authenticated_caller_is_the_producer_in_kafka_headers_and_bronze_be
         assert {(r.header("producer"), r.header("source")) for r in rejected} == {(caller.encode(), source.encode())}
 
     for table in ("orders", "order_items", "order_payments", "customers", "_quarantine"):
-        rows = ds.dataset(d.bronze / table, format="parquet", partitioning="hive").to_table()
+        rows = ds.dataset(bronze / table, format="parquet", partitioning="hive").to_table()
         lineage = {
             (r["batch_id"], r["producer"], r["source"])
             for r in rows.select(["batch_id", "producer", "source"]).to_pylist()
@@ -131,17 +135,19 @@ def test_the_authenticated_caller_is_the_producer_in_kafka_headers_and_bronze_be
         assert lineage == {(b, caller, source) for b, (caller, source, _) in sent.items()}, table
 
 
-def test_without_authentication_the_producer_is_null_and_there_is_no_producer_header(deploy):
-    d = deploy()
+def test_without_authentication_the_producer_is_null_and_there_is_no_producer_header(in_process, tmp_path):
+    d = in_process()
+    batch = OrderGenerator(seed=4).batch(10, batch_id="anonymous", source="someone")
     with IngestClient(d.target) as client:
-        ack = client.ingest(OrderGenerator(seed=4).batch(10, batch_id="anonymous", source="someone"))
+        ack = client.ingest(batch)
     assert ack.accepted == 10
-    d.wait_bronze()
-    assert d.server.stop() == 0
+    d.stop()
+    bronze = tmp_path / "bronze"
+    d.catch_up_bronze(bronze)
     records = read_all(d.cluster.bootstrap, d.topic)
-    assert len(records) == 10
+    assert sorted(r.value for r in records) == sorted(o.SerializeToString() for o in batch.orders)
     assert {(r.header("producer"), r.header("source")) for r in records} == {(None, b"someone")}
-    rows = ds.dataset(d.bronze / "orders", format="parquet", partitioning="hive").to_table()
+    rows = ds.dataset(bronze / "orders", format="parquet", partitioning="hive").to_table()
     assert set(rows["producer"].to_pylist()) == {None}
     assert set(rows["source"].to_pylist()) == {"someone"}
 

@@ -1,19 +1,21 @@
-"""Per-caller limits on a real server: a rate of batches answered with
-RESOURCE_EXHAUSTED and RetryInfo, and a number of open streams; and the
-token bucket itself with a hand-driven clock."""
+"""Per-caller limits on a real server (in this process): a rate of batches
+answered with RESOURCE_EXHAUSTED and RetryInfo, and a number of open streams;
+and the token bucket itself with a hand-driven clock."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
 from h2raw import RawH2
+from kafkautil import read_all
 from keystone_ingest.client.client import retry_delay_from_trailers
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.client.security import bearer_metadata
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.errors import Overloaded
 from keystone_ingest.server.quotas import CallerQuotas
-from secutil import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text, wait_until
+from secutil import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text
+from waiting import wait_until
 
 
 def unary(channel: grpc.Channel):
@@ -22,11 +24,11 @@ def unary(channel: grpc.Channel):
     )
 
 
-def test_a_caller_over_its_rate_gets_resource_exhausted_with_retry_info_and_others_do_not(deploy, tmp_path):
+def test_a_caller_over_its_rate_gets_resource_exhausted_with_retry_info_and_others_do_not(in_process, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text(tokens_file_text())
     # 0.001 batches/s: the third batch of a caller would be taken ~1000 s later.
-    d = deploy("--auth-tokens-file", str(tokens), "--caller-rate-batches-s", "0.001", "--caller-burst-batches", "2")
+    d = in_process("--auth-tokens-file", str(tokens), "--caller-rate-batches-s", "0.001", "--caller-burst-batches", "2")
     gen = OrderGenerator(seed=1)
     checkout = bearer_metadata(TOKENS["checkout-api"])
     with grpc.insecure_channel(d.target) as channel:
@@ -64,16 +66,19 @@ def test_a_caller_over_its_rate_gets_resource_exhausted_with_retry_info_and_othe
             "caller backfill-job is over its rate of 0.001 batches/s (burst 2); resend after the delay in RetryInfo",
         )
         assert 900 < retry_delay_from_trailers(limited.value.trailing_metadata()) <= 1000
+    # Only the batches within the rate went anywhere.
+    in_kafka = sorted(r.header("batch_id") for r in read_all(d.cluster.bootstrap, d.topic))
+    assert in_kafka == sorted([b"rate-0", b"rate-1", b"s-0", b"s-1"] * 5)
 
 
-def test_a_caller_may_hold_only_so_many_streams(deploy):
+def test_a_caller_may_hold_only_so_many_streams(in_process):
     # Without authentication the caller is the client's address.
-    d = deploy("--max-streams-per-caller", "2")
+    d = in_process("--max-streams-per-caller", "2")
     held = [RawH2(d.port), RawH2(d.port)]
     try:
         for h2 in held:
             h2.open(1, STREAM_METHOD)
-        wait_until(lambda: d.metric("keystone_ingest_streams_open") == 2, "two streams open")
+        wait_until(lambda: d.metric("keystone_ingest_streams_open") == 2, 60, what="two streams open")
         with grpc.insecure_channel(d.target) as channel:
             call = channel.stream_stream(
                 STREAM_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
@@ -95,7 +100,7 @@ def test_a_caller_may_hold_only_so_many_streams(deploy):
     finally:
         for h2 in held:
             h2.close()
-    wait_until(lambda: d.metric("keystone_ingest_streams_open") == 0, "the held streams closed")
+    wait_until(lambda: d.metric("keystone_ingest_streams_open") == 0, 60, what="the held streams closed")
     with grpc.insecure_channel(d.target) as channel:
         call = channel.stream_stream(
             STREAM_METHOD, request_serializer=None, response_deserializer=ingest_pb2.BatchAck.FromString
@@ -140,13 +145,15 @@ def test_stream_counts_are_per_caller_and_given_back():
     assert quotas.streams == {}
 
 
-def test_a_connection_may_open_only_max_streams_per_connection(deploy):
+def test_a_connection_may_open_only_max_streams_per_connection(in_process):
     from h2raw import RST_STREAM, SETTINGS
 
-    d = deploy("--max-streams-per-connection", "5", "--max-streams-per-caller", "100")
+    d = in_process("--max-streams-per-connection", "5", "--max-streams-per-caller", "100")
     with RawH2(d.port) as h2:
         # The limit applies once the server's SETTINGS (which announce it) are acknowledged.
-        wait_until(lambda: any(kind == SETTINGS and not flags for kind, flags, _, _ in h2.frames), "server SETTINGS")
+        wait_until(
+            lambda: any(kind == SETTINGS and not flags for kind, flags, _, _ in h2.frames), 60, what="server SETTINGS"
+        )
         advertised = next(p for kind, flags, _, p in h2.frames if kind == SETTINGS and not flags)
         settings = {
             int.from_bytes(advertised[i : i + 2], "big"): int.from_bytes(advertised[i + 2 : i + 6], "big")
@@ -155,7 +162,7 @@ def test_a_connection_may_open_only_max_streams_per_connection(deploy):
         assert settings[0x3] == 5  # SETTINGS_MAX_CONCURRENT_STREAMS
         for i in range(6):
             h2.open(2 * i + 1, STREAM_METHOD)
-        wait_until(lambda: any(kind == RST_STREAM for kind, *_ in h2.frames), "the sixth stream refused")
+        wait_until(lambda: any(kind == RST_STREAM for kind, *_ in h2.frames), 60, what="the sixth stream refused")
         refused = [(stream, int.from_bytes(p, "big")) for kind, _, stream, p in h2.frames if kind == RST_STREAM]
         assert refused == [(11, 0x7)]  # REFUSED_STREAM
-        wait_until(lambda: d.metric("keystone_ingest_streams_open") == 5, "five streams open")
+        wait_until(lambda: d.metric("keystone_ingest_streams_open") == 5, 60, what="five streams open")

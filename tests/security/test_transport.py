@@ -1,5 +1,6 @@
-"""Where the server listens, TLS, mutual TLS and certificate reload, with real
-server processes and certificates made by the tests."""
+"""Where the server listens, TLS, mutual TLS and certificate reload, with
+certificates made by the tests; real server processes where a test reads the
+server's log or exit status, a server in this process for the others."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import grpc
 import pytest
 from certs import TestCA
+from kafkautil import read_all
 from keystone_ingest.client.client import IngestClient
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.client.security import channel_credentials
@@ -89,9 +91,9 @@ def test_tls_serves_clients_that_trust_the_ca_and_refuses_others(deploy, pki):
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_mutual_tls_takes_only_clients_with_a_certificate_from_the_client_ca(deploy, pki):
+def test_mutual_tls_takes_only_clients_with_a_certificate_from_the_client_ca(in_process, pki):
     server, ca = pki["server"], pki["ca"]
-    d = deploy("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-client-ca", str(ca.cert))
+    d = in_process("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-client-ca", str(ca.cert))
     batch = OrderGenerator(seed=4).batch(5, batch_id="mtls-refused").SerializeToString()
     for name, credentials in [
         ("no client certificate", channel_credentials(ca=str(ca.cert))),
@@ -107,6 +109,7 @@ def test_mutual_tls_takes_only_clients_with_a_certificate_from_the_client_ca(dep
     with IngestClient(d.target, credentials=channel_credentials(str(ca.cert), str(client.cert), str(client.key))) as c:
         ack = c.ingest(OrderGenerator(seed=5).batch(30, batch_id="mtls-ok"))
     assert (ack.status, ack.accepted) == (ingest_pb2.ACK_STATUS_ACCEPTED, 30)
+    assert [r.header("batch_id") for r in read_all(d.cluster.bootstrap, d.topic)] == [b"mtls-ok"] * 30
 
 
 def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(deploy, pki, tmp_path):
@@ -154,9 +157,9 @@ def test_bad_certificate_files_fail_the_start_with_the_paths_named(tmp_path, pki
     )
 
 
-def test_the_load_command_speaks_mutual_tls(deploy, pki):
+def test_the_load_command_speaks_mutual_tls(in_process, pki):
     server, ca, client = pki["server"], pki["ca"], pki["client"]
-    d = deploy("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-client-ca", str(ca.cert))
+    d = in_process("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-client-ca", str(ca.cert))
     run = subprocess.run(
         [
             sys.executable,
@@ -187,3 +190,5 @@ def test_the_load_command_speaks_mutual_tls(deploy, pki):
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert (summary["orders"], summary["accepted"], summary["errors"]) == (2000, 2000, {}), summary
+    event_ids = {r.header("event_id") for r in read_all(d.cluster.bootstrap, d.topic)}
+    assert len(event_ids) == 2000

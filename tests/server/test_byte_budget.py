@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from keystone_ingest.server.limits import ByteBudget, MemoryLimiter, resident_bytes
+from waiting import wait_until_async
 
 
 def test_acquire_waits_while_the_limit_is_reached_and_serves_waiters_in_order():
@@ -19,9 +20,9 @@ def test_acquire_waits_while_the_limit_is_reached_and_serves_waiters_in_order():
             order.append(f"{name}:{waited}")
 
         big = asyncio.create_task(take("big", 70))
-        await asyncio.sleep(0)
+        await wait_until_async(lambda: budget.waiting == 1, 5, what="big waiting", step_s=0)
         small = asyncio.create_task(take("small", 10))  # would fit, but queues behind big
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: budget.waiting == 2, 5, what="small waiting behind big", step_s=0)
         assert order == [] and budget.used_bytes == 60
         budget.release(60)
         await asyncio.gather(big, small)
@@ -36,7 +37,7 @@ def test_a_request_larger_than_the_limit_goes_through_alone():
         budget = ByteBudget(100)
         assert await budget.acquire(500) is False
         waiter = asyncio.create_task(budget.acquire(1))
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: budget.waiting == 1, 5, what="the small request waiting", step_s=0)
         assert not waiter.done()
         budget.release(500)
         assert await waiter is True
@@ -51,7 +52,7 @@ def test_a_cancelled_waiter_takes_nothing_and_lets_the_next_one_in():
         await budget.acquire(100)
         first = asyncio.create_task(budget.acquire(90))
         second = asyncio.create_task(budget.acquire(10))
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: budget.waiting == 2, 5, what="both waiting", step_s=0)
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
         budget.release(100)
@@ -115,38 +116,56 @@ def test_freed_memory_is_handed_back_from_the_low_mark_up_at_most_every_trim_int
     assert trims == [0.1, 0.6, 0.7, 1.4]
 
 
+class Held:
+    """The request bytes in flight a limiter is told of; counts how often it looks."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.looks = 0
+
+    def __call__(self) -> int:
+        self.looks += 1
+        return self.bytes
+
+
+async def still_waiting_after_two_more_looks(held: Held, waiting: asyncio.Future) -> None:
+    """Until admission has judged the room twice more (every check interval),
+    then: it still waits. The condition, not a sleep, says when to look."""
+    looks = held.looks
+    await wait_until_async(lambda: held.looks >= looks + 3, 5, what="admission looked again twice", step_s=0.01)
+    assert not waiting.done()
+
+
 def test_admission_waits_for_room_and_goes_ahead_when_nothing_else_is_in_flight():
     async def body() -> None:
         rss = Rss(300 * MiB)
         limiter = MemoryLimiter(400 * MiB, check_interval_s=0.01, read_rss=rss)
-        held = {"bytes": 0}
+        held = Held()
         # Room: 300 MiB resident + 2 x (in flight + this batch) must stay under
         # the high mark (320 MiB for a 400 MiB limit).
         rss.value = 200 * MiB
-        assert await limiter.admit(50 * MiB, lambda: held["bytes"]) is False
+        assert await limiter.admit(50 * MiB, held) is False
         rss.value = 300 * MiB
-        held["bytes"] = 40 * MiB  # 300 + 2 x 50 = 400: no room
-        waiting = asyncio.ensure_future(limiter.admit(10 * MiB, lambda: held["bytes"]))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
+        held.bytes = 40 * MiB  # 300 + 2 x 50 = 400: no room
+        waiting = asyncio.ensure_future(limiter.admit(10 * MiB, held))
+        await still_waiting_after_two_more_looks(held, waiting)
         rss.value = 200 * MiB  # batches finished and memory went back: 200 + 100 < 320
         assert await asyncio.wait_for(waiting, 1) is True
         # Over the limit with nothing in flight: one batch always goes ahead.
         rss.value = 500 * MiB
         limiter.check()
         assert limiter.over
-        held["bytes"] = 0
-        assert await asyncio.wait_for(limiter.admit(10 * MiB, lambda: held["bytes"]), 1) is False
+        held.bytes = 0
+        assert await asyncio.wait_for(limiter.admit(10 * MiB, held), 1) is False
         # Under the floor (1/128 of the limit: 3.125 MiB) batches go ahead even
         # while paused; past it they wait.
         assert limiter.floor_bytes == 400 * MiB // 128
-        held["bytes"] = 2 * MiB
-        assert await asyncio.wait_for(limiter.admit(MiB, lambda: held["bytes"]), 1) is False
-        held["bytes"] = 3 * MiB
-        waiting = asyncio.ensure_future(limiter.admit(MiB, lambda: held["bytes"]))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        held["bytes"] = 2 * MiB  # a batch answered: 2 + 1 fits under the floor
+        held.bytes = 2 * MiB
+        assert await asyncio.wait_for(limiter.admit(MiB, held), 1) is False
+        held.bytes = 3 * MiB
+        waiting = asyncio.ensure_future(limiter.admit(MiB, held))
+        await still_waiting_after_two_more_looks(held, waiting)
+        held.bytes = 2 * MiB  # a batch answered: 2 + 1 fits under the floor
         assert await asyncio.wait_for(waiting, 1) is True
 
     asyncio.run(body())

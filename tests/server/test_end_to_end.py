@@ -1,6 +1,8 @@
-"""The whole path with real components: a server process, the Kafka cluster,
-Bronze on disk. Orders go in through the client library; an independent
-consumer and a Parquet reader check what came out."""
+"""The whole path with real components: a server process with its Bronze
+worker, the Kafka cluster, Bronze on disk; and what the handlers make of odd
+batches and of batches that overtake each other (a server in this process).
+Orders go in through the client library; an independent consumer and a
+Parquet reader check what came out."""
 
 from __future__ import annotations
 
@@ -147,8 +149,8 @@ def test_streams_and_unary_calls_land_every_accepted_order_once_in_kafka_and_bro
     assert "serving" in messages and messages[-1] == "stopped"
 
 
-def test_a_batch_that_is_not_an_order_batch_is_rejected_and_the_stream_stays_open(deploy):
-    d = deploy()
+def test_a_batch_that_is_not_an_order_batch_is_rejected_and_the_stream_stays_open(in_process):
+    d = in_process()
     good = OrderGenerator(seed=5).batch(10, batch_id="after-garbage")
     cut = OrderGenerator(seed=6).batch(3, batch_id="cut").SerializeToString()[:-5]
     with grpc.insecure_channel(d.target) as channel:
@@ -176,15 +178,19 @@ def test_a_batch_that_is_not_an_order_batch_is_rejected_and_the_stream_stays_ope
     ]
     assert acks[1].batch_id == ""  # the cut batch's id is not trusted
     assert (acks[3].batch_id, acks[3].accepted) == ("after-garbage", 10)
-    assert len(read_all(d.cluster.bootstrap, d.topic)) == 10
+    records = read_all(d.cluster.bootstrap, d.topic)
+    assert sorted(r.value for r in records) == sorted(o.SerializeToString() for o in good.orders)
+    assert read_all(d.cluster.bootstrap, d.dlq_topic) == []  # a rejected batch is no order to quarantine
+    assert d.metric("keystone_ingest_batches_total", status="rejected") == 3
+    assert d.metric("keystone_ingest_batches_total", status="accepted") == 1
 
 
-def test_records_of_one_order_id_reach_kafka_in_arrival_order_when_batches_overtake_each_other(deploy):
+def test_records_of_one_order_id_reach_kafka_in_arrival_order_when_batches_overtake_each_other(in_process):
     # Big and small batches alternate on one stream with many in flight, so the
     # two core threads finish them out of order. Each batch carries one event
     # of order "K-1" (a status update, say); Kafka must hold them in the order
     # the batches arrived.
-    d = deploy("--core-threads", "2", "--max-in-flight-per-stream", "16")
+    d = in_process("--core-threads", "2", "--max-in-flight-per-stream", "16")
     generator = OrderGenerator(seed=77)
     batches = []
     for i in range(40):

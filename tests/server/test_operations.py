@@ -1,5 +1,7 @@
 """What operators rely on: health, reflection, metrics, configuration, the
-embedded broker, graceful shutdown, S3 for Bronze."""
+embedded broker, graceful shutdown, S3 for Bronze. Tests of what the server
+answers use a server in this process; tests of the process (its exit code,
+signals, its Bronze child, the embedded broker, the CLI) start one."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from dataclasses import fields
 
@@ -27,6 +28,7 @@ from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.config import ServeConfig
 from s3util import AWS_ENV, s3_server
 from serverutil import catch_up_bronze, wait_bronze_caught_up
+from waiting import wait_until
 
 
 def health_status(target: str, service: str = "") -> str:
@@ -47,8 +49,8 @@ def metric(text: str, name: str) -> float:
     raise KeyError(name)
 
 
-def test_health_reflection_and_metrics_describe_a_serving_server(deploy):
-    d = deploy("--roll-age-s", "0.5")
+def test_health_reflection_and_metrics_describe_a_serving_server(in_process):
+    d = in_process("--metrics-listen", "127.0.0.1:0")
     assert health_status(d.target) == "SERVING"
     assert health_status(d.target, "keystone.ingest.v1.OrderIngest") == "SERVING"
 
@@ -64,7 +66,8 @@ def test_health_reflection_and_metrics_describe_a_serving_server(deploy):
         ack = client.ingest(batch)
         again = client.ingest(batch)
     assert again.status == ingest_pb2.ACK_STATUS_DUPLICATE_BATCH
-    text = metrics_text(d.server.metrics_port)
+    assert ack.accepted > 0 and ack.duplicates > 0 and ack.rejected > 0  # each outcome's counter is exercised
+    text = metrics_text(d.server.metrics_port)  # the /metrics endpoint, over HTTP
     assert metric(text, 'keystone_ingest_orders_total{outcome="accepted"}') == ack.accepted
     assert metric(text, 'keystone_ingest_orders_total{outcome="duplicate"}') == ack.duplicates
     assert metric(text, 'keystone_ingest_orders_total{outcome="rejected"}') == ack.rejected
@@ -73,10 +76,16 @@ def test_health_reflection_and_metrics_describe_a_serving_server(deploy):
     assert metric(text, "keystone_ingest_batch_seconds_count") == 2
     assert metric(text, "keystone_ingest_batches_in_flight") == 0
     assert metric(text, f'keystone_ingest_kafka_records_total{{topic="{d.topic}"}}') == ack.accepted
+    assert metric(text, f'keystone_ingest_kafka_records_total{{topic="{d.dlq_topic}"}}') == ack.rejected
     assert metric(text, "keystone_ingest_kafka_send_seconds_count") >= 1
 
-    # The Bronze worker serve runs has metrics of its own: once every accepted
-    # row is in a visible file its counters say so, and it lags by nothing.
+
+def test_the_bronze_worker_serve_runs_reports_what_it_wrote_in_metrics_of_its_own(deploy):
+    # About serve's Bronze child process: its own /metrics port, from the ready file.
+    d = deploy("--roll-age-s", "0.5")
+    batch = OrderGenerator(seed=3, invalid_ratio=0.1, duplicate_ratio=0.1).batch(100)
+    with IngestClient(d.target) as client:
+        ack = client.ingest(batch)
     bronze_port = d.server.bronze_metrics_port
 
     def rows_in_files() -> float:
@@ -85,56 +94,48 @@ def test_health_reflection_and_metrics_describe_a_serving_server(deploy):
         except KeyError:
             return 0
 
-    assert wait_for(lambda: rows_in_files() == ack.accepted, 15)
+    # Once every accepted row is in a visible file its counters say so, and it lags by nothing.
+    wait_until(lambda: rows_in_files() == ack.accepted, 15, what=f"{ack.accepted} orders rows in Bronze files")
     d.wait_bronze()
     text = metrics_text(bronze_port)
     orders = ds.dataset(d.bronze / "orders", format="parquet", partitioning="hive")
     assert metric(text, 'keystone_bronze_files_total{table="orders"}') == len(orders.files)
     assert metric(text, 'keystone_bronze_bytes_total{table="orders"}') == sum(os.path.getsize(f) for f in orders.files)
     assert metric(text, f'keystone_bronze_records_total{{topic="{d.topic}"}}') == ack.accepted
-    assert wait_for(
+    wait_until(
         lambda: all(
             metric(metrics_text(bronze_port), f'keystone_bronze_lag_records{{partition="{p}",topic="{d.topic}"}}') == 0
             for p in range(6)
         ),
         15,
+        what="no lag on any partition",
     )
     assert orders.count_rows() == ack.accepted
     assert d.server.stop() == 0
 
 
-def test_health_is_not_serving_while_kafka_is_unreachable(breakable_kafka: KafkaCluster, tmp_path):
-    topic, dlq = breakable_kafka.new_topic("orders", 3), breakable_kafka.new_topic("dlq", 1)
-    with ServerProcess(
-        [
-            "--kafka-bootstrap",
-            breakable_kafka.bootstrap,
-            "--topic",
-            topic,
-            "--dlq-topic",
-            dlq,
-            "--bronze-uri",
-            f"file://{tmp_path}",
-        ]
-    ) as server:
-        assert health_status(server.target) == "SERVING"
-        breakable_kafka.stop_all()
-        assert wait_for(lambda: health_status(server.target) == "NOT_SERVING", 15)
-        assert metric(metrics_text(server.metrics_port), "keystone_ingest_kafka_available") == 0
-        breakable_kafka.start_all()
-        assert wait_for(lambda: health_status(server.target) == "SERVING", 30)
-        with IngestClient(server.target) as client:
-            assert client.ingest(OrderGenerator(seed=1).batch(20)).accepted == 20
-        assert server.stop() == 0
-
-
-def wait_for(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
+def test_health_is_not_serving_while_kafka_is_unreachable(breakable_kafka: KafkaCluster, in_process):
+    server = in_process(partitions=3, dlq_partitions=1)
+    assert health_status(server.target) == "SERVING"
+    breakable_kafka.stop_all()
+    services = ("", "keystone.ingest.v1.OrderIngest")
+    wait_until(
+        lambda: [health_status(server.target, s) for s in services] == ["NOT_SERVING"] * 2,
+        15,
+        what="health NOT_SERVING, for the server and the service",
+    )
+    assert server.metric("keystone_ingest_kafka_available") == 0
+    breakable_kafka.start_all()
+    wait_until(
+        lambda: [health_status(server.target, s) for s in services] == ["SERVING"] * 2, 30, what="health SERVING again"
+    )
+    batch = OrderGenerator(seed=1).batch(20)
+    with IngestClient(server.target) as client:
+        assert client.ingest(batch).accepted == 20
+    wait_until(lambda: server.metric("keystone_ingest_kafka_available") == 1, 10, what="kafka_available back to 1")
+    records = read_all(breakable_kafka.bootstrap, server.topic)
+    assert sorted(r.value for r in records) == sorted(o.SerializeToString() for o in batch.orders)
+    server.stop()
 
 
 def test_without_kafka_bootstrap_the_server_runs_an_embedded_apache_kafka_that_keeps_its_data(tmp_path):
@@ -156,8 +157,8 @@ def test_without_kafka_bootstrap_the_server_runs_an_embedded_apache_kafka_that_k
                 o.event_id.encode() for b in batches[: run + 1] for o in b.orders
             )
             assert server.stop() == 0
-        assert wait_for(lambda pid=jvm: not os.path.exists(f"/proc/{pid}"), 10), (
-            "the embedded broker outlived the server"
+        wait_until(
+            lambda pid=jvm: not os.path.exists(f"/proc/{pid}"), 10, what="the embedded broker gone with the server"
         )
 
 
@@ -218,7 +219,7 @@ def test_sigterm_mid_stream_acks_what_was_received_and_exits_zero(deploy):
 
     sender = threading.Thread(target=stream)
     sender.start()
-    assert wait_for(lambda: len(acked) >= 5, 30)
+    wait_until(lambda: len(acked) >= 5, 30, what="5 batches acked")
     assert d.server.stop(signal.SIGTERM) == 0
     sender.join(60)
     assert failure and isinstance(failure[0], IngestRpcError)
@@ -353,51 +354,37 @@ def test_an_unreachable_kafka_at_start_exits_1_with_the_reason(tmp_path):
 
 
 def test_a_batch_kafka_could_not_take_is_not_acked_and_its_resend_is_accepted_in_full(
-    breakable_kafka: KafkaCluster, tmp_path
+    breakable_kafka: KafkaCluster, in_process, tmp_path
 ):
     batch = OrderGenerator(seed=12, duplicate_ratio=0.1).batch(60)
     cluster = breakable_kafka
-    topic, dlq = cluster.new_topic("orders", 3), cluster.new_topic("dlq", 1)
-    with ServerProcess(
-        [
-            "--kafka-bootstrap",
-            cluster.bootstrap,
-            "--topic",
-            topic,
-            "--dlq-topic",
-            dlq,
-            "--bronze-uri",
-            f"file://{tmp_path}",
-            "--send-timeout-s",
-            "1.5",
-        ]
-    ) as server:
-        cluster.stop_all()
-        restart = threading.Thread(target=cluster.start_all)
-        with IngestClient(server.target, retry=RetryPolicy(initial_backoff_s=0.5, deadline_s=90)) as client:
-            future = client.send(batch)
-            assert wait_for(lambda: client.stats.resends >= 1, 30)  # the first attempt failed UNAVAILABLE
-            restart.start()
-            ack = future.result(timeout=90)
-        restart.join()
-        # The core forgot the failed attempt's orders and batch_id, so the
-        # resend is processed in full, not as duplicates.
-        assert ack.status == ingest_pb2.ACK_STATUS_ACCEPTED
-        distinct = len({o.event_id for o in batch.orders})
-        assert (ack.accepted, ack.duplicates) == (distinct, 60 - distinct)
-        records = read_all(cluster.bootstrap, topic)
-        # Records of the failed attempt may still reach Kafka (README: "when Kafka
-        # can hold an order twice"): same event_id and bytes, so consumers drop them.
-        by_event = {}
-        for r in records:
-            by_event.setdefault(r.header("event_id"), set()).add(r.value)
-        assert len(by_event) == distinct and all(len(v) == 1 for v in by_event.values())
-        text = metrics_text(server.metrics_port)
-        assert metric(text, 'keystone_ingest_batches_total{status="error"}') >= 1
-        wait_bronze_caught_up(cluster.bootstrap, [topic, dlq], f"file://{tmp_path}")
-        assert server.stop() == 0
-        orders = ds.dataset(tmp_path / "orders", format="parquet", partitioning="hive").to_table()
-        assert sorted(orders["event_id"].to_pylist()) == sorted({o.event_id for o in batch.orders})
+    server = in_process("--send-timeout-s", "1.5", partitions=3, dlq_partitions=1)
+    cluster.stop_all()
+    restart = threading.Thread(target=cluster.start_all)
+    with IngestClient(server.target, retry=RetryPolicy(initial_backoff_s=0.5, deadline_s=90)) as client:
+        future = client.send(batch)
+        wait_until(lambda: client.stats.resends >= 1, 30, what="the first attempt failed UNAVAILABLE and was resent")
+        restart.start()
+        ack = future.result(timeout=90)
+    restart.join()
+    # The core forgot the failed attempt's orders and batch_id, so the
+    # resend is processed in full, not as duplicates.
+    assert ack.status == ingest_pb2.ACK_STATUS_ACCEPTED
+    distinct = len({o.event_id for o in batch.orders})
+    assert (ack.accepted, ack.duplicates) == (distinct, 60 - distinct)
+    records = read_all(cluster.bootstrap, server.topic)
+    # Records of the failed attempt may still reach Kafka (README: "when Kafka
+    # can hold an order twice"): same event_id and bytes, so consumers drop them.
+    by_event = {}
+    for r in records:
+        by_event.setdefault(r.header("event_id"), set()).add(r.value)
+    assert len(by_event) == distinct and all(len(v) == 1 for v in by_event.values())
+    assert server.metric("keystone_ingest_batches_total", status="error") >= 1
+    assert server.metric("keystone_ingest_batches_total", status="accepted") == 1
+    server.stop()
+    server.catch_up_bronze(tmp_path)
+    orders = ds.dataset(tmp_path / "orders", format="parquet", partitioning="hive").to_table()
+    assert sorted(orders["event_id"].to_pylist()) == sorted({o.event_id for o in batch.orders})
 
 
 def test_a_taken_listen_address_exits_1_before_any_sink_starts(tmp_path):

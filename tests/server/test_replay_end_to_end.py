@@ -1,5 +1,6 @@
-"""`keystone-ingest replay` into a real server: Olist CSV rows come out as
-Kafka records and Bronze rows under the Olist column names."""
+"""`keystone-ingest replay` (the command, a process) into a real server (in
+this process): Olist CSV rows come out as Kafka records and Bronze rows under
+the Olist column names."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from keystone_ingest.proto.v1 import ingest_pb2
 from olistutil import A, B, C, write_olist
 
 
-def test_replayed_olist_orders_land_in_kafka_and_in_bronze_with_olist_columns(deploy, tmp_path):
-    d = deploy()
+def test_replayed_olist_orders_land_in_kafka_and_in_bronze_with_olist_columns(in_process, tmp_path):
+    d = in_process()
     olist = write_olist(tmp_path)
     run = subprocess.run(
         [
@@ -47,14 +48,15 @@ def test_replayed_olist_orders_land_in_kafka_and_in_bronze_with_olist_columns(de
         assert r.header("event_id").decode() == order.event_id == f"olist:{order.order_id}"
         assert r.header("source") == b"olist-replay"
 
-    d.wait_bronze()
-    assert d.server.stop() == 0
-    items = ds.dataset(d.bronze / "order_items", format="parquet", partitioning="hive").to_table()
+    d.stop()
+    bronze = tmp_path / "bronze"
+    d.catch_up_bronze(bronze)
+    items = ds.dataset(bronze / "order_items", format="parquet", partitioning="hive").to_table()
     a_items = sorted(
         (r["order_item_id"], r["price"], r["freight_value"]) for r in items.to_pylist() if r["order_id"] == A
     )
     assert a_items == [(1, Decimal("29.99"), Decimal("8.72")), (2, Decimal("29.99"), Decimal("8.72"))]
-    orders = ds.dataset(d.bronze / "orders", format="parquet", partitioning="hive").to_table()
+    orders = ds.dataset(bronze / "orders", format="parquet", partitioning="hive").to_table()
     assert {r["order_id"]: r["order_status"] for r in orders.to_pylist()} == {
         A: "delivered",
         B: "invoiced",

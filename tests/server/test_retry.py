@@ -25,7 +25,7 @@ def test_the_deadline_counts_from_the_first_failure_and_caps_the_last_delay():
     backoff = Backoff(10.0, 10.0, deadline_s=0.05)
     assert not backoff.expired  # no failure yet
     assert backoff.next_delay_s() <= 0.05
-    asyncio.run(asyncio.sleep(0.06))  # the deadline itself is what this waits out
+    asyncio.run(asyncio.sleep(0.06))  # the deadline passing is the subject, not a sync
     assert backoff.expired and backoff.next_delay_s() == 0.0
     backoff.reset()
     assert not backoff.expired
