@@ -47,10 +47,10 @@ from keystone_ingest.server.idempotency import BatchIdWindow
 from keystone_ingest.server.limits import MemoryLimiter, WhenFull
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.pipeline import Pipeline
-from keystone_ingest.server.security import ServerSecurity
+from keystone_ingest.server.security.gate import ServerSecurity
 from keystone_ingest.server.service import SERVICE_NAME, IngestService
 from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
-from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
+from keystone_ingest.server.sinks.kafka.security import KafkaSecurity
 
 if TYPE_CHECKING:
     from keystone_ingest.dev.embedded import EmbeddedBroker

@@ -344,7 +344,7 @@ class ServeConfig(LogOptions, KafkaClientOptions, BronzeOptions):
             "help": "once serving, write the bound ports and Kafka bootstrap to this file as JSON (for scripts)",
         },
     )
-    # -- security (README "Security"): checked in server/security.py
+    # -- security (README "Security"): checked in server/security/gate.py
     insecure: bool = field(
         default=False, metadata={"help": "allow listening on a non-loopback address without TLS (logged as a warning)"}
     )
@@ -433,7 +433,7 @@ class ServeConfig(LogOptions, KafkaClientOptions, BronzeOptions):
             self.max_bytes_in_flight = self.planned_bytes(16)
         if self.core_threads == 0:
             self.core_threads = os.cpu_count() or 1
-        from keystone_ingest.server.security import check_config
+        from keystone_ingest.server.security.gate import check_config
 
         check_config(self)
         from keystone_ingest.server.sinks.kafka import check_compression

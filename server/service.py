@@ -27,7 +27,7 @@ from keystone_ingest.server.errors import IngestError, ShuttingDown, to_rpc_stat
 from keystone_ingest.server.limits import ByteBudget, MemoryLimiter
 from keystone_ingest.server.metrics import Metrics
 from keystone_ingest.server.pipeline import Pipeline
-from keystone_ingest.server.security import Gate
+from keystone_ingest.server.security.gate import Gate
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class IngestService:
         self.pipeline = pipeline
         # The process-wide backstop behind the byte budgets (server/limits.py).
         self.memory = memory
-        # Authentication, permissions and per-caller quotas (server/security.py); None: none.
+        # Authentication, permissions and per-caller quotas (server/security/gate.py); None: none.
         self.gate = gate
         self.metrics = metrics
         self.max_in_flight_per_stream = max_in_flight_per_stream

@@ -54,7 +54,7 @@ from keystone_ingest.server.bronze.writer import Fenced, FlushWriter, WriterOpti
 from keystone_ingest.server.errors import IngestError
 from keystone_ingest.server.files import write_atomically
 from keystone_ingest.server.limits import WhenFull
-from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
+from keystone_ingest.server.sinks.kafka.security import KafkaSecurity
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import ssl
 from pathlib import Path
 
 from certs import Issued
-from keystone_ingest.server.auth import token_digest
+from keystone_ingest.server.security.auth import token_digest
 
 UNARY_METHOD = "/keystone.ingest.v1.OrderIngest/IngestOrders"
 STREAM_METHOD = "/keystone.ingest.v1.OrderIngest/StreamOrders"

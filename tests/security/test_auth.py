@@ -19,7 +19,7 @@ from keystone_ingest.client.client import IngestClient, IngestRpcError
 from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.client.security import bearer_metadata
 from keystone_ingest.proto.v1 import ingest_pb2
-from keystone_ingest.server.auth import TokensFileError, parse_tokens, token_digest
+from keystone_ingest.server.security.auth import TokensFileError, parse_tokens, token_digest
 from secutil import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text
 
 UNAUTHENTICATED = "a valid bearer token is required: send 'authorization: Bearer <token>'"
@@ -256,6 +256,6 @@ def test_secrets_do_not_appear_in_help_or_configuration_errors(tmp_path):
         kafka_sasl_password="hunter2-very-secret",
     )
     assert "hunter2" not in repr(config)
-    from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
+    from keystone_ingest.server.sinks.kafka.security import KafkaSecurity
 
     assert "hunter2" not in repr(KafkaSecurity.from_config(config))

@@ -23,7 +23,7 @@ from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.config import ServeConfig
 from keystone_ingest.server.errors import SinkFailed
 from keystone_ingest.server.sinks.kafka import KafkaConfig, KafkaSink
-from keystone_ingest.server.sinks.kafka_security import KafkaSecurity
+from keystone_ingest.server.sinks.kafka.security import KafkaSecurity
 
 
 def publish(cluster: KafkaCluster, config: ServeConfig, batch: Batch) -> list[Record]:

@@ -13,7 +13,7 @@ from keystone_ingest.client.generator import OrderGenerator
 from keystone_ingest.client.security import bearer_metadata
 from keystone_ingest.proto.v1 import ingest_pb2
 from keystone_ingest.server.errors import Overloaded
-from keystone_ingest.server.quotas import CallerQuotas
+from keystone_ingest.server.security.quotas import CallerQuotas
 from secutil import STREAM_METHOD, TOKENS, UNARY_METHOD, tokens_file_text
 from waiting import wait_until
 

@@ -25,7 +25,7 @@ from keystone_ingest.dev.launcher import ServerProcess
 from keystone_ingest.server.config import ServeConfig
 from keystone_ingest.server.sinks.kafka import KafkaConfig
 from keystone_ingest.server.sinks.kafka.producer import new_producer
-from keystone_ingest.server.sinks.kafka_security import KafkaSecurity, MskIamTokenProvider
+from keystone_ingest.server.sinks.kafka.security import KafkaSecurity, MskIamTokenProvider
 from s3util import AWS_ENV, s3_server
 
 

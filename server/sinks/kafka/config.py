@@ -92,7 +92,7 @@ class KafkaConfig:
     replication: int = 3
     # How often an idle sink asks the cluster for metadata to keep `available` true.
     probe_interval_s: float = 1.0
-    # TLS and SASL (sinks/kafka_security.KafkaSecurity); None: PLAINTEXT.
+    # TLS and SASL (sinks/kafka/security.KafkaSecurity); None: PLAINTEXT.
     security: Any = None
 
     def __post_init__(self) -> None:

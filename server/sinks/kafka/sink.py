@@ -532,7 +532,7 @@ class KafkaSink:
             ("source", batch.source.encode()),
             ("content-type", CONTENT_TYPE),
         ]
-        if batch.producer is not None:  # the authenticated caller (server/auth.py)
+        if batch.producer is not None:  # the authenticated caller (server/security/auth.py)
             common.append(("producer", batch.producer.encode()))
         timestamp_ms = batch.received_ns // 1_000_000
         if batch.accepted:

@@ -26,10 +26,10 @@ import logging
 from typing import TYPE_CHECKING
 
 import grpc
-from keystone_ingest.server.auth import Caller, TokensFile, TokensFileError, bearer_token
 from keystone_ingest.server.errors import IngestError, PermissionDenied, Unauthenticated
-from keystone_ingest.server.quotas import CallerQuotas
-from keystone_ingest.server.tls import ServerTls, TlsConfigError
+from keystone_ingest.server.security.auth import Caller, TokensFile, TokensFileError, bearer_token
+from keystone_ingest.server.security.quotas import CallerQuotas
+from keystone_ingest.server.security.tls import ServerTls, TlsConfigError
 
 if TYPE_CHECKING:
     from keystone_ingest.server.config import ServeConfig
@@ -93,7 +93,7 @@ def check_config(c: ServeConfig) -> None:
     for name in ("keepalive_time_s", "keepalive_timeout_s", "min_client_ping_interval_s"):
         if getattr(c, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
-    from keystone_ingest.server.sinks.kafka_security import check_kafka_security
+    from keystone_ingest.server.sinks.kafka.security import check_kafka_security
 
     check_kafka_security(c)
 

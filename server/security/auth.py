@@ -10,7 +10,7 @@ caller, only the SHA-256 of its token, in a file (`--auth-tokens-file`):
 
 One caller per line: a name (letters, digits, `.`, `_`, `-`, `@`; at most 64),
 its permissions (comma-separated; `ingest` lets it send batches, `-` is none)
-and the hex SHA-256 of its token. `python -m keystone_ingest.server.auth NAME`
+and the hex SHA-256 of its token. `python -m keystone_ingest.server.security.auth NAME`
 makes a random token and prints it with its line.
 
 Why a file of token hashes rather than HMAC-signed tokens: a caller is revoked
@@ -160,7 +160,8 @@ def bearer_token(metadata) -> str | None:
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not _NAME.fullmatch(argv[0]):
         print(
-            "usage: python -m keystone_ingest.server.auth CALLER_NAME   (prints a new token and its tokens-file line)",
+            "usage: python -m keystone_ingest.server.security.auth CALLER_NAME"
+            "   (prints a new token and its tokens-file line)",
             file=sys.stderr,
         )
         return 2
