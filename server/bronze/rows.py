@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 from keystone_ingest.server.bronze.layout import CHILD_COUNTS, QUARANTINE, SCHEMAS, US_PER_DAY, purchase_days
+from keystone_ingest.server.limits import ByteBudget
 
 TopicPartition = tuple[str, int]
 
@@ -57,17 +58,26 @@ def decoded_days(tables: dict[str, pa.RecordBatch], child_counts: pa.RecordBatch
 
 class RowBuffer:
     """Rows gathered for the next spill into the open files, and the [first, end) offsets per
-    topic-partition they hold all the rows of."""
+    topic-partition they hold all the rows of. Their Arrow bytes count against
+    `limit_bytes`; once `full`, the worker spills or flushes (`--bronze-when-full`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit_bytes: int) -> None:
         self.parts: dict[tuple[str, int], list[pa.RecordBatch]] = {}
         self.ranges: dict[TopicPartition, tuple[int, int]] = {}
-        self.nbytes = 0
+        self.budget = ByteBudget(limit_bytes)
         self.started: float | None = None  # monotonic time of the first offsets gathered
         self.max_timestamp_ms: dict[TopicPartition, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self.ranges)
+
+    @property
+    def nbytes(self) -> int:
+        return self.budget.used_bytes
+
+    @property
+    def full(self) -> bool:
+        return self.budget.full
 
     def add(
         self,
@@ -98,4 +108,4 @@ class RowBuffer:
                 raise ValueError(f"bronze: decoded {dest} has schema {rows.schema}, not Bronze's {SCHEMAS[dest]}")
             for day, part in split_by_day(rows, days[dest]):
                 self.parts.setdefault((dest, day), []).append(part)
-            self.nbytes += rows.nbytes
+            self.budget.take(rows.nbytes)

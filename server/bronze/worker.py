@@ -82,7 +82,7 @@ class BronzeWorker:
         self.metrics_port: int | None = None
         self._parts: dict[TopicPartition, _Partition] = {}
         self._unready: set[TopicPartition] = set()
-        self._buffer = RowBuffer()
+        self._buffer = RowBuffer(config.bronze_max_buffered_bytes)
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -242,7 +242,7 @@ class BronzeWorker:
         c = self.config
         if self._flush_due():
             await self._flush()
-        elif self._buffer.nbytes >= c.bronze_max_buffered_bytes:
+        elif self._buffer.full:
             if self._when_full is WhenFull.FLUSH:
                 await self._flush()
             elif self.writer.open_files + self.writer.new_files(self._buffer) > self._max_open_files:
@@ -283,7 +283,7 @@ class BronzeWorker:
         m.buffered_bytes.set(self._buffer.nbytes)
 
     async def _spill(self) -> None:
-        buffer, self._buffer = self._buffer, RowBuffer()
+        buffer, self._buffer = self._buffer, RowBuffer(self.config.bronze_max_buffered_bytes)
         self.metrics.buffered_bytes.set(0)
         try:
             await self.writer.append(buffer)
