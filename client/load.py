@@ -85,7 +85,7 @@ class LoadOptions:
     progress: bool = False  # live progress line on stderr
     retry_deadline_s: float = 60.0
     ack_timeout_s: float | None = 60.0
-    # Hooks for TLS and authentication (issue 6), passed to every client.
+    # TLS and authentication, passed to every client.
     credentials: grpc.ChannelCredentials | None = None
     metadata: Any = None
     # From this many orders up (and two CPUs or more), generator processes make
