@@ -204,10 +204,15 @@ class MemoryLimiter:
         if self._metrics is not None:
             self._metrics.memory_limit_waits_total.inc()
         while not self._has_room(n, (held := in_flight_bytes())):
-            # Wakes when the sampler sees RSS fall under the low mark, or
-            # after one interval to look again (batches finishing free memory).
+            # Looks again after one interval (batches finishing free memory),
+            # or sooner when the sampler sees RSS fall under the low mark.
+            # Not paused, there is nothing to be woken by: only the interval.
+            if self._below.is_set():
+                await asyncio.sleep(self.check_interval_s)
+                continue
             try:
-                await asyncio.wait_for(self._below.wait(), self.check_interval_s)
+                async with asyncio.timeout(self.check_interval_s):
+                    await self._below.wait()
             except TimeoutError:
                 pass
         return True

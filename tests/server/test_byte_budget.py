@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from keystone_ingest.server.limits import ByteBudget, MemoryLimiter, resident_bytes
@@ -128,12 +129,14 @@ class Held:
         return self.bytes
 
 
-async def still_waiting_after_two_more_looks(held: Held, waiting: asyncio.Future) -> None:
-    """Until admission has judged the room twice more (every check interval),
-    then: it still waits. The condition, not a sleep, says when to look."""
-    looks = held.looks
+async def still_waiting_after_two_more_looks(limiter: MemoryLimiter, held: Held, waiting: asyncio.Future) -> None:
+    """Until admission has judged the room twice more, then: it still waits,
+    and it looked once per check interval, not in a busy loop. The
+    condition, not a sleep, says when to look."""
+    looks, started = held.looks, time.monotonic()
     await wait_until_async(lambda: held.looks >= looks + 3, 5, what="admission looked again twice", step_s=0.01)
     assert not waiting.done()
+    assert time.monotonic() - started >= 2 * limiter.check_interval_s
 
 
 def test_admission_waits_for_room_and_goes_ahead_when_nothing_else_is_in_flight():
@@ -148,7 +151,7 @@ def test_admission_waits_for_room_and_goes_ahead_when_nothing_else_is_in_flight(
         rss.value = 300 * MiB
         held.bytes = 40 * MiB  # 300 + 2 x 50 = 400: no room
         waiting = asyncio.ensure_future(limiter.admit(10 * MiB, held))
-        await still_waiting_after_two_more_looks(held, waiting)
+        await still_waiting_after_two_more_looks(limiter, held, waiting)
         rss.value = 200 * MiB  # batches finished and memory went back: 200 + 100 < 320
         assert await asyncio.wait_for(waiting, 1) is True
         # Over the limit with nothing in flight: one batch always goes ahead.
@@ -164,7 +167,7 @@ def test_admission_waits_for_room_and_goes_ahead_when_nothing_else_is_in_flight(
         assert await asyncio.wait_for(limiter.admit(MiB, held), 1) is False
         held.bytes = 3 * MiB
         waiting = asyncio.ensure_future(limiter.admit(MiB, held))
-        await still_waiting_after_two_more_looks(held, waiting)
+        await still_waiting_after_two_more_looks(limiter, held, waiting)
         held.bytes = 2 * MiB  # a batch answered: 2 + 1 fits under the floor
         assert await asyncio.wait_for(waiting, 1) is True
 
