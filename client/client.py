@@ -410,7 +410,8 @@ class AsyncIngestClient:
             if not cancel_pending:
                 # The writer half-closes the stream; the server then ends it.
                 try:
-                    await asyncio.wait_for(asyncio.shield(self._runner), timeout=_CLOSE_GRACE_S)
+                    async with asyncio.timeout(_CLOSE_GRACE_S):
+                        await asyncio.shield(self._runner)
                 except TimeoutError:
                     log.warning("server did not end the stream after close", extra={"target": self.target})
             self._runner.cancel()

@@ -259,7 +259,8 @@ class IngestServer:
         await self._health.enter_graceful_shutdown()  # 1. every service NOT_SERVING
         if self.service is not None:  # 2. finish what was received
             try:
-                await asyncio.wait_for(self.service.drain(), c.shutdown_grace_s)
+                async with asyncio.timeout(c.shutdown_grace_s):
+                    await self.service.drain()
             except TimeoutError:
                 log.error("batches still in flight at the shutdown deadline; they were not acked")
         await self.memory.stop()  # nothing waits for memory once calls are drained

@@ -88,7 +88,8 @@ class BronzeProcess:
             if time.monotonic() > deadline:
                 raise SinkFailed(f"the Bronze worker did not join its group within {ready_timeout_s:g} s")
             try:
-                await asyncio.wait_for(asyncio.shield(process.wait()), 0.05)
+                async with asyncio.timeout(0.05):
+                    await asyncio.shield(process.wait())
             except TimeoutError:
                 pass
         with open(ready) as f:
@@ -135,7 +136,8 @@ class BronzeProcess:
         if process is not None and process.returncode is None:
             process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await process.wait()
             except TimeoutError:
                 log.error("bronze worker process did not stop in time; killed (its offsets are consumed again)")
                 process.kill()

@@ -153,16 +153,14 @@ async def why_unreachable(config: KafkaConfig) -> BaseException | None:
     c = config
     host, _, port = c.bootstrap.split(",")[0].strip().rpartition(":")
     try:
-        conn = await asyncio.wait_for(
-            create_conn(
+        async with asyncio.timeout(c.request_timeout_ms / 1000):
+            conn = await create_conn(
                 host.strip("[]"),
                 int(port),
                 client_id=c.client_id,
                 request_timeout_ms=c.request_timeout_ms,
                 **_security(c),
-            ),
-            c.request_timeout_ms / 1000,
-        )
+            )
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -190,7 +188,8 @@ async def create_topics(config: KafkaConfig) -> None:
     c = config
     admin = _admin(c)
     try:
-        await asyncio.wait_for(admin.start(), c.start_timeout_s)
+        async with asyncio.timeout(c.start_timeout_s):
+            await admin.start()
         for topic in (c.topic, c.dlq_topic):
             try:
                 await admin.create_topics([NewTopic(topic, c.partitions, c.replication)])
@@ -213,12 +212,15 @@ async def read_message_limits(config: KafkaConfig) -> dict[str, int]:
     limits: dict[str, int] = {}
     admin = _admin(c)
     try:
-        await asyncio.wait_for(admin.start(), c.start_timeout_s)
+        async with asyncio.timeout(c.start_timeout_s):
+            await admin.start()
         resources = [
             ConfigResource(ConfigResourceType.TOPIC, t, configs={"max.message.bytes": None})
             for t in (c.topic, c.dlq_topic)
         ]
-        for response in await asyncio.wait_for(admin.describe_configs(resources), c.start_timeout_s):
+        async with asyncio.timeout(c.start_timeout_s):
+            responses = await admin.describe_configs(resources)
+        for response in responses:
             for error, _, _, topic, entries in response.resources:
                 for entry in entries if not error else ():
                     if entry[0] == "max.message.bytes":

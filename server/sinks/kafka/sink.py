@@ -172,7 +172,8 @@ class KafkaSink:
             logging.getLogger(name).addFilter(AIOKAFKA_LOG_FILTER)  # idempotent
         producer = self._new_producer()
         try:
-            partitions = await asyncio.wait_for(connect(producer, c), c.start_timeout_s)
+            async with asyncio.timeout(c.start_timeout_s):
+                partitions = await connect(producer, c)
         except BaseException as exc:
             await retire(producer)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
@@ -208,7 +209,8 @@ class KafkaSink:
         attempt: the cluster may be restarting, or the topics being re-created."""
         producer = self._new_producer()
         try:
-            counts = await asyncio.wait_for(connect(producer, self.config), self.config.start_timeout_s)
+            async with asyncio.timeout(self.config.start_timeout_s):
+                counts = await connect(producer, self.config)
             lanes = {topic: len(lanes) for topic, lanes in self._lanes.items()}
             if any(counts[t] < n for t, n in lanes.items()):
                 raise SinkUnavailable(f"topics now have partitions {counts}, fewer than the {lanes} at start")
@@ -304,7 +306,11 @@ class KafkaSink:
         tasks += [t for t in (self._probe_task, self._replacement) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a task that swallowed its cancel must not hang shutdown.
+            _, running = await asyncio.wait(tasks, timeout=max(1.0, timeout_s))
+            if running:
+                log.error("kafka sink tasks did not stop", extra={"tasks": sorted(t.get_name() for t in running)})
         for segment in list(self._unsettled):
             self._settle(segment, ShuttingDown("the server stopped before Kafka acked these records"))
         if self._producer is not None:
@@ -427,7 +433,8 @@ class KafkaSink:
                 self._count_retry("probe")
             try:
                 assert self._producer is not None
-                ok = await asyncio.wait_for(self._producer.client.force_metadata_update(), max(5 * interval, 2.0))
+                async with asyncio.timeout(max(5 * interval, 2.0)):
+                    ok = await self._producer.client.force_metadata_update()
             except (TimeoutError, KafkaError, OSError):
                 ok = False
             if ok:
@@ -574,7 +581,8 @@ class KafkaSink:
         """The buffer is full: refuse, or wait for acks to make room (config.when_full)."""
         if self.config.when_full is WhenFull.BLOCK:
             try:
-                await asyncio.wait_for(self._buffer.acquire(0), self.config.send_timeout_s)
+                async with asyncio.timeout(self.config.send_timeout_s):
+                    await self._buffer.acquire(0)
                 return
             except TimeoutError:
                 pass
