@@ -37,8 +37,8 @@ from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.bronze.layout import parquet_options
 from keystone_ingest.server.bronze.rows import RowBuffer
 from keystone_ingest.server.pipeline import accepted_ack
-from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig, KafkaSink
-from keystone_ingest.server.sinks.kafka.lanes import Lane, Segment
+from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig
+from keystone_ingest.server.sinks.kafka.lanes import RecordLanes
 
 from benchmarks.corpus import BatchMaker, load_pool
 
@@ -120,37 +120,24 @@ def test_stage_bronze_decode(benchmark, payloads, record):
 def test_stage_kafka_record_batching(benchmark, batches, record):
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-
-    async def make_sink() -> KafkaSink:
-        # Never started: only its lanes and record batches are used.
-        sink = KafkaSink(KafkaConfig(bootstrap="127.0.0.1:9", topic="orders", dlq_topic="orders.dlq"))
-        sink._lanes = {
-            "orders": [Lane("orders", p) for p in range(6)],
-            "orders.dlq": [Lane("orders.dlq", p) for p in range(3)],
-        }
-        return sink
-
-    sink = loop.run_until_complete(make_sink())
+    # The sink's encode stage on its own, with the server's defaults: no producer takes the segments.
+    c = KafkaConfig(bootstrap="127.0.0.1:9", topic="orders", dlq_topic="orders.dlq")
+    lanes = RecordLanes(c.topic, c.dlq_topic, c.compression, c.level, c.max_batch_bytes)
+    lanes.add_topic("orders", 6)
+    lanes.add_topic("orders.dlq", 3)
     it = iter(range(10**9))
 
     async def once():
-        batch = batches[next(it) % len(batches)]
-        common = [
-            ("batch_id", batch.batch_id.encode()),
-            ("source", batch.source.encode()),
-            ("content-type", CONTENT_TYPE),
-        ]
-        segments: set[Segment] = set()
-        sink._append_orders(batch, batch.received_ns // 1_000_000, common, segments)
-        if batch.rejects.num_rows:
-            sink._append_rejects(batch, batch.received_ns // 1_000_000, common, segments)
-        for lanes in sink._lanes.values():
-            for lane in lanes:
-                lane.open = None  # a fresh record batch per partition, as at moderate load
+        segments = lanes.append(batches[next(it) % len(batches)])
+        for lane in lanes:  # what the lane tasks do: take the record batches for a producer
+            while lanes.next_segment(lane) is not None:
+                pass
         for segment in segments:
             segment.builder.close()  # compresses (a worker thread does it in the server)
-            segment.builder._set_producer_state(1, 0, 0)  # what aiokafka's sender does, then takes the bytes
+            # What aiokafka's sender does when it first sends a record batch, then takes its bytes.
+            segment.builder._set_producer_state(1, 0, 0)
             segment.builder._build()
+        lanes.unsettled.clear()
         return segments
 
     def run():

@@ -3,10 +3,10 @@ dead-letter topic, acked with acks=all (sink.py says how).
 
     config     KafkaConfig, codecs and their levels, the records' constants
     errors     producer failures -> IngestError, the one mapping
-    lanes      segments (one native record batch each) and per-partition lanes
+    lanes      the encode stage: a batch's records into per-partition lanes of native record batches
     logs       aiokafka's reconnect errors, rate-limited
     producer   the aiokafka producer made, connected and retired; topics and their limits at start
-    sink       KafkaSink: publish, lanes handed to the producer, health, when a producer is replaced
+    sink       KafkaSink: publish, segments handed to the producer and acked, health, producer replacement
 """
 
 from keystone_ingest.server.errors import ProducerReplaced

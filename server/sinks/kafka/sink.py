@@ -103,8 +103,6 @@ from aiokafka.errors import (
     KafkaTimeoutError,
     ProducerClosed,
 )
-from aiokafka.partitioner import murmur2
-from keystone_ingest.core import RecordBatchBuilder, partition_counts
 from keystone_ingest.proto.v1.ingest_pb2 import Order
 from keystone_ingest.retry import Backoff, retry
 from keystone_ingest.server.batch import Batch
@@ -113,14 +111,13 @@ from keystone_ingest.server.limits import ByteBudget, WhenFull
 from keystone_ingest.server.sinks.kafka.config import (
     BATCH_HEADER_ROOM,
     CODEC_GROWTH,
-    CONTENT_TYPE,
     MIN_RETRY_AFTER_S,
     PRODUCER_STATES,
     RECORD_OVERHEAD,
     KafkaConfig,
 )
 from keystone_ingest.server.sinks.kafka.errors import PRODUCER_STATE_ERRORS, classify
-from keystone_ingest.server.sinks.kafka.lanes import Lane, Segment, compress_record_batch
+from keystone_ingest.server.sinks.kafka.lanes import Lane, RecordLanes, Segment, compress_record_batch
 from keystone_ingest.server.sinks.kafka.logs import AIOKAFKA_LOG_FILTER, AIOKAFKA_LOGGERS
 from keystone_ingest.server.sinks.kafka.producer import (
     connect,
@@ -143,8 +140,10 @@ class KafkaSink:
         self._ready = asyncio.Event()  # set while a producer takes record batches
         self._replacement: asyncio.Task | None = None
         self.replacements = 0
-        self._lanes: dict[str, list[Lane]] = {}
-        self._unsettled: set[Segment] = set()
+        # The encode stage: publish() appends to the lanes, their tasks hand segments to the producer.
+        self._lanes = RecordLanes(
+            config.topic, config.dlq_topic, config.compression, config.level, config.max_batch_bytes
+        )
         self._buffer = ByteBudget(config.max_buffer_bytes)
         self._probe_task: asyncio.Task | None = None
         self._stopping = False
@@ -155,7 +154,6 @@ class KafkaSink:
         # max.message.bytes of each topic (read at start; absent if the
         # cluster would not say), and the record batch size that fits them all.
         self._max_message_bytes: dict[str, int] = {}
-        self._batch_bytes = config.max_batch_bytes
         self._last_produce_error: tuple[float, str] | None = None  # (monotonic time, aiokafka error name)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -190,11 +188,9 @@ class KafkaSink:
                 retry_after_s=5.0,
             ) from exc
         for topic, count in partitions.items():
-            lanes = [Lane(topic, p) for p in range(count)]
-            for lane in lanes:
+            for lane in self._lanes.add_topic(topic, count):
                 lane.task = asyncio.create_task(self._run_lane(lane), name=f"kafka-lane-{topic}-{lane.partition}")
                 lane.task.add_done_callback(partial(self._lane_died, lane))
-            self._lanes[topic] = lanes
         self._install(producer)
         self._probe_task = asyncio.create_task(self._probe(), name="kafka-probe")
         self._probe_task.add_done_callback(self._probe_ended)
@@ -211,7 +207,7 @@ class KafkaSink:
         try:
             async with asyncio.timeout(self.config.start_timeout_s):
                 counts = await connect(producer, self.config)
-            lanes = {topic: len(lanes) for topic, lanes in self._lanes.items()}
+            lanes = self._lanes.partitions
             if any(counts[t] < n for t, n in lanes.items()):
                 raise SinkUnavailable(f"topics now have partitions {counts}, fewer than the {lanes} at start")
         except BaseException as exc:
@@ -230,7 +226,7 @@ class KafkaSink:
             if retries is not None:
                 retries.inc()
 
-        return new_producer(self.config, self._batch_bytes, on_retry=retried)
+        return new_producer(self.config, self._lanes.batch_bytes, on_retry=retried)
 
     def _timeout_reason(self) -> str:
         """What the brokers last said while this send deadline ran, if anything."""
@@ -255,10 +251,10 @@ class KafkaSink:
             smallest = min(self._max_message_bytes.values())
             fits = int((smallest - BATCH_HEADER_ROOM) / CODEC_GROWTH)
             if fits < self.config.max_batch_bytes:
-                self._batch_bytes = max(1, fits)
+                self._lanes.batch_bytes = max(1, fits)
                 log.info(
                     "record batches capped to fit the topics' max.message.bytes",
-                    extra={"max_message_bytes": self._max_message_bytes, "batch_bytes": self._batch_bytes},
+                    extra={"max_message_bytes": self._max_message_bytes, "batch_bytes": self._lanes.batch_bytes},
                 )
 
     def _check_record_sizes(self, batch: Batch) -> None:
@@ -292,17 +288,18 @@ class KafkaSink:
             return
         self._stopping = True
         timeout_s = self.config.send_timeout_s if timeout_s is None else timeout_s
-        if self._unsettled:
-            _, pending = await asyncio.wait({s.done for s in self._unsettled}, timeout=timeout_s)
+        unsettled = self._lanes.unsettled
+        if unsettled:
+            _, pending = await asyncio.wait({s.done for s in unsettled}, timeout=timeout_s)
             if pending:
                 log.error(
                     "kafka records not acked at shutdown",
                     extra={
                         "record_batches": len(pending),
-                        "records": sum(s.builder.record_count() for s in self._unsettled),
+                        "records": sum(s.builder.record_count() for s in unsettled),
                     },
                 )
-        tasks = [lane.task for lanes in self._lanes.values() for lane in lanes if lane.task]
+        tasks = [lane.task for lane in self._lanes if lane.task]
         tasks += [t for t in (self._probe_task, self._replacement) if t is not None]
         for task in tasks:
             task.cancel()
@@ -311,7 +308,7 @@ class KafkaSink:
             _, running = await asyncio.wait(tasks, timeout=max(1.0, timeout_s))
             if running:
                 log.error("kafka sink tasks did not stop", extra={"tasks": sorted(t.get_name() for t in running)})
-        for segment in list(self._unsettled):
+        for segment in list(unsettled):
             self._settle(segment, ShuttingDown("the server stopped before Kafka acked these records"))
         if self._producer is not None:
             await retire(self._producer, max(1.0, timeout_s / 2))
@@ -358,28 +355,18 @@ class KafkaSink:
             "producer_generation": self._generation,
             "replacements": self.replacements,
             "buffered_bytes": self._buffer.used_bytes,
-            "unsettled_record_batches": len(self._unsettled),
-            "partitions": {topic: len(lanes) for topic, lanes in self._lanes.items()},
+            "unsettled_record_batches": len(self._lanes.unsettled),
+            "partitions": self._lanes.partitions,
             "max_message_bytes": dict(self._max_message_bytes),
-            "record_batch_bytes": self._batch_bytes,
+            "record_batch_bytes": self._lanes.batch_bytes,
         }
-
-    def _oldest_handed_age_s(self) -> float:
-        """How long the oldest record batch a producer holds has waited for its ack."""
-        now = time.monotonic()
-        oldest = 0.0
-        for lanes in self._lanes.values():
-            for lane in lanes:
-                if lane.handed:
-                    oldest = max(oldest, now - lane.handed[0].handed_at)
-        return oldest
 
     def _mark_ok(self) -> None:
         self._last_ok = time.monotonic()
         if self._unavailable_since is None:
             return
         # One partition delivering does not end an outage of another.
-        if self._replacement is not None or self._oldest_handed_age_s() > self.config.send_timeout_s:
+        if self._replacement is not None or self._lanes.oldest_handed_age_s() > self.config.send_timeout_s:
             return
         self._account_unavailable_time()
         log.info("kafka reachable again", extra={"after_s": round(self._last_ok - self._unavailable_since, 3)})
@@ -421,7 +408,7 @@ class KafkaSink:
             self._account_unavailable_time()
             if self._replacement is not None:
                 continue  # the replacement retries on its own
-            waited_s = self._oldest_handed_age_s()
+            waited_s = self._lanes.oldest_handed_age_s()
             if waited_s > replace_after_s:
                 self._replace("stalled", f"a record batch has waited {waited_s:.1f} s for its ack")
                 continue
@@ -471,18 +458,14 @@ class KafkaSink:
         if self.metrics is not None:
             self.metrics.kafka_producer_replacements_total.labels(reason=kind).inc()
         # 1. What the old producer holds may still be acked: give it a moment.
-        held = [
-            s for lanes in self._lanes.values() for lane in lanes for s in lane.handed if s.generation == old_generation
-        ]
+        held = self._lanes.handed(old_generation)
         if held:
             await asyncio.wait({s.done for s in held}, timeout=self.config.replace_drain_s)
         # 2. Nothing leaves the old producer any more. What it still holds
         #    fails retriably (the broker may have appended some of it); the
         #    client resends those batches.
         await retire(old, timeout_s=0.1)  # its requests had their replace_drain_s
-        lost = [
-            s for lanes in self._lanes.values() for lane in lanes for s in lane.handed if s.generation == old_generation
-        ]
+        lost = self._lanes.handed(old_generation)
         for segment in lost:
             self._settle(
                 segment,
@@ -533,19 +516,7 @@ class KafkaSink:
         # Everything from here up to the first await is synchronous: that is
         # what keeps concurrent publishes in call order on every partition (a
         # publish that waited for room above goes in the order it was let in).
-        segments: set[Segment] = set()
-        common = [
-            ("batch_id", batch.batch_id.encode()),
-            ("source", batch.source.encode()),
-            ("content-type", CONTENT_TYPE),
-        ]
-        if batch.producer is not None:  # the authenticated caller (server/security/auth.py)
-            common.append(("producer", batch.producer.encode()))
-        timestamp_ms = batch.received_ns // 1_000_000
-        if batch.accepted:
-            self._append_orders(batch, timestamp_ms, common, segments)
-        if batch.rejected:
-            self._append_rejects(batch, timestamp_ms, common, segments)
+        segments = self._lanes.append(batch)
         if not segments:
             return
         for segment in segments:
@@ -599,72 +570,9 @@ class KafkaSink:
             segment.waiters -= 1
             if segment.waiters > 0 or segment.handed_at or segment.done.done():
                 continue
-            lane = segment.lane
-            if lane.open is segment:
-                lane.open = None
-            elif segment in lane.full:
-                lane.full.remove(segment)
-            else:
-                continue  # lane.sending: being handed over right now; it checks its waiters itself
+            if not self._lanes.withdraw(segment):
+                continue  # being handed over right now; its lane checks its waiters itself
             self._settle(segment, SinkUnavailable("withdrawn: every publish waiting for these records gave up"))
-
-    def _append_orders(self, batch: Batch, timestamp_ms: int, common: list, segments: set[Segment]) -> None:
-        # One call into the core per partition: it encodes the partition's
-        # records straight from the request bytes, in arrival order, and says
-        # where it stopped when the record batch filled up.
-        lanes = self._lanes[self.config.topic]
-        rows = batch.accepted
-        for p, count in enumerate(partition_counts(batch.result, len(lanes))):
-            if not count:
-                continue
-            lane = lanes[p]
-            segment = self._open_segment(lane)
-            start = 0
-            while True:
-                start = segment.builder.append_orders(
-                    batch.result, batch.raw, p, len(lanes), start, timestamp_ms, common
-                )
-                segments.add(segment)
-                if start >= rows:
-                    break
-                segment = self._roll(lane)  # full: an empty record batch takes any record
-            lane.wakeup.set()
-
-    def _append_rejects(self, batch: Batch, timestamp_ms: int, common: list, segments: set[Segment]) -> None:
-        # All rejects of a batch go to one partition chosen by its batch_id:
-        # they stay together and in batch order for whoever inspects them, a
-        # resend of the batch lands where the first attempt did, and a
-        # rejected order has no trustworthy key (its order_id may be what is wrong).
-        lanes = self._lanes[self.config.dlq_topic]
-        lane = lanes[(murmur2(batch.batch_id.encode()) & 0x7FFFFFFF) % len(lanes)]
-        segment = self._open_segment(lane)
-        start = 0
-        while True:
-            start = segment.builder.append_rejects(batch.result, batch.raw, start, timestamp_ms, common)
-            segments.add(segment)
-            if start >= batch.rejected:
-                break
-            segment = self._roll(lane)
-        lane.wakeup.set()
-
-    def _open_segment(self, lane: Lane) -> Segment:
-        if lane.open is None:
-            # A record batch belongs to no producer until one takes it
-            # (aiokafka stamps the producer id and sequence numbers when it
-            # first sends it), so a segment queued during a replacement goes
-            # to the next one.
-            builder = RecordBatchBuilder(self.config.compression, self.config.level, self._batch_bytes)
-            lane.open = Segment(lane, builder, asyncio.get_running_loop())
-            self._unsettled.add(lane.open)
-        return lane.open
-
-    def _roll(self, lane: Lane) -> Segment:
-        """The open segment is full: queue it (it is compressed when its turn
-        comes, off the event loop) and open the next."""
-        assert lane.open is not None
-        lane.full.append(lane.open)
-        lane.open = None
-        return self._open_segment(lane)
 
     def _account(self, segment: Segment) -> None:
         if segment.builder.closed() and segment.accounted:
@@ -672,15 +580,6 @@ class KafkaSink:
         size = segment.builder.size()
         self._buffer.take(size - segment.accounted)
         segment.accounted = size
-
-    def _next_segment(self, lane: Lane) -> Segment | None:
-        if lane.full:
-            return lane.full.popleft()
-        segment = lane.open
-        if segment is None or not segment.builder.record_count():
-            return None
-        lane.open = None
-        return segment
 
     async def _run_lane(self, lane: Lane) -> None:
         # Wakes when publish() put records in the lane. Hands its segments to
@@ -696,7 +595,7 @@ class KafkaSink:
                     wait_s = lane.open.created + linger_s - time.monotonic()
                     if wait_s > 0:
                         await asyncio.sleep(wait_s)
-                segment = self._next_segment(lane)
+                segment = self._lanes.next_segment(lane)
                 if segment is None:
                     break
                 lane.sending = segment
@@ -796,7 +695,7 @@ class KafkaSink:
     def _settle(self, segment: Segment, exc: BaseException | None) -> None:
         if segment.done.done():
             return
-        self._unsettled.discard(segment)
+        self._lanes.unsettled.discard(segment)
         self._buffer.release(segment.accounted)
         segment.accounted = 0
         try:
