@@ -32,12 +32,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from keystone_ingest.core import Core, LogDedup, RecordBatchBuilder, decode_order_records
+from keystone_ingest.core import Core, LogDedup, decode_order_records
 from keystone_ingest.server.batch import Batch
 from keystone_ingest.server.bronze.layout import parquet_options
 from keystone_ingest.server.bronze.rows import RowBuffer
 from keystone_ingest.server.pipeline import accepted_ack
-from keystone_ingest.server.sinks.kafka import CONTENT_TYPE, KafkaConfig
+from keystone_ingest.server.sinks.kafka import KafkaConfig
 from keystone_ingest.server.sinks.kafka.lanes import RecordLanes
 
 from benchmarks.corpus import BatchMaker, load_pool
@@ -77,24 +77,26 @@ def test_stage_arrow_import(benchmark, payloads, record):
 
 
 def fetched_records(payloads) -> tuple[bytes, int]:
-    """The Kafka sink's record batches (zstd 1) of every payload on one
-    partition, with the offsets the broker assigns: what one Fetch returns."""
-    core = Core()
-    fetch, offset = [], 0
-    for payload in payloads:
-        result = core.process(payload)
-        headers = [
-            ("batch_id", result.batch_id.encode()),
-            ("source", result.source.encode()),
-            ("content-type", CONTENT_TYPE),
-        ]
-        start = 0
-        while start < result.accepted:  # record batches of the sink's size
-            builder = RecordBatchBuilder("zstd", 1, 1 << 20)
-            start = builder.append_orders(result, payload, 0, 1, start, 1_700_000_000_000, headers)
-            fetch.append(struct.pack(">q", offset) + builder._build()[8:])  # the offset the broker assigns
-            offset += builder.record_count()
-    return b"".join(fetch), offset
+    """The Kafka sink's record batches (its encode stage, with the server's
+    defaults) of every payload on one partition, with the offsets the broker
+    assigns: what one Fetch returns."""
+
+    async def encode() -> tuple[bytes, int]:
+        c = KafkaConfig(bootstrap="127.0.0.1:9")
+        lanes = RecordLanes(c.topic, c.dlq_topic, c.compression, c.level, c.max_batch_bytes)
+        (lane,) = lanes.add_topic(c.topic, 1)
+        lanes.add_topic(c.dlq_topic, 1)
+        core = Core(bronze_tables=False)  # the server's
+        fetch, offset = [], 0
+        for payload in payloads:
+            lanes.append(Batch(payload, core.process(payload)))
+            while (segment := lanes.next_segment(lane)) is not None:
+                segment.builder.close()
+                fetch.append(struct.pack(">q", offset) + segment.builder._build()[8:])  # the offset the broker assigns
+                offset += segment.builder.record_count()
+        return b"".join(fetch), offset
+
+    return asyncio.run(encode())
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +125,8 @@ def test_stage_kafka_record_batching(benchmark, batches, record):
     # The sink's encode stage on its own, with the server's defaults: no producer takes the segments.
     c = KafkaConfig(bootstrap="127.0.0.1:9", topic="orders", dlq_topic="orders.dlq")
     lanes = RecordLanes(c.topic, c.dlq_topic, c.compression, c.level, c.max_batch_bytes)
-    lanes.add_topic("orders", 6)
-    lanes.add_topic("orders.dlq", 3)
+    lanes.add_topic(c.topic, 6)
+    lanes.add_topic(c.dlq_topic, 3)
     it = iter(range(10**9))
 
     async def once():
